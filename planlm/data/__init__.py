@@ -1,0 +1,1 @@
+"""Corpus sources, sentence splitting, embeddings, writing actions, token alignment and batches."""

@@ -1,0 +1,166 @@
+"""The prepared-corpus artifact (output of `planlm prepare`): its file layout, a writer and a loader.
+
+Layout of a prepared directory::
+
+    manifest.json        stage "prepare"; config; counts; extra keys: encoder, embedding_dim, num_actions
+    articles.parquet     article_id (dense 0..A-1), title, split ("train" | "val" | "test"), text
+    sentences.parquet    sentence_id (dense 0..N-1, = row), article_id, position (index in article),
+                         start, end (character offsets: text[start:end] is the sentence), action (oracle action id)
+    embeddings.npy       float16 (N, d_encoder), row i = sentence i
+    centroids.npy        float32 (K, d_encoder), the k-means centroids (initialise policy head and adapters)
+    exemplars.json       [{"action": a, "size": n, "exemplars": [sentence, ...]}, ...] nearest to each centroid
+
+Sentences are sorted by (article_id, position), so an article's sentences are one contiguous row range.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from planlm.artifacts import read_manifest
+from planlm.errors import PlanlmError
+
+SPLITS = ("train", "val", "test")
+ARTICLES = "articles.parquet"
+SENTENCES = "sentences.parquet"
+EMBEDDINGS = "embeddings.npy"
+CENTROIDS = "centroids.npy"
+EXEMPLARS = "exemplars.json"
+
+
+def write_prepared(
+    directory: str | Path,
+    titles: list[str],
+    texts: list[str],
+    splits: list[str],
+    sentence_article: np.ndarray,
+    sentence_start: np.ndarray,
+    sentence_end: np.ndarray,
+    embeddings: np.ndarray,
+    centroids: np.ndarray,
+    actions: np.ndarray,
+    exemplars: list[dict],
+) -> None:
+    """Write the data files of a prepared corpus into ``directory`` (the manifest is the caller's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory = Path(directory)
+    sentence_article = np.asarray(sentence_article, dtype=np.int64)
+    order = np.lexsort((np.asarray(sentence_start), sentence_article))
+    if not np.array_equal(order, np.arange(len(order))):
+        raise ValueError("sentences must be sorted by (article, start)")
+    positions = np.zeros(len(sentence_article), dtype=np.int32)
+    if len(sentence_article):
+        starts = np.r_[0, np.flatnonzero(np.diff(sentence_article)) + 1]
+        for s, e in zip(starts, np.r_[starts[1:], len(sentence_article)]):
+            positions[s:e] = np.arange(e - s)
+    pq.write_table(
+        pa.table({"article_id": np.arange(len(texts), dtype=np.int64), "title": titles, "split": splits, "text": texts}),
+        directory / ARTICLES,
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "sentence_id": np.arange(len(sentence_article), dtype=np.int64),
+                "article_id": sentence_article,
+                "position": positions,
+                "start": np.asarray(sentence_start, dtype=np.int64),
+                "end": np.asarray(sentence_end, dtype=np.int64),
+                "action": np.asarray(actions, dtype=np.int32),
+            }
+        ),
+        directory / SENTENCES,
+    )
+    np.save(directory / EMBEDDINGS, np.asarray(embeddings, dtype=np.float16))
+    np.save(directory / CENTROIDS, np.asarray(centroids, dtype=np.float32))
+    (directory / EXEMPLARS).write_text(json.dumps(exemplars, indent=1) + "\n")
+
+
+@dataclass
+class PreparedCorpus:
+    """A loaded prepared corpus. Arrays are indexed by article id or by global sentence id."""
+
+    path: Path
+    manifest: dict
+    titles: list[str]
+    texts: list[str]
+    article_split: np.ndarray  # (A,) str
+    sentence_article: np.ndarray  # (N,) int64
+    sentence_position: np.ndarray  # (N,) int32
+    sentence_start: np.ndarray  # (N,) int64, character offset in the article text
+    sentence_end: np.ndarray  # (N,) int64
+    actions: np.ndarray  # (N,) int32, oracle action ids
+    embeddings: np.ndarray  # (N, d) float16 (memory-mapped)
+    centroids: np.ndarray  # (K, d) float32
+    article_offsets: np.ndarray = field(init=False)  # (A + 1,): sentences of article a are rows [off[a], off[a+1])
+
+    def __post_init__(self) -> None:
+        counts = np.bincount(self.sentence_article, minlength=len(self.texts))
+        self.article_offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PreparedCorpus":
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        manifest = read_manifest(path, "prepare")
+        for name in (ARTICLES, SENTENCES, EMBEDDINGS, CENTROIDS):
+            if not (path / name).exists():
+                raise PlanlmError(f"{path} is missing {name}; rebuild it with `planlm prepare --force`")
+        arts = pq.read_table(path / ARTICLES).to_pydict()
+        sents = pq.read_table(path / SENTENCES)
+        col = lambda name: sents.column(name).to_numpy()  # noqa: E731
+        return cls(
+            path=path,
+            manifest=manifest,
+            titles=list(arts["title"]),
+            texts=list(arts["text"]),
+            article_split=np.asarray(arts["split"]),
+            sentence_article=col("article_id").astype(np.int64),
+            sentence_position=col("position").astype(np.int32),
+            sentence_start=col("start").astype(np.int64),
+            sentence_end=col("end").astype(np.int64),
+            actions=col("action").astype(np.int32),
+            embeddings=np.load(path / EMBEDDINGS, mmap_mode="r"),
+            centroids=np.load(path / CENTROIDS),
+        )
+
+    # ---- sizes and identity -------------------------------------------------------------------------------------
+    @property
+    def num_actions(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def encoder(self) -> str:
+        return str(self.manifest.get("encoder", ""))
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest.get("id"))
+
+    # ---- lookups ------------------------------------------------------------------------------------------------
+    def article_ids(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise PlanlmError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        return np.flatnonzero(self.article_split == split)
+
+    def sentence_range(self, article_id: int) -> tuple[int, int]:
+        """Global sentence ids [lo, hi) of one article."""
+        return int(self.article_offsets[article_id]), int(self.article_offsets[article_id + 1])
+
+    def sentence_text(self, sentence_id: int) -> str:
+        a = int(self.sentence_article[sentence_id])
+        return self.texts[a][int(self.sentence_start[sentence_id]) : int(self.sentence_end[sentence_id])]
+
+    def exemplars(self) -> list[dict]:
+        p = self.path / EXEMPLARS
+        return json.loads(p.read_text()) if p.exists() else []

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, generation, generation metrics, probes."""

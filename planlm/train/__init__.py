@@ -1,0 +1,1 @@
+"""Training: the one Lightning loop for every recipe, planner pretraining, LM pretraining from scratch."""
