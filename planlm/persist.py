@@ -39,3 +39,107 @@ def load_planner(directory: str | Path):
     planner = Planner(config)
     planner.load_state_dict(load_file(str(directory / PLANNER_WEIGHTS)))
     return planner
+
+
+# ---- planned LMs (`planlm finetune`) ---------------------------------------------------------------------------------
+# A planned-LM folder: ``planned_lm_config.json`` (PlannedLMConfig + how to rebuild the base LM) +
+# ``adapters.safetensors`` + the planner files above when it has a planner + ``lm/`` (Hugging Face
+# ``save_pretrained``) only when the LM's own weights were trained (or it has no name or path to be rebuilt from).
+PLANNED_LM_CONFIG = "planned_lm_config.json"
+ADAPTER_WEIGHTS = "adapters.safetensors"
+LM_SUBDIR = "lm"
+PLANNED_LM_FORMAT = 1
+
+
+def save_planned_lm(model, directory: str | Path, save_lm: bool | None = None) -> None:
+    """Write a :class:`planlm.models.planned_lm.PlannedLM` into ``directory`` (which the caller writes atomically).
+
+    Args:
+        model: the planned LM.
+        directory: target folder, created if missing.
+        save_lm: write the full LM weights; default: when the LM was trained or ``config.base_lm`` is empty.
+    """
+    from safetensors.torch import save_file
+
+    from planlm.errors import PlanlmError
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    if save_lm is None:
+        save_lm = cfg.train_lm or not cfg.base_lm
+    planner = model.planner
+    if planner is not None and not dataclasses.is_dataclass(getattr(planner, "config", None)):
+        raise PlanlmError(
+            f"cannot save planner {type(planner).__name__}: it has no dataclass `config`; "
+            "use planlm.models.planner.Planner"
+        )
+    state = {k: v.detach().contiguous().cpu() for k, v in model.adapters.state_dict().items()}
+    save_file(state, str(directory / ADAPTER_WEIGHTS))
+    if save_lm:
+        model.lm.save_pretrained(str(directory / LM_SUBDIR))
+    if planner is not None:
+        save_planner(planner, directory)
+    meta = {
+        "format": PLANNED_LM_FORMAT,
+        "planned_lm": dataclasses.asdict(cfg),
+        "lm": {
+            "source": LM_SUBDIR if save_lm else cfg.base_lm,
+            "saved_in_folder": bool(save_lm),
+            "model_type": model.lm.config.model_type,
+        },
+        "planner": planner is not None,
+    }
+    (directory / PLANNED_LM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
+    """Load a planned LM saved by :func:`save_planned_lm`.
+
+    Args:
+        directory: the planned-LM folder.
+        lm: an already-loaded base LM to use instead of the recorded one.
+        **lm_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``, ``device_map`` ...).
+    """
+    from safetensors.torch import load_file
+
+    from planlm.errors import PlanlmError
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+
+    directory = Path(directory)
+    if not (directory / PLANNED_LM_CONFIG).exists() or not (directory / ADAPTER_WEIGHTS).exists():
+        raise PlanlmError(
+            f"{directory} holds no planned LM ({PLANNED_LM_CONFIG} + {ADAPTER_WEIGHTS}); "
+            "build one with `planlm finetune`"
+        )
+    meta = json.loads((directory / PLANNED_LM_CONFIG).read_text())
+    if meta.get("format") != PLANNED_LM_FORMAT:
+        raise PlanlmError(
+            f"{directory} has planned-LM format {meta.get('format')}, this planlm reads {PLANNED_LM_FORMAT}"
+        )
+    config = PlannedLMConfig(**meta["planned_lm"])
+    if lm is None:
+        from transformers import AutoModelForCausalLM
+
+        source = directory / LM_SUBDIR if meta["lm"]["saved_in_folder"] else meta["lm"]["source"]
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(str(source), **lm_kwargs)
+        except OSError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PlanlmError(
+                f"cannot load the base LM {str(source)!r} of {directory} ({first}); pass lm=..."
+            ) from None
+    if lm.config.model_type != meta["lm"]["model_type"]:
+        raise PlanlmError(
+            f"{directory} was trained on a {meta['lm']['model_type']!r} LM, the given LM is {lm.config.model_type!r}"
+        )
+    planner = load_planner(directory) if meta.get("planner") else None
+    model = PlannedLM(lm, config, planner=planner)
+    state = load_file(str(directory / ADAPTER_WEIGHTS))
+    missing, unexpected = model.adapters.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PlanlmError(
+            f"{directory}/{ADAPTER_WEIGHTS} does not fit the adapters (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    return model.eval()  # like Hugging Face's from_pretrained; call .train() to fine-tune further

@@ -78,3 +78,37 @@ def synthetic_prepared(
     write_manifest(directory, "prepare", {"synthetic": True, "seed": seed}, counts=counts,
                    encoder="synthetic", embedding_dim=dim, num_actions=num_actions)
     return PreparedCorpus.load(directory)
+
+
+def tiny_lm(directory: str | Path, texts: list[str], vocab_size: int = 300, seed: int = 0, dropout: float = 0.1) -> str:
+    """Save a tiny randomly initialised causal LM + a BPE tokenizer trained on ``texts``; returns the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from planlm.train.pretrain_lm import train_tokenizer
+
+    directory = Path(directory)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size, min_frequency=1)
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=4, n_head=2,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def tiny_planner(directory: str | Path, corpus: PreparedCorpus, context: str = "paper", seed: int = 0) -> str:
+    """Save a small randomly initialised planner artifact for ``corpus`` (policy head from its centroids)."""
+    import torch
+
+    from planlm.models.planner import Planner, PlannerConfig
+    from planlm.persist import save_planner
+
+    torch.manual_seed(seed)
+    cfg = PlannerConfig(num_actions=corpus.num_actions, encoder_dim=corpus.embedding_dim, ff=32, context=context,
+                        context_sentences=3 if context == "paper" else None)
+    planner = Planner(cfg, centroids=torch.from_numpy(corpus.centroids))
+    save_planner(planner, directory)
+    write_manifest(directory, "train-planner", {"tiny": True}, num_actions=corpus.num_actions)
+    return str(directory)

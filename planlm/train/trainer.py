@@ -44,11 +44,20 @@ def build_logger(cfg: TrainerConfig, out_dir: Path):
     return False
 
 
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (accelerator lines, tips) out of the CLI's output; warnings still show."""
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def build_trainer(cfg: TrainerConfig, out_dir: str | Path, callbacks: list | None = None, **kwargs):
     """A ``lightning.Trainer`` for ``cfg`` writing logs under ``out_dir``; ``kwargs`` go to the Trainer as they are."""
     import lightning as L
     from lightning.pytorch.callbacks import TQDMProgressBar
 
+    quiet_lightning()
     out_dir = Path(out_dir)
     callbacks = list(callbacks or [])
     if cfg.progress_bar:

@@ -1,0 +1,169 @@
+"""Latent perplexity: how plausible generated plans are, as judged by a model of real text's action sequences.
+
+DESIGN.md section 1.7 / the paper's Appendix B. A critic is fitted on the action sequences of real (train) articles,
+its smoothing is chosen on real val sequences, and it scores the action sequences of generated texts. Lower is
+better: generated text whose writing actions follow each other as in real text.
+
+- ``bigram`` (default): P(a_j | a_{j-1}) over the K actions plus <bos> (as the previous symbol of the first
+  sentence) and <eos> (as the symbol after the last one), with add-delta smoothing:
+  ``P(b | a) = (c(a, b) + delta) / (c(a) + delta * (K + 1))``. Perplexity per action, <eos> included:
+  ``exp(-sum log P / sum (len + 1))``. delta is chosen on val from a grid and reported.
+- ``hmm`` (option): an hmmlearn ``CategoricalHMM`` over the K actions plus <eos>, its emission probabilities
+  smoothed by add-delta (delta chosen on val the same way).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+
+from planlm.errors import raise_if_problems
+
+DELTA_GRID = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0)
+
+
+@dataclass
+class BigramCritic:
+    """Bigram counts over actions; row K is <bos> (previous symbol), column K is <eos> (next symbol)."""
+
+    num_actions: int
+    counts: np.ndarray  # (K + 1, K + 1) float64
+    delta: float = 1.0
+
+    @classmethod
+    def fit(cls, sequences: Sequence[Sequence[int]], num_actions: int, delta: float = 1.0) -> "BigramCritic":
+        k = num_actions
+        counts = np.zeros((k + 1, k + 1), dtype=np.float64)
+        for seq in sequences:
+            symbols = np.asarray(seq, dtype=np.int64)
+            prev = np.r_[k, symbols]  # <bos> a_1 ... a_n
+            nxt = np.r_[symbols, k]  # a_1 ... a_n <eos>
+            np.add.at(counts, (prev, nxt), 1.0)
+        return cls(num_actions=k, counts=counts, delta=delta)
+
+    def log_prob(self, sequence: Sequence[int]) -> float:
+        """Natural-log probability of ``<bos> sequence <eos>`` (len + 1 predictions)."""
+        k, d = self.num_actions, self.delta
+        symbols = np.asarray(sequence, dtype=np.int64)
+        prev, nxt = np.r_[k, symbols], np.r_[symbols, k]
+        totals = self.counts.sum(1)  # (K + 1,)
+        p = (self.counts[prev, nxt] + d) / (totals[prev] + d * (k + 1))
+        return float(np.log(p).sum())
+
+    def perplexity(self, sequences: Sequence[Sequence[int]]) -> float:
+        """Perplexity per action, <eos> included, over all ``sequences`` together."""
+        total = sum(self.log_prob(s) for s in sequences)
+        return math.exp(-total / sum(len(s) + 1 for s in sequences))
+
+
+@dataclass
+class HMMCritic:
+    """An hmmlearn ``CategoricalHMM`` over K actions + <eos> (symbol K); emissions smoothed by add-delta."""
+
+    num_actions: int
+    model: object
+    delta: float = 1e-3
+
+    @classmethod
+    def fit(cls, sequences: Sequence[Sequence[int]], num_actions: int, num_states: int = 16, seed: int = 0,
+            n_iter: int = 50) -> "HMMCritic":
+        from hmmlearn.hmm import CategoricalHMM
+
+        x, lengths = _with_eos(sequences, num_actions)
+        model = CategoricalHMM(n_components=num_states, n_features=num_actions + 1, n_iter=n_iter,
+                               random_state=seed)
+        model.fit(x, lengths)
+        return cls(num_actions=num_actions, model=model)
+
+    def _smoothed(self):
+        import copy
+
+        model = copy.copy(self.model)
+        e = self.model.emissionprob_  # (states, K + 1)
+        # Without smoothing an action never seen in train has probability 0 and the perplexity is infinite.
+        model.emissionprob_ = (e + self.delta) / (1.0 + self.delta * e.shape[1])
+        return model
+
+    def perplexity(self, sequences: Sequence[Sequence[int]]) -> float:
+        x, lengths = _with_eos(sequences, self.num_actions)
+        return math.exp(-self._smoothed().score(x, lengths) / len(x))
+
+
+def _with_eos(sequences: Sequence[Sequence[int]], num_actions: int) -> tuple[np.ndarray, list[int]]:
+    x = np.concatenate([np.r_[np.asarray(s, dtype=np.int64), num_actions] for s in sequences])
+    return x.reshape(-1, 1), [len(s) + 1 for s in sequences]
+
+
+@dataclass
+class LatentPerplexity:
+    latent_ppl: float
+    """Perplexity per action (incl. <eos>) of the generated action sequences under the critic."""
+    delta: float
+    """Smoothing chosen on val (the one with the lowest val perplexity)."""
+    critic: str
+    val_ppl: dict[str, float] = field(default_factory=dict)
+    """Val perplexity for every delta of the grid (keys are the deltas as strings)."""
+    real_test_ppl: float | None = None
+    """The same critic on real held-out sequences, when given: the value a perfect generator would get."""
+
+
+def validate_latent(train, val, generated, num_actions: int, deltas: Sequence[float], critic: str) -> None:
+    problems = []
+    if critic not in ("bigram", "hmm"):
+        problems.append(f"critic must be 'bigram' or 'hmm', got {critic!r}")
+    if num_actions < 1:
+        problems.append(f"num_actions must be >= 1, got {num_actions}")
+    if not deltas or any(d <= 0 for d in deltas):
+        problems.append(f"deltas must be a non-empty list of positive numbers, got {list(deltas)}")
+    for name, seqs in (("train", train), ("val", val), ("generated", generated)):
+        if not seqs:
+            problems.append(f"no {name} action sequences")
+            continue
+        flat = [a for s in seqs for a in s]
+        if flat and (min(flat) < 0 or max(flat) >= num_actions):
+            problems.append(f"{name} action ids must lie in 0..{num_actions - 1}, got {min(flat)}..{max(flat)}")
+    raise_if_problems(problems, "latent perplexity")
+
+
+def latent_perplexity(
+    train: Sequence[Sequence[int]],
+    val: Sequence[Sequence[int]],
+    generated: Sequence[Sequence[int]],
+    num_actions: int,
+    deltas: Sequence[float] = DELTA_GRID,
+    critic: Literal["bigram", "hmm"] = "bigram",
+    hmm_states: int = 16,
+    real_test: Sequence[Sequence[int]] | None = None,
+    seed: int = 0,
+) -> LatentPerplexity:
+    """Fit a critic on real ``train`` action sequences, choose delta on ``val``, score ``generated``.
+
+    Args:
+        train: action sequences of real train articles (one list of action ids per article or continuation).
+        val: action sequences of real val articles, for choosing delta.
+        generated: action sequences of the generated texts to score.
+        num_actions: K, the number of writing actions.
+        deltas: the add-delta grid.
+        critic: ``"bigram"`` (paper) or ``"hmm"`` (hmmlearn CategoricalHMM).
+        hmm_states: hidden states of the HMM critic.
+        real_test: optional real sequences scored by the same critic, as a reference point.
+        seed: HMM initialisation seed.
+    """
+    validate_latent(train, val, generated, num_actions, deltas, critic)
+    if critic == "bigram":
+        model = BigramCritic.fit(train, num_actions)
+    else:
+        model = HMMCritic.fit(train, num_actions, num_states=hmm_states, seed=seed)
+    val_ppl = {}
+    for d in deltas:
+        model.delta = float(d)
+        val_ppl[str(d)] = model.perplexity(val)
+    best = min(deltas, key=lambda d: val_ppl[str(d)])
+    model.delta = float(best)
+    return LatentPerplexity(
+        latent_ppl=model.perplexity(generated), delta=float(best), critic=critic, val_ppl=val_ppl,
+        real_test_ppl=model.perplexity(real_test) if real_test else None,
+    )

@@ -1,0 +1,218 @@
+"""PlannedLM: a Hugging Face causal LM + action adapters + an optional planner (DESIGN.md 1.3-1.5).
+
+One forward pass: the planner (if given inputs) predicts logits ``(N, K)`` for the batch's sentence table, the
+selection mode turns logits and/or oracle actions into per-sentence weights ``(N, K)``, and every conditioned layer
+adds ``r^l = W_A^l(weights @ E_A^l)`` (gathered to tokens by ``token_slot``) to the input of its attention output
+projection. ``fixed`` and ``uniform`` need neither planner nor sentence table.
+
+Saving and loading live in :mod:`planlm.persist` (I/O is kept out of ``models/``); the methods here delegate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from planlm.errors import PlanlmError, raise_if_problems
+from planlm.models.adapters import ActionAdapters
+from planlm.models.selection import CONSTANT_SELECTIONS, SELECTIONS, action_weights, draw_predicted_mask
+
+
+@dataclass
+class PlannedLMConfig:
+    """Adapters and selection of a planned LM. Defaults are the paper's (soft selection, frozen LM)."""
+
+    num_actions: int = 1024
+    """K, the number of writing actions (paper: 1024)."""
+    action_dim: int = 768
+    """Width of the action embeddings E_A^l (the sentence encoder's, as they start from the k-means centroids)."""
+    layers: list[int] | None = None
+    """Conditioned layers; None = every layer but the first two (paper)."""
+    gate: bool = False
+    """Multiply each adapter's output by a zero-initialised scalar, so training starts from the exact base LM
+    (a departure from the paper, which has no gate)."""
+    selection: str = "soft"
+    """fixed | uniform | hard | straight-through | soft (the paper's method)."""
+    temperature: float = 1.0
+    """Softmax temperature of soft selection (and of straight-through's backward pass)."""
+    fixed_action: int = 0
+    """The action id of ``fixed`` selection."""
+    p_predicted: float = 1.0
+    """When both planner logits and oracle actions are given: probability that a sentence uses the planner's action
+    (1 = "PA", 0 = "OA"; the training loop may schedule it)."""
+    train_lm: bool = False
+    """Fine-tune the base LM's weights too (paper: frozen)."""
+    base_lm: str = ""
+    """Hub name or local path of the base LM, recorded by ``save_pretrained`` so that loading can rebuild it."""
+    seed: int = 0
+    """Seed of the generator that draws the oracle / predicted mask when the caller gives none."""
+
+    def problems(self) -> list[str]:
+        """Everything wrong with this config, as one-line messages (empty when it is usable)."""
+        out = []
+        if self.num_actions < 1:
+            out.append(f"num_actions must be positive (got {self.num_actions})")
+        if self.action_dim < 1:
+            out.append(f"action_dim must be positive (got {self.action_dim})")
+        if self.selection not in SELECTIONS:
+            out.append(f"selection must be one of {', '.join(SELECTIONS)} (got {self.selection!r})")
+        if self.temperature <= 0:
+            out.append(f"temperature must be positive (got {self.temperature})")
+        if not 0 <= self.fixed_action < max(self.num_actions, 1):
+            out.append(f"fixed_action {self.fixed_action} is not an action id in [0, {self.num_actions})")
+        if not 0.0 <= self.p_predicted <= 1.0:
+            out.append(f"p_predicted must be in [0, 1] (got {self.p_predicted})")
+        return out
+
+
+@dataclass
+class PlannedLMOutput:
+    """What :meth:`PlannedLM.forward` returns."""
+
+    logits: torch.Tensor  # (B, T, V)
+    loss: torch.Tensor | None = None  # next-token cross-entropy when labels are given
+    planner_logits: torch.Tensor | None = None  # (N, K), when the planner ran or logits were given
+    action_weights: torch.Tensor | None = None  # (N, K) or (1, K): what the adapters were conditioned on
+    past_key_values: Any = None
+
+
+class PlannedLM(nn.Module):
+    """A causal LM conditioned on writing actions through :class:`ActionAdapters`, with an optional planner."""
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        config: PlannedLMConfig,
+        centroids: torch.Tensor | None = None,
+        planner: nn.Module | None = None,
+    ):
+        """Attach adapters to ``lm``.
+
+        Args:
+            lm: a Hugging Face causal LM (``AutoModelForCausalLM``) of a supported architecture.
+            config: adapters and selection.
+            centroids: ``(K, action_dim)`` k-means centroids initialising every layer's action embeddings.
+            planner: any module called as ``planner(**planner_inputs) -> (N, K)`` logits
+                (normally :class:`planlm.models.planner.Planner`).
+        """
+        super().__init__()
+        raise_if_problems(config.problems(), "planned LM config")
+        self.config = config
+        self.lm = lm
+        self.adapters = ActionAdapters.for_lm(
+            lm, config.num_actions, config.action_dim, layers=config.layers, gate=config.gate, centroids=centroids
+        )
+        self.planner = planner
+        self.set_train_lm(config.train_lm)
+        self._generator = torch.Generator().manual_seed(config.seed)
+
+    def set_train_lm(self, train_lm: bool) -> None:
+        """Freeze (paper) or unfreeze the base LM's weights."""
+        self.config.train_lm = bool(train_lm)
+        self.lm.requires_grad_(self.config.train_lm)
+
+    def adapter_parameters(self) -> int:
+        """Number of adapter parameters (GPT-2 small, K=1024, 10 layers: 13,770,240 in the paper)."""
+        return sum(p.numel() for p in self.adapters.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        token_slot: torch.Tensor | None = None,
+        oracle_actions: torch.Tensor | None = None,
+        planner_logits: torch.Tensor | None = None,
+        planner_inputs: dict[str, torch.Tensor] | None = None,
+        predicted_mask: torch.Tensor | None = None,
+        **lm_kwargs,
+    ) -> PlannedLMOutput:
+        """Run the conditioned LM.
+
+        Args:
+            input_ids: ``(B, T)`` token ids.
+            attention_mask: ``(B, T)``, 1 for real tokens.
+            labels: ``(B, T)`` (-100 = not scored), Hugging Face convention (the LM shifts them).
+            token_slot: ``(B, T)`` row of the sentence table whose action each token carries (not needed by fixed /
+                uniform).
+            oracle_actions: ``(N,)`` oracle action of each table sentence.
+            planner_logits: ``(N, K)`` precomputed planner logits (otherwise the planner runs on ``planner_inputs``).
+            planner_inputs: the planner's keyword inputs for the table's N sentences.
+            predicted_mask: ``(N,)`` bool, True where a sentence uses the planner's action instead of the oracle one;
+                drawn with probability ``config.p_predicted`` when both are available and this is None.
+            **lm_kwargs: passed to the LM (``past_key_values``, ``use_cache``, ``position_ids`` ...).
+        """
+        cfg = self.config
+        K = cfg.num_actions
+        if self.training and _is_checkpointing(self.lm):
+            # checkpointed layers are recomputed during backward, outside `conditioned`, i.e. without the adapters
+            raise PlanlmError("gradient checkpointing of the base LM is not supported with action adapters; disable it")
+        if cfg.selection in CONSTANT_SELECTIONS:
+            weights = action_weights(cfg.selection, K, fixed_action=cfg.fixed_action, device=input_ids.device)
+            token_slot = None  # one vector per layer for every token: no planner, no per-sentence work
+        else:
+            if token_slot is None:
+                raise PlanlmError(f"selection {cfg.selection!r} needs token_slot (which sentence each token carries)")
+            if planner_logits is None and planner_inputs is not None:
+                if self.planner is not None:
+                    planner_logits = self.planner(**planner_inputs)  # (N, K), once for the whole batch
+                elif oracle_actions is None:
+                    raise PlanlmError(
+                        "planner_inputs were given but this planned LM has no planner; "
+                        "attach one or pass oracle_actions"
+                    )
+                # no planner but oracle actions: the oracle-action ("OA") model simply ignores the planner inputs
+            if planner_logits is not None and oracle_actions is not None and predicted_mask is None:
+                predicted_mask = draw_predicted_mask(
+                    planner_logits.shape[0], cfg.p_predicted, self._generator, planner_logits.device
+                )
+            weights = action_weights(
+                cfg.selection,
+                K,
+                planner_logits=planner_logits,
+                oracle_actions=oracle_actions,
+                predicted_mask=predicted_mask,
+                temperature=cfg.temperature,
+            )  # (N, K)
+        with self.adapters.conditioned(weights, token_slot):
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        return PlannedLMOutput(
+            logits=out.logits,
+            loss=out.loss,
+            planner_logits=planner_logits,
+            action_weights=weights,
+            past_key_values=getattr(out, "past_key_values", None),
+        )
+
+    # ---- persistence (delegates to planlm.persist: models/ does no I/O itself) ----------------------------------
+    def save_pretrained(self, directory, save_lm: bool | None = None) -> None:
+        """Write adapters (+ planner, + LM when it was trained) and configs into ``directory``.
+
+        Args:
+            directory: the target folder (created if missing).
+            save_lm: write the full LM weights; default: only when ``config.train_lm`` or no ``config.base_lm``.
+        """
+        from planlm.persist import save_planned_lm
+
+        save_planned_lm(self, directory, save_lm=save_lm)
+
+    @classmethod
+    def from_pretrained(cls, directory, lm: nn.Module | None = None, **lm_kwargs) -> "PlannedLM":
+        """Load a planned LM saved by :meth:`save_pretrained`; ``lm`` overrides the recorded base LM."""
+        from planlm.persist import load_planned_lm
+
+        return load_planned_lm(directory, lm=lm, **lm_kwargs)
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config)
+
+
+def _is_checkpointing(lm: nn.Module) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing
+    if hasattr(type(lm), "is_activation_checkpointing"):
+        return bool(lm.is_activation_checkpointing)
+    return bool(getattr(lm, "is_gradient_checkpointing", False))

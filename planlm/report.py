@@ -1,0 +1,447 @@
+"""`planlm report`: gather run folders into the paper's Table 1 and its figures (DESIGN.md section 2).
+
+What the report reads from each run folder (searched recursively, so one folder may hold several variants in
+subfolders; docs/evaluation.md is the reference):
+
+- ``metrics.json``: ``{"variant": str, "seed": int (default 0), "ppl": float, and optionally "mauve",
+  "latent_ppl", "rouge2": float, "edit_distance": {"128": float, ...}, "p_predicted": float in [0, 1],
+  "ppl_oracle": float, ...}``. Other keys are kept in ``report.json`` but not shown.
+- ``probes.json`` next to a ``metrics.json``: a list of ``{"layer", "kind", "distance", "accuracy", "baseline"}``
+  rows (:func:`planlm.eval.probes.rows_to_json`).
+- ``overhead.json`` anywhere: ``{variant: training-step time relative to Fixed}``.
+
+What it writes into ``out`` (atomically): ``report.md``, ``report.html`` (self-contained: PNGs inlined as base64),
+``report.json`` (the gathered numbers), the PNG plots, and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
+from planlm.errors import raise_if_problems
+
+METRICS = "metrics.json"
+PROBES = "probes.json"
+OVERHEAD = "overhead.json"
+OPTIONAL_NUMBERS = ("mauve", "latent_ppl", "rouge2", "p_predicted", "ppl_oracle")
+PROBE_KEYS = ("layer", "kind", "distance", "accuracy", "baseline")
+
+# Table 1 columns: (key in metrics.json, header, decimals)
+COLUMNS = (
+    ("ppl", "PPL", 2),
+    ("ppl_rel", "PPL vs Fixed (%)", 2),
+    ("mauve", "MAUVE", 3),
+    ("latent_ppl", "Latent PPL", 2),
+    ("rouge2", "ROUGE-2", 4),
+)
+
+
+@dataclass
+class Run:
+    """One metrics.json: a variant trained and evaluated with one seed."""
+
+    path: Path
+    variant: str
+    seed: int
+    metrics: dict
+    probes: list[dict] | None = None
+
+
+@dataclass
+class Gathered:
+    runs: list[Run] = field(default_factory=list)
+    overhead: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _read_json(path: Path, problems: list[str]):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        problems.append(f"{path} is not valid JSON ({e}); rewrite it or remove it")
+        return None
+
+
+def _check_metrics(path: Path, m, problems: list[str]) -> bool:
+    if not isinstance(m, dict):
+        problems.append(f"{path} must hold a JSON object")
+        return False
+    ok = True
+    if not isinstance(m.get("variant"), str) or not m.get("variant"):
+        problems.append(f'{path} needs "variant": a non-empty string')
+        ok = False
+    if not _is_number(m.get("ppl")) or m.get("ppl", 0) <= 0:
+        problems.append(f'{path} needs "ppl": a positive number')
+        ok = False
+    if "seed" in m and (not isinstance(m["seed"], int) or isinstance(m["seed"], bool)):
+        problems.append(f'{path}: "seed" must be an integer, got {m["seed"]!r}')
+        ok = False
+    for key in OPTIONAL_NUMBERS:
+        if key in m and m[key] is not None and not _is_number(m[key]):
+            problems.append(f'{path}: "{key}" must be a number, got {m[key]!r}')
+            ok = False
+    if _is_number(m.get("p_predicted")) and not 0 <= m["p_predicted"] <= 1:
+        problems.append(f'{path}: "p_predicted" must lie in [0, 1], got {m["p_predicted"]}')
+        ok = False
+    ed = m.get("edit_distance")
+    if ed is not None and (not isinstance(ed, dict) or not all(str(k).isdigit() and _is_number(v)
+                                                               for k, v in ed.items())):
+        problems.append(f'{path}: "edit_distance" must map token counts ("128", ...) to numbers, got {ed!r}')
+        ok = False
+    return ok
+
+
+def _check_probes(path: Path, rows, problems: list[str]) -> bool:
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and all(k in r for k in PROBE_KEYS) for r in rows):
+        problems.append(f"{path} must be a list of rows with keys {', '.join(PROBE_KEYS)}")
+        return False
+    return True
+
+
+def gather(runs: list[Path]) -> Gathered:
+    """Read every ``metrics.json`` (with its ``probes.json``) and ``overhead.json`` under ``runs``; collect problems."""
+    out = Gathered()
+    seen: set[Path] = set()
+    overhead_values: dict[str, list[float]] = {}
+    for root in runs:
+        root = Path(root)
+        if not root.exists():
+            out.problems.append(f"run folder {root} does not exist")
+            continue
+        metrics_files = sorted(root.rglob(METRICS)) if root.is_dir() else ([root] if root.name == METRICS else [])
+        if not metrics_files:
+            out.problems.append(f"no {METRICS} under {root}; run `planlm evaluate` into it first")
+        for path in metrics_files:
+            if path.resolve() in seen:  # overlapping run folders (a and a/sub)
+                continue
+            seen.add(path.resolve())
+            m = _read_json(path, out.problems)
+            if m is None or not _check_metrics(path, m, out.problems):
+                continue
+            probes = None
+            if (path.parent / PROBES).exists():
+                rows = _read_json(path.parent / PROBES, out.problems)
+                probes = rows if rows is not None and _check_probes(path.parent / PROBES, rows, out.problems) else None
+            out.runs.append(Run(path=path.parent, variant=m["variant"], seed=int(m.get("seed", 0)), metrics=m,
+                                probes=probes))
+        for path in sorted(root.rglob(OVERHEAD)) if root.is_dir() else []:
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
+            o = _read_json(path, out.problems)
+            if o is None:
+                continue
+            if not isinstance(o, dict) or not all(_is_number(v) and v > 0 for v in o.values()):
+                out.problems.append(f"{path} must map variant names to positive numbers (time relative to Fixed)")
+                continue
+            for variant, ratio in o.items():
+                overhead_values.setdefault(variant, []).append(float(ratio))
+    # several files giving one variant's overhead (repeated benchmarks): their mean
+    out.overhead = {v: float(np.mean(r)) for v, r in overhead_values.items()}
+    where: dict[tuple[str, int], Path] = {}
+    for run in out.runs:
+        key = (run.variant, run.seed)
+        if key in where:
+            out.problems.append(f"variant {run.variant!r} seed {run.seed} appears twice ({where[key]} and "
+                                f"{run.path}); give each run its own seed or variant name")
+        where[key] = run.path
+    return out
+
+
+def validate_report(runs: list[Path], out: Path, force: bool) -> Gathered:
+    """Check every argument and every file the report would read; raise one error listing all problems."""
+    problems = []
+    if not runs:
+        problems.append("give at least one run folder (planlm report RUN_DIR...)")
+    if Path(out).exists() and not force:
+        problems.append(f"{out} already exists; pass --force true to rebuild it or choose another --out")
+    gathered = gather(runs)
+    raise_if_problems(problems + gathered.problems, "planlm report")
+    return gathered
+
+
+# --------------------------------------------------------------------------------------------------------- table
+
+
+def _stats(values: list[float]) -> dict | None:
+    """Mean and sample standard deviation (ddof 1; 0 for one seed) over seeds."""
+    if not values:
+        return None
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def _ordered_variants(runs: list[Run], baseline: str) -> list[str]:
+    order = list(dict.fromkeys(r.variant for r in runs))
+    return sorted(order, key=lambda v: (v.lower() != baseline.lower(), order.index(v)))
+
+
+def relative_ppl(runs: list[Run], baseline: str = "fixed") -> dict[tuple[str, int], float]:
+    """Per (variant, seed): PPL change relative to the baseline run of the SAME seed, in percent
+    (``100 * (ppl / ppl_fixed - 1)``; negative = better than Fixed; the paper's Figure 5). Seeds without a baseline
+    run are left out."""
+    fixed = {r.seed: r.metrics["ppl"] for r in runs if r.variant.lower() == baseline.lower()}
+    return {(r.variant, r.seed): 100.0 * (r.metrics["ppl"] / fixed[r.seed] - 1.0) for r in runs if r.seed in fixed}
+
+
+def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
+    """One row per variant (baseline first, then in the order found): each Table 1 column as mean/std/n over seeds.
+
+    Row keys: ``variant``, ``seeds`` (list), ``ppl``, ``ppl_rel``, ``mauve``, ``latent_ppl``, ``rouge2`` (each
+    ``{"mean", "std", "n"}`` or None) and ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``).
+    """
+    rel = relative_ppl(runs, baseline)
+    rows = []
+    for variant in _ordered_variants(runs, baseline):
+        mine = sorted((r for r in runs if r.variant == variant), key=lambda r: r.seed)
+        row = {"variant": variant, "seeds": [r.seed for r in mine]}
+        for key in ("ppl", "mauve", "latent_ppl", "rouge2"):
+            row[key] = _stats([r.metrics[key] for r in mine if _is_number(r.metrics.get(key))])
+        row["ppl_rel"] = _stats([rel[(variant, r.seed)] for r in mine if (variant, r.seed) in rel])
+        lengths = sorted({int(k) for r in mine for k in (r.metrics.get("edit_distance") or {})})
+        row["edit_distance"] = {str(n): _stats([r.metrics["edit_distance"][str(n)] for r in mine
+                                                if str(n) in (r.metrics.get("edit_distance") or {})])
+                                for n in lengths}
+        rows.append(row)
+    return rows
+
+
+def _cell(stat: dict | None, decimals: int, signed: bool = False) -> str:
+    if stat is None:
+        return "–"
+    fmt = f"{{:{'+' if signed else ''}.{decimals}f}}"
+    text = fmt.format(stat["mean"])
+    return text + f" ± {stat['std']:.{decimals}f}" if stat["n"] > 1 else text
+
+
+def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of Table 1 (edit distance: one column per token length found)."""
+    lengths = sorted({int(n) for row in rows for n in row["edit_distance"]})
+    header = ["Variant", "Seeds"] + [h for _, h, _ in COLUMNS] + [f"Edit dist. @{n}" for n in lengths]
+    body = []
+    for row in rows:
+        cells = [row["variant"], str(len(row["seeds"]))]
+        cells += [_cell(row[key], d, signed=key == "ppl_rel") for key, _, d in COLUMNS]
+        cells += [_cell(row["edit_distance"].get(str(n)), 2) for n in lengths]
+        body.append(cells)
+    return header, body
+
+
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- plots
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "variant"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_mixing(runs: list[Run], path: Path) -> Path | None:
+    """PPL against the probability of planner-predicted actions during training (the paper's Figure 4), one line
+    for evaluation with predicted actions (``ppl``) and one with oracle actions (``ppl_oracle``) when recorded.
+    None unless runs with at least two different ``p_predicted`` exist."""
+    mixed = [r for r in runs if _is_number(r.metrics.get("p_predicted"))]
+    ps = sorted({float(r.metrics["p_predicted"]) for r in mixed})
+    if len(ps) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lines = (("ppl", "predicted actions at test", "o"), ("ppl_oracle", "oracle actions at test", "s"))
+    for key, label, marker in lines:
+        xs, ys, es = [], [], []
+        for p in ps:
+            s = _stats([r.metrics[key] for r in mixed
+                        if r.metrics["p_predicted"] == p and _is_number(r.metrics.get(key))])
+            if s:
+                xs.append(p)
+                ys.append(s["mean"])
+                es.append(s["std"])
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=label)
+    ax.set(xlabel="p (fraction of planner-predicted actions in training)", ylabel="perplexity",
+           title="Oracle / predicted action mixing")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_overhead(overhead: dict[str, float], path: Path, baseline: str = "fixed") -> Path | None:
+    """Bars: training-step time of each variant relative to Fixed."""
+    if not overhead:
+        return None
+    plt = _pyplot()
+    names = sorted(overhead, key=lambda v: (v.lower() != baseline.lower(), list(overhead).index(v)))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 4))
+    bars = ax.bar(names, [overhead[n] for n in names], color="tab:blue")
+    ax.bar_label(bars, fmt="%.2fx")
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+    ax.set(ylabel="time per training step / Fixed", title="Training overhead")
+    ax.tick_params(axis="x", labelrotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_seeds(runs: list[Run], path: Path, baseline: str = "fixed") -> Path | None:
+    """Each seed's PPL relative to the Fixed run of the same seed, per variant, with the mean (the paper's
+    Figure 5). None unless some variant other than the baseline has at least two seeds with a baseline."""
+    rel = relative_ppl(runs, baseline)
+    variants = [v for v in _ordered_variants(runs, baseline) if v.lower() != baseline.lower()]
+    per = {v: [x for (name, _), x in sorted(rel.items()) if name == v] for v in variants}
+    per = {v: xs for v, xs in per.items() if xs}
+    if not any(len(xs) > 1 for xs in per.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per)), 4))
+    for i, (v, xs) in enumerate(per.items()):
+        ax.scatter([i] * len(xs), xs, color="tab:blue", alpha=0.7, zorder=3)
+        ax.hlines(np.mean(xs), i - 0.25, i + 0.25, color="tab:red", zorder=4)
+    ax.axhline(0.0, color="k", ls="--", lw=1)
+    ax.set_xticks(range(len(per)), list(per), rotation=30)
+    ax.set(ylabel="PPL vs Fixed of the same seed (%)", title="Seeds (dots) and their mean (bar)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def probe_plots(runs: list[Run], directory: Path) -> dict[str, Path]:
+    """One Figure-3-like PNG per variant with probe results (rows averaged over its seeds)."""
+    from planlm.eval.probes import plot_probes
+
+    out = {}
+    for variant in dict.fromkeys(r.variant for r in runs):
+        groups: dict[tuple, list[dict]] = {}
+        for r in runs:
+            if r.variant == variant and r.probes:
+                for row in r.probes:
+                    groups.setdefault((int(row["layer"]), row["kind"], int(row["distance"])), []).append(row)
+        if not groups:
+            continue
+        rows = [{"layer": l, "kind": k, "distance": d, "accuracy": float(np.mean([x["accuracy"] for x in rs])),
+                 "baseline": float(np.mean([x["baseline"] for x in rs]))} for (l, k, d), rs in sorted(groups.items())]
+        out[variant] = plot_probes(rows, directory / f"probes-{_slug(variant)}.png", title=f"Probes: {variant}")
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- output
+
+
+def _html(title: str, header: list[str], body: list[list[str]], overhead: dict[str, float],
+          figures: list[tuple[str, Path]]) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}"
+        "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
+        f"<h1>{esc(title)}</h1><h2>Results (Table 1)</h2><table><tr>{head}</tr>{rows}</table>",
+        "<p>Mean ± sample standard deviation over seeds; PPL vs Fixed compares each seed with the Fixed run of the "
+        "same seed. Edit distance is per 128 tokens.</p>",
+    ]
+    if overhead:
+        parts.append("<h2>Training overhead vs Fixed</h2><table><tr><th>Variant</th><th>Ratio</th></tr>"
+                     + "".join(f"<tr><td>{esc(v)}</td><td>{r:.2f}x</td></tr>" for v, r in overhead.items())
+                     + "</table>")
+    for caption, path in figures:
+        data = base64.b64encode(path.read_bytes()).decode()
+        parts.append(f"<h2>{esc(caption)}</h2><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _markdown(title: str, header, body, overhead: dict[str, float], figures: list[tuple[str, Path]],
+              sources: list[Run]) -> str:
+    lines = [f"# {title}", "", "## Results (Table 1)", "", markdown_table(header, body), "",
+             "Mean ± sample standard deviation over seeds; PPL vs Fixed compares each seed with the Fixed run of "
+             "the same seed (negative = better). Edit distance is per 128 tokens.", ""]
+    if overhead:
+        lines += ["## Training overhead vs Fixed", "", markdown_table(
+            ["Variant", "Ratio"], [[v, f"{r:.2f}x"] for v, r in overhead.items()]), ""]
+    for caption, path in figures:
+        lines += [f"## {caption}", "", f"![{caption}]({path.name})", ""]
+    lines += ["## Sources", ""] + [f"- {r.variant} (seed {r.seed}): `{r.path}`" for r in sources]
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    runs: Path | list[Path],
+    out: Path = Path("report"),
+    baseline: str = "fixed",
+    title: str = "planlm results",
+    force: bool = False,
+) -> Path:
+    """Gather run folders into the paper's Table 1 (markdown + self-contained HTML) and its plots (PNG).
+
+    Reads every metrics.json under each run folder (recursively; probes.json beside it, overhead.json anywhere);
+    docs/evaluation.md describes these files. Several seeds of one variant are shown as mean ± std, and relative to
+    the baseline (Fixed) run of the same seed.
+
+    Args:
+        runs: a run folder, or a list of them (``'[runs/a, runs/b]'`` on the command line); each is searched
+            recursively, so a parent folder of several runs works too.
+        out: output folder (report.md, report.html, report.json, PNG plots, manifest.json).
+        baseline: variant name (case-insensitive) that "PPL vs Fixed" compares with.
+        title: page title.
+        force: replace an existing output folder.
+
+    Returns:
+        The output folder.
+    """
+    runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    gathered = validate_report(runs, Path(out), force)
+    rows = results_table(gathered.runs, baseline)
+    header, body = table_cells(rows)
+    with atomic_dir(out, force=force) as tmp:
+        figures = [(f"Probes: {v}", p) for v, p in probe_plots(gathered.runs, tmp).items()]
+        for caption, plot in (
+            ("Oracle / predicted action mixing", plot_mixing(gathered.runs, tmp / "mixing.png")),
+            ("Seeds relative to Fixed", plot_seeds(gathered.runs, tmp / "seeds.png", baseline)),
+            ("Training overhead", plot_overhead(gathered.overhead, tmp / "overhead.png", baseline)),
+        ):
+            if plot is not None:
+                figures.append((caption, plot))
+        (tmp / "report.md").write_text(_markdown(title, header, body, gathered.overhead, figures, gathered.runs))
+        (tmp / "report.html").write_text(_html(title, header, body, gathered.overhead, figures))
+        write_json_atomic(tmp / "report.json", {
+            "baseline": baseline, "table": rows, "overhead": gathered.overhead,
+            "runs": [{"path": str(r.path), "variant": r.variant, "seed": r.seed, "metrics": r.metrics}
+                     for r in gathered.runs],
+            "figures": [p.name for _, p in figures],
+        })
+        write_manifest(tmp, "report", {"runs": runs, "baseline": baseline, "title": title},
+                       inputs={f"run{i}": r for i, r in enumerate(runs)},
+                       counts={"runs": len(gathered.runs), "variants": len(rows), "figures": len(figures)})
+    print(f"report: {len(rows)} variants from {len(gathered.runs)} runs -> {Path(out) / 'report.html'}")
+    return Path(out)

@@ -1,0 +1,304 @@
+"""The ONE training loop of planlm fine-tuning: every recipe of the paper is a combination of config fields
+(DESIGN.md 1.5-1.6), never a copy of this loop.
+
+| paper recipe                  | selection          | actions   | planner_unfreeze | nap_weight |
+|-------------------------------|--------------------|-----------|------------------|------------|
+| Fixed / Uniform               | fixed / uniform    | -         | -                | 0          |
+| Cornille OA                   | hard               | oracle    | never            | 0          |
+| Cornille PA                   | hard               | predicted | never            | 0          |
+| scheduled sampling            | hard               | schedule  | never            | 0          |
+| soft / unfreeze halfway (best)| soft               | predicted | 0.5              | 0          |
+| straight-through / halfway    | straight-through   | predicted | 0.5              | 0          |
+| NAP during fine-tuning        | soft               | predicted | immediate        | lambda     |
+
+The planner runs once per step for all target sentences of the batch (the collate built its inputs from stored
+embeddings); while it is frozen it runs without autograd. Fixed and uniform run no planner at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from planlm.errors import PlanlmError
+from planlm.models.planned_lm import PlannedLM
+from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
+
+ACTION_SOURCES = ("predicted", "oracle", "mix", "schedule")
+
+
+@dataclass
+class RecipeConfig:
+    """Which paper recipe to train: selection, where training actions come from, planner schedule, NAP loss."""
+
+    selection: str = "soft"
+    """fixed | uniform | hard | straight-through | soft (the paper's method)."""
+    temperature: float = 1.0
+    """Softmax temperature of soft / straight-through selection."""
+    fixed_action: int = 0
+    """The action id used by ``fixed``."""
+    actions: str = "predicted"
+    """Training actions: predicted (PA) | oracle (OA) | mix (planner-predicted with probability p_predicted) |
+    schedule (p rises linearly from 0 to 1 over training: scheduled sampling). Evaluation always uses predicted."""
+    p_predicted: float = 0.5
+    """Probability of a planner-predicted action per sentence when actions=mix."""
+    planner_unfreeze: str = "0.5"
+    """When the planner starts training: never | immediate | step:N | a fraction f of training (0.5 = "halfway",
+    the paper's best)."""
+    nap_weight: float = 0.0
+    """lambda of the next-action-prediction loss on the planner during fine-tuning (0 = off)."""
+    train_lm: bool = False
+    """Fine-tune the base LM too (paper: frozen)."""
+
+    def unfreeze_step(self, total_steps: int) -> int | None:
+        """The optimizer step from which the planner trains, or None for never."""
+        u = self.planner_unfreeze.strip().lower()
+        if u == "never":
+            return None
+        if u == "immediate":
+            return 0
+        if u == "halfway":
+            return total_steps // 2
+        if u.startswith("step:"):
+            return int(u[5:])
+        return int(float(u) * total_steps)
+
+    @property
+    def uses_planner(self) -> bool:
+        return self.selection not in ("fixed", "uniform")
+
+    @property
+    def planner_in_training(self) -> bool:
+        """Whether training steps need planner logits at all (oracle-only training never calls the planner)."""
+        return self.uses_planner and self.actions != "oracle"
+
+    def problems(self) -> list[str]:
+        from planlm.models.selection import SELECTIONS
+
+        out = []
+        if self.selection not in SELECTIONS:
+            out.append(f"recipe.selection must be one of {', '.join(SELECTIONS)} (got {self.selection!r})")
+        if self.actions not in ACTION_SOURCES:
+            out.append(f"recipe.actions must be one of {', '.join(ACTION_SOURCES)} (got {self.actions!r})")
+        if not 0.0 <= self.p_predicted <= 1.0:
+            out.append(f"recipe.p_predicted must be in [0, 1] (got {self.p_predicted})")
+        try:
+            u = self.planner_unfreeze.strip().lower()
+            if u not in ("never", "immediate", "halfway"):
+                v = int(u[5:]) if u.startswith("step:") else float(u)
+                if v < 0 or (not u.startswith("step:") and v > 1):
+                    raise ValueError
+        except ValueError:
+            out.append(
+                f"recipe.planner_unfreeze must be never, immediate, halfway, step:N or a fraction in [0, 1] "
+                f"(got {self.planner_unfreeze!r})"
+            )
+        if self.nap_weight < 0:
+            out.append(f"recipe.nap_weight must be >= 0 (got {self.nap_weight})")
+        if self.nap_weight > 0 and (not self.uses_planner or self.planner_unfreeze.strip().lower() == "never"):
+            out.append("recipe.nap_weight > 0 trains the planner: use a planner selection and planner_unfreeze != never")
+        if self.selection in ("fixed", "uniform") and self.actions != "predicted":
+            out.append(f"recipe.actions={self.actions!r} means nothing for selection {self.selection!r}: leave it predicted")
+        if self.selection in ("soft", "straight-through") and self.actions == "oracle":
+            out.append("oracle training actions are one-hot: use selection=hard with actions=oracle (Cornille OA)")
+        return out
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation (paper: Adam, lr 1e-4, batch 32, one epoch)."""
+
+    lr: float = 1e-4
+    """Learning rate of Adam."""
+    weight_decay: float = 0.0
+    """Weight decay (paper: none for fine-tuning)."""
+    batch_size: int = 32
+    """Windows per optimizer step, over all devices (paper: 32)."""
+    accumulate: int = 1
+    """Gradient accumulation: micro-batches per optimizer step (batch_size is split into this many)."""
+    epochs: int = 1
+    """Passes over the training windows (paper: 1)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1 = the full epochs)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 = off)."""
+
+
+def _own_generator() -> torch.Generator:
+    # A DataLoader draws its workers' base seed when an iterator starts; from its own generator, that draw leaves
+    # the global RNG (LM dropout) untouched, so where an iterator starts cannot shift a resumed run's dropout masks.
+    return torch.Generator().manual_seed(0)
+
+
+@dataclass
+class LoopData:
+    """The windows a run trains and validates on, and how they become batches."""
+
+    train: Dataset
+    val: Dataset | None
+    collate: object
+    batch_size: int = 32
+    accumulate: int = 1
+    num_workers: int = 0
+
+    def micro_batch_size(self, world_size: int) -> int:
+        """Windows per device per forward pass: the global batch split over devices and accumulation steps."""
+        return max(1, self.batch_size // (world_size * self.accumulate))
+
+
+class PlannedLMModule(L.LightningModule):
+    """Trains a :class:`PlannedLM` under a :class:`RecipeConfig`; saves RNG and data position for exact resume."""
+
+    def __init__(
+        self,
+        model: PlannedLM,
+        recipe: RecipeConfig,
+        optim: OptimConfig,
+        total_steps: int,
+        seed: int = 0,
+        data: "LoopData | None" = None,
+    ):
+        super().__init__()
+        self.data = data
+        if recipe.uses_planner and model.planner is None:
+            raise PlanlmError(f"selection {recipe.selection!r} needs a planner: pass --planner DIR (planlm train-planner)")
+        self.model, self.recipe, self.optim = model, recipe, optim
+        self.total_steps, self.seed = max(1, total_steps), seed
+        self.unfreeze_at = recipe.unfreeze_step(self.total_steps) if recipe.uses_planner else None
+        self.batches_this_epoch = 0
+        self._resume_skip = 0
+        self._t_last = None
+        model.set_train_lm(recipe.train_lm)
+        # Hugging Face models load in eval mode and Lightning keeps each module's mode: train as the paper's HF-based
+        # code did, with the LM's own dropout active even while its weights are frozen.
+        model.train()
+        if model.planner is not None:
+            # A planner that ever trains keeps requires_grad from the start (DDP registers parameters once, when it
+            # wraps the model); while "frozen" it simply runs without autograd and so gets no gradient or update.
+            model.planner.requires_grad_(self.unfreeze_at is not None and recipe.planner_in_training)
+        self._set_planner_trainable(self.unfreeze_at == 0)
+
+    # ---- recipe state ----------------------------------------------------------------------------------------
+    def _set_planner_trainable(self, trainable: bool) -> None:
+        self.planner_trainable = bool(trainable)
+
+    def p_predicted(self, step: int) -> float:
+        """Probability that a training sentence is conditioned on the planner's action at optimizer step ``step``."""
+        if self.recipe.actions == "predicted":
+            return 1.0
+        if self.recipe.actions == "oracle":
+            return 0.0
+        if self.recipe.actions == "mix":
+            return self.recipe.p_predicted
+        return min(1.0, step / max(1, self.total_steps - 1))  # schedule: linear 0 -> 1
+
+    def predicted_mask(self, n: int, step: int, device) -> torch.Tensor:
+        # Seeded by step, not by a running generator: the mask of step k is the same after a resume.
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return (torch.rand(n, generator=g) < self.p_predicted(step)).to(device)
+
+    # ---- one step ----------------------------------------------------------------------------------------------
+    def step_losses(self, batch: dict, train: bool) -> dict[str, torch.Tensor]:
+        r = self.recipe
+        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        nap = None
+        if r.uses_planner:
+            kwargs["token_slot"] = batch["token_slot"]
+            oracle = batch["oracle_actions"]
+            if train and not r.planner_in_training:  # Cornille OA: oracle actions only, the planner is not called
+                kwargs["oracle_actions"] = oracle
+            else:
+                with torch.set_grad_enabled(train and self.planner_trainable):
+                    logits = self.model.planner(**batch["planner_inputs"])  # (N, K), once for the whole batch
+                kwargs["planner_logits"] = logits
+                if train and r.actions != "predicted":
+                    kwargs["oracle_actions"] = oracle
+                    kwargs["predicted_mask"] = self.predicted_mask(len(oracle), self.global_step, oracle.device)
+                if r.nap_weight > 0:
+                    nap = F.cross_entropy(logits.float(), oracle)
+        out = self.model(**kwargs)
+        losses = {"lm_loss": out.loss}
+        if nap is not None:
+            losses["nap_loss"] = nap
+        losses["loss"] = out.loss + (r.nap_weight * nap if nap is not None and train else 0.0)
+        return losses
+
+    def training_step(self, batch, batch_idx):
+        losses = self.step_losses(batch, train=True)
+        tokens = int(batch["attention_mask"].sum())
+        now = time.perf_counter()
+        if self._t_last is not None:
+            self.log("tok_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True, on_step=True, batch_size=1)
+        self._t_last = now
+        bs = batch["input_ids"].shape[0]
+        self.log("train_loss", losses["loss"], prog_bar=True, on_step=True, batch_size=bs)
+        if "nap_loss" in losses:
+            self.log("train_nap_loss", losses["nap_loss"], on_step=True, batch_size=bs)
+        self.log("planner_trainable", float(self.planner_trainable), on_step=True, batch_size=bs)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        losses = self.step_losses(batch, train=False)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+        self.log("val_loss", losses["lm_loss"], prog_bar=True, batch_size=max(n, 1), sync_dist=True)
+
+    # ---- schedule hooks ----------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx):
+        if self.unfreeze_at is not None and not self.planner_trainable and self.global_step >= self.unfreeze_at:
+            self._set_planner_trainable(True)
+        # Counted here, not in on_train_batch_end: ModelCheckpoint saves in its own on_train_batch_end, which
+        # Lightning calls before the module's, and the saved count must include the batch just trained on.
+        self.batches_this_epoch += 1
+
+    def on_train_epoch_start(self):
+        self.batches_this_epoch, self._resume_skip = self._resume_skip, 0
+
+    # ---- data --------------------------------------------------------------------------------------------------
+    def train_dataloader(self):
+        # Built after a checkpoint's on_load_checkpoint, so the sampler starts exactly where the killed run stopped.
+        d = self.data
+        micro = d.micro_batch_size(self.trainer.world_size)
+        sampler = ResumableBatchSampler(
+            len(d.train), micro, seed=self.seed, rank=self.trainer.global_rank, world_size=self.trainer.world_size
+        )
+        epoch = self.current_epoch
+        if self._resume_skip >= len(sampler):
+            # Saved on the last batch of an epoch: Lightning goes on with the next epoch without asking for a new
+            # iterator, so this one must already be the next epoch's.
+            epoch, self._resume_skip = epoch + 1, 0
+        sampler.epoch, sampler.skip = epoch, self._resume_skip
+        return DataLoader(
+            d.train, batch_sampler=sampler, collate_fn=d.collate, num_workers=d.num_workers, generator=_own_generator()
+        )
+
+    def val_dataloader(self):
+        d = self.data
+        if d.val is None or len(d.val) == 0:
+            return []
+        return DataLoader(
+            d.val, batch_size=d.micro_batch_size(1), shuffle=False, collate_fn=d.collate, generator=_own_generator()
+        )
+
+    def configure_optimizers(self):
+        # The planner's parameters are in the optimizer from the start; while frozen they get no gradient, no update.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+
+    # ---- exact resume ------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["planlm"] = {
+            "batches_this_epoch": self.batches_this_epoch,
+            "planner_trainable": self.planner_trainable,
+            "rng": rng_states(),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        state = checkpoint["planlm"]
+        self._resume_skip = state["batches_this_epoch"]
+        self._set_planner_trainable(state["planner_trainable"])
+        set_rng_states(state["rng"])

@@ -1,0 +1,217 @@
+"""Action adapters on tiny GPT-2, GPT-NeoX and Llama models built locally (DESIGN.md 1.3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from planlm.errors import PlanlmError
+from planlm.models.adapters import ATTENTION_OUTPUT_PROJECTIONS, ActionAdapters
+from planlm.models.selection import action_weights
+
+ARCHS = ("gpt2", "gpt_neox", "llama")
+VOCAB = 300
+
+
+def tiny_lm(arch: str, n_layer: int = 4, seed: int = 0):
+    """A randomly initialised causal LM of ``arch`` (no download), in eval mode."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        lm = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=256, n_embd=32, n_layer=n_layer, n_head=2,
+                                          bos_token_id=0, eos_token_id=0))
+    elif arch == "gpt_neox":
+        lm = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=256,
+            )
+        )
+    elif arch == "llama":
+        # head_dim * heads = 48 != hidden 32, and grouped-query attention: the projection input width is read from
+        # the module, not assumed to be the hidden size.
+        lm = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=24, intermediate_size=64, max_position_embeddings=256,
+            )
+        )
+    else:
+        raise ValueError(arch)
+    return lm.eval()
+
+
+def sentence_batch(B=2, T=10, N=5, K=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, (B, T), generator=g)
+    token_slot = torch.sort(torch.randint(0, N, (B, T), generator=g), dim=1).values  # sentences in order
+    logits = torch.randn(N, K, generator=g)
+    return input_ids, token_slot, logits
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_zero_gate_gives_the_base_lm_exactly(arch):
+    lm = tiny_lm(arch)
+    input_ids, token_slot, logits = sentence_batch()
+    base = lm(input_ids).logits
+    adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, gate=True)
+    w = action_weights("soft", 6, planner_logits=logits)
+    with adapters.conditioned(w, token_slot):
+        out = lm(input_ids).logits
+    assert torch.equal(out, base)
+    # without the gate the same adapters do change the logits
+    for a in adapters.adapters.values():
+        a.gate = None
+    with adapters.conditioned(w, token_slot):
+        assert not torch.allclose(lm(input_ids).logits, base)
+    # outside `conditioned` and after detach the LM is the base LM
+    assert torch.equal(lm(input_ids).logits, base)
+    adapters.detach()
+    with pytest.raises(PlanlmError, match="not attached"):
+        with adapters.conditioned(w, token_slot):
+            pass
+
+
+def test_adapter_vector_enters_at_the_output_projection_input_gpt2_one_layer():
+    """Recompute a 1-layer GPT-2 by hand, adding r to the attention output before c_proj."""
+    lm = tiny_lm("gpt2", n_layer=1)
+    input_ids, token_slot, logits = sentence_batch(N=4, K=5)
+    adapters = ActionAdapters.for_lm(lm, num_actions=5, action_dim=8, layers=[0])
+    w = torch.softmax(logits, -1)  # (N, K)
+    with adapters.conditioned(w, token_slot):
+        got = lm(input_ids).logits
+
+    block, tr = lm.transformer.h[0], lm.transformer
+    ad = adapters.adapters["0"]
+    r = ad.proj(w @ ad.action_embeddings)[token_slot]  # (B, T, H)
+    with torch.no_grad():
+        B, T = input_ids.shape
+        h = tr.wte(input_ids) + tr.wpe(torch.arange(T))[None]  # (B, T, H)
+        x = block.ln_1(h)
+        q, k, v = block.attn.c_attn(x).split(32, dim=2)
+        heads = lambda t: t.view(B, T, 2, 16).transpose(1, 2)  # noqa: E731  (B, nh, T, hs)
+        att = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+        merged = att.transpose(1, 2).reshape(B, T, 32)  # (B, T, H): the c_proj input
+        h = h + block.attn.c_proj(merged + r)  # r enters HERE, before the output projection
+        h = h + block.mlp(block.ln_2(h))
+        want = lm.lm_head(tr.ln_f(h))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_post_merge_is_the_base_projection_input_plus_r(arch):
+    """On a 1-layer model, the projection input with adapters = the base LM's projection input + r (captured)."""
+    lm = tiny_lm(arch, n_layer=1)
+    input_ids, token_slot, logits = sentence_batch(N=4, K=5)
+    path = ATTENTION_OUTPUT_PROJECTIONS[arch].format(i=0)
+    seen = {}
+    handle = lm.get_submodule(path).register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
+    lm(input_ids)
+    base_input = seen["x"]
+    handle.remove()
+    adapters = ActionAdapters.for_lm(lm, num_actions=5, action_dim=8, layers=[0])
+    w = torch.softmax(logits, -1)
+    with adapters.capturing() as captured, adapters.conditioned(w, token_slot):
+        lm(input_ids)
+    ad = adapters.adapters["0"]
+    r = ad.proj(w @ ad.action_embeddings)[token_slot]
+    torch.testing.assert_close(captured[0]["pre"], r.detach())
+    torch.testing.assert_close(captured[0]["post"], base_input + r.detach())
+    assert not captured[0]["post"].requires_grad
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_per_sentence_equals_naive_per_token(arch):
+    lm = tiny_lm(arch)
+    input_ids, token_slot, logits = sentence_batch(N=5, K=6)
+    adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8)
+    w = torch.softmax(logits, -1)
+    with adapters.capturing() as captured, adapters.conditioned(w, token_slot):
+        fast = lm(input_ids).logits
+    assert sorted(captured) == adapters.layers == [2, 3]
+    # naive: a K x d product for every token, then the projection, added by an independent hook
+    handles = []
+    adapters.detach()
+    for l in adapters.layers:
+        ad = adapters.adapters[str(l)]
+        B, T = token_slot.shape
+        naive = torch.stack(
+            [torch.stack([ad.proj(w[token_slot[b, t]] @ ad.action_embeddings) for t in range(T)]) for b in range(B)]
+        )  # (B, T, H)
+        torch.testing.assert_close(captured[l]["pre"], naive.detach())
+        path = ATTENTION_OUTPUT_PROJECTIONS[arch].format(i=l)
+        handles.append(lm.get_submodule(path).register_forward_pre_hook(lambda m, a, r=naive: (a[0] + r,)))
+    slow = lm(input_ids).logits
+    for h in handles:
+        h.remove()
+    torch.testing.assert_close(fast, slow)
+
+
+def test_fixed_and_uniform_broadcast_one_vector():
+    lm = tiny_lm("gpt2")
+    input_ids, _, _ = sentence_batch()
+    adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8)
+    with adapters.capturing() as captured, adapters.conditioned(action_weights("uniform", 6)):
+        lm(input_ids)
+    for l in adapters.layers:
+        ad = adapters.adapters[str(l)]
+        mean = ad.proj(ad.action_embeddings.mean(0)).detach()  # uniform == the mean action embedding
+        assert captured[l]["pre"].shape == (2, 10, 32)
+        torch.testing.assert_close(captured[l]["pre"], mean.expand(2, 10, 32))
+    with pytest.raises(PlanlmError, match="token_slot"):
+        with adapters.conditioned(torch.ones(3, 6) / 6):
+            pass
+
+
+def test_negative_slot_means_no_action():
+    lm = tiny_lm("gpt2")
+    input_ids, token_slot, logits = sentence_batch()
+    adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8)
+    token_slot[:, -3:] = -1
+    with adapters.capturing() as captured, adapters.conditioned(torch.softmax(logits, -1), token_slot):
+        lm(input_ids)
+    assert torch.all(captured[2]["pre"][:, -3:] == 0) and torch.any(captured[2]["pre"][:, :-3] != 0)
+
+
+def test_initialisation_and_layers():
+    centroids = torch.randn(6, 8)
+    lm = tiny_lm("gpt_neox")
+    adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, centroids=centroids, layers=[0, -1])
+    assert adapters.layers == [0, 3]
+    for ad in adapters.adapters.values():
+        assert torch.equal(ad.action_embeddings.detach(), centroids) and ad.action_embeddings.requires_grad
+        assert torch.all(ad.proj.bias == 0)
+    # every layer owns its embedding matrix (no sharing)
+    a0, a3 = adapters.adapters["0"], adapters.adapters["3"]
+    assert a0.action_embeddings.data_ptr() != a3.action_embeddings.data_ptr()
+    with pytest.raises(PlanlmError, match="do not exist"):
+        ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, layers=[7])
+    with pytest.raises(PlanlmError, match="centroids have shape"):
+        ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, centroids=torch.randn(5, 8))
+    assert ActionAdapters.for_lm(tiny_lm("llama"), num_actions=6, action_dim=8).hidden_size == 48
+
+
+def test_unsupported_architecture_names_the_fix():
+    with pytest.raises(PlanlmError) as e:
+        ActionAdapters("opt", 4, 32, 6, 8)
+    msg = str(e.value)
+    assert "'opt'" in msg and "gpt2" in msg and "llama" in msg and "ATTENTION_OUTPUT_PROJECTIONS" in msg
+
+
+def test_gpt2_small_parameter_count():
+    """Paper: 10 conditioned layers x (1024*768 + 768*768 + 768) = 13,770,240 for GPT-2 small, K=1024."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.device("meta"):  # the shape of GPT-2 small, without allocating (or downloading) its weights
+        lm = GPT2LMHeadModel(GPT2Config())
+    adapters = ActionAdapters.for_lm(lm, num_actions=1024, action_dim=768)
+    assert adapters.layers == list(range(2, 12))
+    assert sum(p.numel() for p in adapters.parameters()) == 13_770_240

@@ -1,0 +1,146 @@
+"""The one training loop: every recipe trains what it should, bad recipes fail early, the CLI runs it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from finetune_env import cli_args, make_env
+from planlm.cli import main
+from planlm.errors import PlanlmError
+from planlm.train.loop import PlannedLMModule, RecipeConfig
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return make_env(tmp_path_factory.mktemp("ft"))
+
+
+def run(env, name, *extra):
+    out = env["root"] / name
+    assert main(cli_args(env, out, "--optim.max_steps", "6", *extra)) == 0
+    return out
+
+
+def tensors(path):
+    return load_file(str(path))
+
+
+def changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cornille_pa_trains_adapters_not_planner(env):
+    out = run(env, "pa", "--recipe.selection", "hard", "--recipe.actions", "predicted", "--recipe.planner_unfreeze", "never")
+    before = tensors(f"{env['planner']}/planner.safetensors")
+    assert not changed(before, tensors(out / "planner.safetensors"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stage"] == "finetune" and manifest["counts"]["optimizer_steps"] == 6
+    assert manifest["config"]["recipe"]["selection"] == "hard"
+    assert (out / "logs" / "metrics.csv").exists()
+
+
+def test_soft_unfreeze_immediate_trains_the_planner(env):
+    out = run(env, "soft", "--recipe.selection", "soft", "--recipe.planner_unfreeze", "immediate")
+    assert changed(tensors(f"{env['planner']}/planner.safetensors"), tensors(out / "planner.safetensors"))
+
+
+def test_fixed_needs_no_planner_and_saves_none(env):
+    args = cli_args(env, env["root"] / "fixed", "--optim.max_steps", "3", "--recipe.selection", "fixed")
+    i = args.index("--planner")
+    del args[i : i + 2]
+    assert main(args) == 0
+    assert not (env["root"] / "fixed" / "planner.safetensors").exists()
+
+
+def test_unfreeze_schedules():
+    r = RecipeConfig
+    assert r(planner_unfreeze="never").unfreeze_step(100) is None
+    assert r(planner_unfreeze="immediate").unfreeze_step(100) == 0
+    assert r(planner_unfreeze="0.5").unfreeze_step(100) == 50
+    assert r(planner_unfreeze="halfway").unfreeze_step(101) == 50
+    assert r(planner_unfreeze="step:7").unfreeze_step(100) == 7
+
+
+class _Refuse(torch.nn.Module):
+    config = None
+
+    def forward(self, **kw):
+        raise AssertionError("the planner must not run in oracle-action training")
+
+
+def test_oracle_training_never_calls_the_planner(env):
+    from transformers import AutoModelForCausalLM
+
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+    from planlm.train.loop import OptimConfig
+
+    corpus = env["corpus"]
+    lm = AutoModelForCausalLM.from_pretrained(env["lm"])
+    model = PlannedLM(lm, PlannedLMConfig(num_actions=corpus.num_actions, action_dim=corpus.embedding_dim,
+                                          selection="hard"), planner=_Refuse())
+    module = PlannedLMModule(model, RecipeConfig(selection="hard", actions="oracle", planner_unfreeze="never"),
+                             OptimConfig(), total_steps=10)
+    batch = {
+        "input_ids": torch.randint(0, 50, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long),
+        "labels": torch.randint(0, 50, (2, 8)), "token_slot": torch.zeros(2, 8, dtype=torch.long),
+        "oracle_actions": torch.tensor([3]), "planner_inputs": {},
+    }
+    losses = module.step_losses(batch, train=True)
+    assert torch.isfinite(losses["loss"])
+    with pytest.raises(AssertionError, match="must not run"):
+        module.step_losses(batch, train=False)  # evaluation always uses the planner's actions
+
+
+def test_mixing_schedules(env):
+    from planlm.train.loop import OptimConfig
+
+    class M(PlannedLMModule):
+        def __init__(self, recipe):  # only the schedule logic, no model needed
+            torch.nn.Module.__init__(self)
+            self.recipe, self.total_steps, self.seed = recipe, 11, 0
+
+    assert M(RecipeConfig(actions="predicted")).p_predicted(3) == 1.0
+    assert M(RecipeConfig(actions="oracle")).p_predicted(3) == 0.0
+    assert M(RecipeConfig(actions="mix", p_predicted=0.25)).p_predicted(3) == 0.25
+    sched = M(RecipeConfig(actions="schedule"))
+    assert [sched.p_predicted(s) for s in (0, 5, 10)] == [0.0, 0.5, 1.0]
+    m = M(RecipeConfig(actions="mix", p_predicted=0.3))
+    masks = torch.stack([m.predicted_mask(2000, s, "cpu") for s in range(3)])
+    assert abs(masks.float().mean().item() - 0.3) < 0.03
+    assert torch.equal(m.predicted_mask(50, 1, "cpu"), m.predicted_mask(50, 1, "cpu"))  # same step, same mask
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--recipe.selection", "soft", "--recipe.actions", "oracle"], "oracle training actions are one-hot"),
+        (["--recipe.planner_unfreeze", "sometimes"], "planner_unfreeze must be"),
+        (["--recipe.nap_weight", "1", "--recipe.planner_unfreeze", "never"], "nap_weight > 0 trains the planner"),
+        (["--optim.batch_size", "6", "--optim.accumulate", "4"], "not divisible"),
+    ],
+)
+def test_bad_recipes_fail_before_any_work(env, capsys, extra, message):
+    out = env["root"] / "bad"
+    assert main(cli_args(env, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_soft_without_planner_is_a_clear_error(env):
+    from planlm.train.finetune import finetune
+
+    with pytest.raises(PlanlmError, match="needs a planner"):
+        finetune(prepared=env["prepared"], lm=env["lm"], out=env["root"] / "x", recipe=RecipeConfig(selection="soft"))
+
+
+def test_finetune_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "--recipe.selection" in text and "--recipe.planner_unfreeze" in text and "--resume" in text
