@@ -35,14 +35,7 @@ def _resolve(spec: str) -> Callable:
 
 def components(commands: dict = COMMANDS) -> dict:
     """The command table with every "module:function" resolved to its function."""
-    out = {}
-    for k, v in commands.items():
-        try:  # DEV-ONLY leniency while stages land; made strict before commit
-            out[k] = components(v) if isinstance(v, dict) else _resolve(v)
-        except ModuleNotFoundError as e:
-            if not (e.name or "").startswith("planlm"):
-                raise
-    return out
+    return {k: components(v) if isinstance(v, dict) else _resolve(v) for k, v in commands.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,160 @@
+"""Benchmark planner-in-the-loop generation against plain Hugging Face ``generate`` of the same LM, side by side.
+
+    python bench/generate.py --run runs/finetune          # a fine-tuned planned LM (its corpus's encoder)
+    python bench/generate.py                              # self-contained: a small GPT-2 trained briefly on
+                                                          # wiki-bench text, MiniLM, a paper-size planner (K=1024)
+    python bench/generate.py --device cuda --tokens 512
+
+Three decoders of the same LM and the same sampling settings (temperature 1, top-p 0.95), each run ``--samples``
+times after one warm-up, tokens per second over all of them:
+
+- ``hf``: ``lm.generate`` (KV cache, the LM without adapters);
+- ``planned-fixed``: planlm's decoding loop with the adapters on and ``fixed`` selection (no planner, no splitting):
+  the cost of the loop itself and the adapter hooks;
+- ``planned``: the planner in the loop (sentence splitting after sentence-final punctuation, sentence embedding,
+  planner call and the re-feed of the sentence's last token at every sentence end).
+
+The self-contained setup's LM is trained for ``--train-steps`` steps (batches of 8 x 64 tokens) so that it writes
+sentence ends at a realistic rate (re-planning is the cost being measured; a random LM almost never ends a
+sentence). Results and the command go in docs/performance.md (``## generate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WIKI_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki-bench.jsonl.gz"
+
+
+def synthetic_setup(args):
+    """A small GPT-2 trained briefly on wiki-bench text + MiniLM + a random paper-size planner (K=1024)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from planlm.data.encoders import DEFAULT_ENCODER, load_encoder
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+    from planlm.models.planner import Planner, PlannerConfig
+    from planlm.train.pretrain_lm import train_tokenizer
+
+    with gzip.open(WIKI_BENCH, "rt") as f:
+        texts = [json.loads(line)["text"] for _, line in zip(range(200), f)]
+    tok = train_tokenizer(texts, vocab_size=4096)
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=1024, n_embd=args.width, n_layer=args.layers,
+                                    n_head=max(1, args.width // 64), bos_token_id=tok.bos_token_id,
+                                    eos_token_id=tok.eos_token_id)).to(args.device)
+    ids = torch.tensor([i for t in texts for i in tok(t)["input_ids"]])
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    t0 = time.perf_counter()
+    for step in range(args.train_steps):
+        starts = torch.randint(0, len(ids) - 65, (8,))
+        batch = torch.stack([ids[s : s + 64] for s in starts.tolist()]).to(args.device)  # (8, 64)
+        loss = lm(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    print(f"trained the bench LM for {args.train_steps} steps in {time.perf_counter() - t0:.0f} s (loss {loss:.2f})",
+          file=sys.stderr)
+    encoder = load_encoder(DEFAULT_ENCODER, device=args.device)
+    k, d = 1024, encoder.dim
+    centroids = np.random.default_rng(0).standard_normal((k, d)).astype(np.float32)
+    corpus = PreparedCorpus(
+        path=Path("<bench>"), manifest={}, titles=[], texts=[], article_split=np.zeros(0, dtype=str),
+        sentence_article=np.zeros(0, np.int64), sentence_position=np.zeros(0, np.int32),
+        sentence_start=np.zeros(0, np.int64), sentence_end=np.zeros(0, np.int64), actions=np.zeros(0, np.int32),
+        embeddings=np.zeros((0, d), np.float16), centroids=centroids,
+    )
+    planner = Planner(PlannerConfig(num_actions=k, encoder_dim=d, context_sentences=None), torch.from_numpy(centroids))
+    model = PlannedLM(lm, PlannedLMConfig(num_actions=k, action_dim=d), torch.from_numpy(centroids), planner)
+    return model.to(args.device).eval(), tok, corpus, encoder
+
+
+def run_setup(args):
+    from planlm.data.encoders import load_encoder
+    from planlm.eval.generate import load_run
+
+    model, tok, corpus, _ = load_run(Path(args.run), device=args.device)
+    return model, tok, corpus, load_encoder(args.encoder or corpus.encoder, device=args.device)
+
+
+def time_it(fn, samples: int) -> tuple[float, int]:
+    fn(-1)  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0, tokens = time.perf_counter(), 0
+    for i in range(samples):
+        tokens += fn(i)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", help="a `planlm finetune` folder (default: the self-contained setup)")
+    p.add_argument("--encoder", help="sentence encoder for --run (default: its corpus's)")
+    p.add_argument("--tokens", type=int, default=256, help="new tokens per sample")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--prompt", default="The Moon is Earth's only natural satellite.")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--layers", type=int, default=6, help="self-contained LM: layers")
+    p.add_argument("--width", type=int, default=384, help="self-contained LM: hidden size")
+    p.add_argument("--train-steps", type=int, default=60, help="self-contained LM: training steps")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from planlm.eval.generate import PlannedGenerator, SamplingConfig
+
+    model, tok, corpus, encoder = run_setup(args) if args.run else synthetic_setup(args)
+    prompt_ids = torch.tensor([tok(args.prompt, add_special_tokens=False)["input_ids"]], device=args.device)
+
+    def sampling(i):
+        return SamplingConfig(max_new_tokens=args.tokens, temperature=1.0, top_p=0.95, seed=100 + i)
+
+    def hf(i):
+        torch.manual_seed(100 + i)
+        with torch.inference_mode():
+            out = model.lm.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True,
+                                    top_p=0.95, top_k=0, temperature=1.0, max_new_tokens=args.tokens,
+                                    pad_token_id=tok.pad_token_id)
+        return out.shape[1] - prompt_ids.shape[1]
+
+    planned_gen = PlannedGenerator(model, tok, corpus, encoder)
+    sentences = []
+
+    def planned(i):
+        g = planned_gen.generate_one(args.prompt, sampling=sampling(i))
+        if i >= 0:
+            sentences.append(len([s for s in g.sentences if s.generated]))
+        return g.new_tokens
+
+    selection = model.config.selection
+    rows = [("hf", *time_it(hf, args.samples)), ("planned", *time_it(planned, args.samples))]
+    model.config.selection = "fixed"  # the same loop and adapters, no planner and no sentence work
+    fixed_gen = PlannedGenerator(model, tok, corpus, encoder)
+    rows.insert(1, ("planned-fixed", *time_it(lambda i: fixed_gen.generate_one(args.prompt, sampling=sampling(i))
+                                               .new_tokens, args.samples)))
+    model.config.selection = selection
+
+    base = rows[0][2] / rows[0][1]
+    n_params = sum(p.numel() for p in model.lm.parameters())
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, LM {n_params / 1e6:.1f} M parameters, "
+          f"{args.samples} samples x {args.tokens} new tokens, planned: {np.mean(sentences):.1f} sentences per sample")
+    print(f"{'decoder':<15} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs hf':>6}")
+    for name, seconds, tokens in rows:
+        rate = tokens / seconds
+        print(f"{name:<15} {tokens:>7} {seconds:>8.2f} {rate:>9.1f} {rate / base:>6.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""`planlm evaluate`: perplexity (predicted / oracle / fixed actions, paper / strided protocol), planner accuracy,
+perplexity split by right vs wrong planner predictions (the paper's Appendix E), optional generation metrics and
+probes, written as ``metrics.json`` (the schema `planlm report` reads, docs/evaluation.md) + ``metrics.md``.
+
+Output folder (``--out``, default ``RUN/evaluate``), written atomically::
+
+    metrics.json        variant, seed, ppl (predicted actions, first protocol), ppl_oracle, p_predicted, ... and
+                        the detail: every (protocol, actions) perplexity, planner top-1/top-5, right/wrong split,
+                        generation metrics, probe summary
+    metrics.md          the same as a table
+    generations.jsonl   with --generation: every generated and true text with its action sequence
+    probes.json, probes.png   with --probes (Figure 3)
+    manifest.json       stage "evaluate"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from planlm.errors import PlanlmError, raise_if_problems
+from planlm.eval.generation_metrics import GenerationMetricsConfig
+from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS
+from planlm.eval.probes import ProbeConfig
+
+
+@dataclass
+class PerplexityConfig:
+    """Which perplexities to compute (paper: predicted actions, windows of 128, stride 1, 1000 test articles)."""
+
+    actions: list[str] = field(default_factory=lambda: ["predicted", "oracle"])
+    """Action sources: predicted (the main metric) | oracle | fixed. Fixed / uniform models use one constant."""
+    protocols: list[str] = field(default_factory=lambda: ["paper"])
+    """paper (stride 1, last token of each window scored) | strided; with both, their difference is reported."""
+    context_length: int = 128
+    """Tokens per window (paper: 128)."""
+    stride: int | None = None
+    """Stride of the strided protocol (default context_length - 1)."""
+    max_articles: int | None = 1000
+    """Evaluate the first this many articles of the split (paper: 1000)."""
+    max_tokens: int | None = None
+    """Stop after this many scored tokens per perplexity (the paper protocol costs one forward pass per token)."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    fixed_action: int | None = None
+    """actions=fixed: the action id (default: the model's fixed_action)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        bad = [a for a in self.actions if a not in ACTION_SOURCES]
+        if not self.actions or bad:
+            out.append(f"ppl.actions must be a non-empty list of {', '.join(ACTION_SOURCES)} (got {self.actions})")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if not self.protocols or bad:
+            out.append(f"ppl.protocols must be a non-empty list of {', '.join(PROTOCOLS)} (got {self.protocols})")
+        if self.context_length < 2:
+            out.append(f"ppl.context_length must be at least 2 (got {self.context_length})")
+        if self.stride is not None and not 1 <= self.stride <= self.context_length - 1:
+            out.append(f"ppl.stride must be in [1, context_length - 1] (got {self.stride})")
+        for name in ("max_articles", "max_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                out.append(f"ppl.{name} must be positive or null (got {v})")
+        if self.batch_size < 1:
+            out.append(f"ppl.batch_size must be positive (got {self.batch_size})")
+        return out
+
+
+def variant_name(config: dict) -> str:
+    """The paper's name of a finetune recipe (Table 1 rows), from ``finetune_config.json``'s ``recipe``."""
+    r = config.get("recipe") or {}
+    sel, actions = r.get("selection", "soft"), r.get("actions", "predicted")
+    unfreeze = str(r.get("planner_unfreeze", "0.5")).strip().lower()
+    when = {"0.5": "halfway", "halfway": "halfway", "never": "never", "immediate": "immediate"}.get(unfreeze, unfreeze)
+    if sel == "fixed":
+        name = "Fixed"
+    elif sel == "uniform":
+        name = "Uniform"
+    elif sel == "hard":
+        name = {"oracle": "Cornille OA", "predicted": "Cornille PA", "schedule": "Hard / scheduled sampling"}.get(
+            actions, f"Hard / mix p={r.get('p_predicted')}"
+        )
+    else:
+        name = f"{'Soft' if sel == 'soft' else 'Straight-through'} / unfreeze {when}"
+    if float(r.get("nap_weight", 0) or 0) > 0:
+        name += " + NAP"
+    if r.get("train_lm"):
+        name += " + LM"
+    return name
+
+
+def training_p_predicted(config: dict) -> float | None:
+    """Probability of planner-predicted actions during training, for hard-selection runs (the mixing plot)."""
+    r = config.get("recipe") or {}
+    if r.get("selection") != "hard":
+        return None
+    return {"predicted": 1.0, "oracle": 0.0, "mix": r.get("p_predicted")}.get(r.get("actions"))
+
+
+def validate_evaluate(run: Path, prepared: Path | None, split: str, ppl: PerplexityConfig,
+                      gen: GenerationMetricsConfig, generation: bool) -> None:
+    from planlm.artifacts import read_manifest
+
+    problems = list(ppl.problems())
+    if split not in ("train", "val", "test"):
+        problems.append(f"split must be train, val or test (got {split!r})")
+    if generation:
+        problems += gen.problems()
+    try:
+        read_manifest(run, "finetune")
+    except PlanlmError as e:
+        problems.append(str(e))
+    if prepared is not None and not Path(prepared).exists():
+        problems.append(f"--prepared {prepared} does not exist")
+    raise_if_problems(problems, "evaluate")
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def metrics_markdown(m: dict) -> str:
+    """``metrics.md``: the headline numbers and every perplexity as tables."""
+    lines = [f"# {m['variant']} (seed {m['seed']})", "", "| metric | value |", "|---|---|"]
+    for key in ("ppl", "ppl_oracle", "ppl_strided_minus_paper", "mauve", "rouge2", "latent_ppl"):
+        if key in m:
+            lines.append(f"| {key} | {_fmt(m[key])} |")
+    for n, v in (m.get("edit_distance") or {}).items():
+        lines.append(f"| edit distance @{n} (per 128 tokens) | {_fmt(v)} |")
+    if "planner" in m:
+        p = m["planner"]
+        lines.append(f"| planner top-1 / top-5 vs oracle | {_fmt(p['top1'])} / {_fmt(p['top5'])} ({p['sentences']} "
+                     "sentences) |")
+    lines += ["", "## Perplexity", "", "| protocol | actions | PPL | tokens | articles |", "|---|---|---|---|---|"]
+    for protocol, by_actions in m["perplexity"].items():
+        for actions, r in by_actions.items():
+            lines.append(f"| {protocol} | {actions} | {_fmt(r['ppl'])} | {r['tokens']} | {r['articles']} |")
+    if m.get("by_planner_correct"):
+        lines += ["", "## Perplexity by planner correctness (Appendix E)", "",
+                  "| actions | PPL, planner right | tokens | PPL, planner wrong | tokens |", "|---|---|---|---|---|"]
+        for actions, r in m["by_planner_correct"].items():
+            lines.append(f"| {actions} | {_fmt(r['right']['ppl'])} | {r['right']['tokens']} | "
+                         f"{_fmt(r['wrong']['ppl'])} | {r['wrong']['tokens']} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    run: Path = Path("runs/finetune"),
+    prepared: Path | None = None,
+    out: Path | None = None,
+    split: str = "test",
+    ppl: PerplexityConfig = PerplexityConfig(),
+    generation: bool = False,
+    gen: GenerationMetricsConfig = GenerationMetricsConfig(),
+    probes: bool = False,
+    probe: ProbeConfig = ProbeConfig(),
+    probe_windows: int = 64,
+    variant: str | None = None,
+    encoder: str | None = None,
+    device: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Evaluate a fine-tuned planned LM: perplexity, planner accuracy, and optionally generation metrics and probes.
+
+    Perplexity with planner-predicted actions is the main metric (``ppl`` in metrics.json); oracle and fixed actions
+    and the strided protocol are options. Planner top-1/top-5 accuracy is measured against the oracle actions of the
+    evaluated sentences, and perplexity is split by whether the planner's top action was right (Appendix E).
+
+    Args:
+        run: a `planlm finetune` output folder.
+        prepared: the prepared corpus (default: the one recorded in the run's manifest).
+        out: output folder (default: RUN/evaluate).
+        split: the split to evaluate on (train, val, test).
+        ppl: action sources, protocols, window length, article and token caps.
+        generation: also compute the generation metrics (MAUVE, ROUGE-2, action edit distance, latent PPL).
+        gen: generation-metric counts, lengths, sampling, featurizer, critic.
+        probes: also fit the linear probes (pre-/post-merge, Figure 3) on the split's windows.
+        probe: probe settings.
+        probe_windows: windows of the split the probe features come from.
+        variant: row name in the report (default: the paper's name of the run's recipe).
+        encoder: sentence encoder for generation (default: the prepared corpus's).
+        device: cpu, cuda, ... (default: a GPU when visible).
+        force: recompute even if OUT holds an evaluation with the same config.
+
+    Returns:
+        The output folder.
+    """
+    from planlm.artifacts import reusable
+
+    run = Path(run)
+    validate_evaluate(run, prepared, split, ppl, gen, generation)
+    out = Path(out) if out is not None else run / "evaluate"
+    config = {
+        "run": str(run), "prepared": str(prepared) if prepared else None, "split": split, "ppl": ppl,
+        "generation": generation, "gen": gen if generation else None, "probes": probes,
+        "probe": probe if probes else None, "probe_windows": probe_windows if probes else None, "variant": variant,
+        "encoder": encoder, "run_id": json.loads((run / "manifest.json").read_text()).get("id"),
+    }
+    if reusable(out, "evaluate", config, force):
+        print(f"planlm evaluate: {out} is up to date (same run and config); --force true recomputes")
+        return out
+    if out.exists() and not force:
+        raise PlanlmError(f"{out} already exists; pass --force true to replace it or choose another --out")
+    return run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe, probe_windows, variant,
+                        encoder, device, config)
+
+
+def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe, probe_windows, variant, encoder,
+                 device, config) -> Path:
+    import torch
+
+    from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
+    from planlm.eval.generate import load_run
+    from planlm.eval.perplexity import default_planner_inputs_fn, perplexity, planner_logits_for
+    from planlm.models.selection import CONSTANT_SELECTIONS
+
+    t0 = time.time()
+    model, tokenizer, corpus, manifest = load_run(run, prepared, device)
+    ft_config = json.loads((run / "finetune_config.json").read_text()) if (run / "finetune_config.json").exists() \
+        else manifest.get("config", {})
+    constant = model.config.selection in CONSTANT_SELECTIONS
+    if corpus.id != ((manifest.get("inputs") or {}).get("prepared") or {}).get("id"):
+        print(f"planlm evaluate: note: {corpus.path} is not the prepared corpus {run} was fine-tuned on")
+
+    metrics: dict = {
+        "variant": variant or variant_name(ft_config),
+        "seed": int(ft_config.get("seed", 0)),
+        "selection": model.config.selection,
+        "split": split,
+    }
+    p = training_p_predicted(ft_config)
+    if p is not None:
+        metrics["p_predicted"] = p
+
+    # The planner's logits for every sentence of the evaluated articles: once, shared by every perplexity run,
+    # the accuracy and the Appendix-E split.
+    shared = None
+    article_ids = corpus.article_ids(split)[: ppl.max_articles]
+    sentence_ids = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in article_ids] or [[]])
+    sentence_ids = sentence_ids.astype(np.int64)
+    if not constant and model.planner is not None and len(sentence_ids):
+        logits = planner_logits_for(model, sentence_ids, default_planner_inputs_fn(model, corpus, tokenizer))
+        shared = (sentence_ids, logits)
+        oracle = torch.from_numpy(corpus.actions[sentence_ids].astype(np.int64))
+        top5 = logits.topk(min(5, logits.shape[1]), dim=-1).indices  # (N, 5)
+        metrics["planner"] = {
+            "top1": float((top5[:, 0] == oracle).float().mean()),
+            "top5": float((top5 == oracle[:, None]).any(-1).float().mean()),
+            "sentences": int(len(sentence_ids)),
+        }
+        metrics["planner_top1"], metrics["planner_top5"] = metrics["planner"]["top1"], metrics["planner"]["top5"]
+
+    action_sources = ["predicted"] if constant else list(dict.fromkeys(ppl.actions))
+    results = {}
+    for protocol in dict.fromkeys(ppl.protocols):
+        for actions in action_sources:
+            results[(protocol, actions)] = perplexity(
+                model, corpus, tokenizer, split, actions, protocol, ppl.context_length,
+                ppl.stride if protocol == "strided" else None, ppl.max_articles, ppl.max_tokens, ppl.batch_size,
+                fixed_action=ppl.fixed_action, planner_logits=shared,
+            )
+    metrics["perplexity"] = {}
+    for (protocol, actions), r in results.items():
+        metrics["perplexity"].setdefault(protocol, {})[actions] = r.summary()
+    main_protocol = list(dict.fromkeys(ppl.protocols))[0]
+    main_actions = "predicted" if "predicted" in action_sources else action_sources[0]
+    metrics["ppl"] = results[(main_protocol, main_actions)].ppl
+    metrics["ppl_actions"], metrics["ppl_protocol"] = main_actions, main_protocol
+    if ("oracle" in action_sources) and (main_protocol, "oracle") in results:
+        metrics["ppl_oracle"] = results[(main_protocol, "oracle")].ppl
+    if {"paper", "strided"} <= set(ppl.protocols):
+        a = main_actions
+        metrics["ppl_strided_minus_paper"] = results[("strided", a)].ppl - results[("paper", a)].ppl
+        metrics["tokens_compared"] = {"paper": results[("paper", a)].tokens, "strided": results[("strided", a)].tokens}
+
+    if shared is not None:
+        # Appendix E: tokens of sentences whose top planner action equals the oracle one vs the others.
+        right = np.zeros(len(corpus.sentence_article), dtype=bool)
+        right[shared[0]] = (shared[1].argmax(-1).numpy() == corpus.actions[shared[0]])
+        metrics["by_planner_correct"] = {}
+        for actions in action_sources:
+            r = results[(main_protocol, actions)]
+            ok = right[r.token_sentence]
+            (p_ok, n_ok), (p_bad, n_bad) = r.subset(ok), r.subset(~ok)
+            metrics["by_planner_correct"][actions] = {"right": {"ppl": p_ok, "tokens": n_ok},
+                                                     "wrong": {"ppl": p_bad, "tokens": n_bad}}
+
+    samples, probe_rows = None, None
+    if generation:
+        from planlm.data.encoders import load_encoder
+        from planlm.eval.generate import PlannedGenerator
+        from planlm.eval.generation_metrics import generation_metrics
+
+        enc = load_encoder(encoder or corpus.encoder, device=device)
+        g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc), gen)
+        metrics.update(g.summary())
+        samples = g.samples
+    if probes:
+        probe_rows = _probe(model, corpus, tokenizer, split, ppl, probe, probe_windows)
+        metrics["probes"] = {"rows": len(probe_rows), "file": "probes.json"}
+    metrics["seconds"] = round(time.time() - t0, 1)
+
+    with atomic_dir(out, force=True) as tmp:
+        write_json_atomic(tmp / "metrics.json", metrics)
+        (tmp / "metrics.md").write_text(metrics_markdown(metrics))
+        if samples is not None:
+            with open(tmp / "generations.jsonl", "w") as f:
+                for s in samples:
+                    f.write(json.dumps(s, ensure_ascii=False) + "\n")
+        if probe_rows is not None:
+            from planlm.eval.probes import plot_probes, rows_to_json
+
+            write_json_atomic(tmp / "probes.json", rows_to_json(probe_rows))
+            plot_probes(probe_rows, tmp / "probes.png", title=metrics["variant"])
+        write_manifest(tmp, "evaluate", config, inputs={"run": run, "prepared": corpus.path},
+                       counts={"ppl_tokens": {f"{k[0]}/{k[1]}": r.tokens for k, r in results.items()}},
+                       variant=metrics["variant"], seconds=metrics["seconds"])
+    print(f"planlm evaluate: {metrics['variant']}: ppl {metrics['ppl']:.3f} ({main_protocol}, {main_actions}) -> {out}")
+    return out
+
+
+def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeConfig, windows: int):
+    """Probe features from the split's training-style windows (stride context - 1), predicted actions."""
+    from planlm.data.windows import WindowDataset
+    from planlm.eval.perplexity import default_planner_inputs_fn
+    from planlm.eval.probes import collect_probe_features, run_probes
+    from planlm.models.selection import CONSTANT_SELECTIONS
+
+    ds = WindowDataset.from_corpus(corpus, tokenizer, split, ppl.context_length, ppl.context_length - 1,
+                                   max_articles=ppl.max_articles)
+    if len(ds) == 0:
+        raise PlanlmError(f"no {split} windows to probe")
+    fn = None if model.config.selection in CONSTANT_SELECTIONS else default_planner_inputs_fn(model, corpus, tokenizer)
+    collate = ds.collate_fn(fn, pad_token_id=tokenizer.pad_token_id or 0)
+    n = min(windows, len(ds))
+    batches = [collate([ds[j] for j in range(i, min(i + ppl.batch_size, n))]) for i in range(0, n, ppl.batch_size)]
+    feats = collect_probe_features(model, batches)
+    return run_probes(feats.features, feats.input_ids, feats.attention_mask, probe)

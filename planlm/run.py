@@ -1,0 +1,242 @@
+"""`planlm run`: the whole pipeline in one command, with presets (DESIGN.md section 2).
+
+prepare -> pretrain-lm (only without --lm) -> train-planner -> finetune the paper's variants -> evaluate (test-split
+perplexity with planner-predicted actions) -> a table in the layout of the paper's Table 1 (``OUT/results.md``,
+``OUT/results.json``) -> ``planlm report`` (``OUT/report``). Every stage writes its own artifact under OUT and is
+reused when it is already there with the same config, so an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from planlm.errors import PlanlmError, raise_if_problems
+from planlm.train.loop import OptimConfig, RecipeConfig
+from planlm.train.trainer import TrainerConfig
+
+# The paper's Table 1 rows (GPT-2 small, Wikipedia) and their reference perplexities (DESIGN.md section 1).
+VARIANTS: dict[str, RecipeConfig] = {
+    "Fixed": RecipeConfig(selection="fixed", planner_unfreeze="never"),
+    "Uniform": RecipeConfig(selection="uniform", planner_unfreeze="never"),
+    "Cornille OA": RecipeConfig(selection="hard", actions="oracle", planner_unfreeze="never"),
+    "Cornille PA": RecipeConfig(selection="hard", actions="predicted", planner_unfreeze="never"),
+    "Soft / unfreeze halfway": RecipeConfig(selection="soft", planner_unfreeze="0.5"),
+    "Soft / never": RecipeConfig(selection="soft", planner_unfreeze="never"),
+    "Soft / immediate": RecipeConfig(selection="soft", planner_unfreeze="immediate"),
+    "Straight-through / halfway": RecipeConfig(selection="straight-through", planner_unfreeze="0.5"),
+    "NAP during fine-tuning": RecipeConfig(selection="soft", planner_unfreeze="immediate", nap_weight=1.0),
+}
+DEFAULT_VARIANTS = ["Fixed", "Uniform", "Cornille OA", "Cornille PA", "Soft / unfreeze halfway"]
+PAPER_PPL = {
+    "Fixed": 26.69, "Uniform": 26.69, "Cornille OA": 26.94, "Cornille PA": 25.55, "Soft / unfreeze halfway": 25.23,
+    "Soft / never": 25.32, "Soft / immediate": 25.42, "Straight-through / halfway": 25.66,
+    "NAP during fine-tuning": 25.24,
+}
+
+
+@dataclass
+class RunPreset:
+    """Sizes of every stage of `planlm run` (one preset per budget)."""
+
+    max_articles: int | None = None
+    """Corpus articles to read (None = all)."""
+    prepare_preset: str = "auto"
+    """`planlm prepare --preset` (auto / small / paper)."""
+    num_actions: int | None = None
+    """K; None = chosen by the prepare preset."""
+    encoder: str = "all-MiniLM-L6-v2"
+    """Sentence encoder (paper: all-mpnet-base-v2)."""
+    lm_preset: str = "small-cpu"
+    """`planlm pretrain-lm --preset` when no --lm is given."""
+    lm_max_steps: int = -1
+    """Cap on LM pretraining steps (-1 = the preset's epochs)."""
+    planner_epochs: int = 1
+    """Planner NAP pretraining epochs (paper: 1)."""
+    planner_lr: float = 1e-4
+    """Planner NAP learning rate (paper: 1e-4; a small corpus needs more than one epoch at 1e-4 gives)."""
+    planner_batch_size: int = 32
+    """Planner batch (paper: 32)."""
+    planner_context: str = "paper"
+    """Planner context mode (paper / causal)."""
+    finetune: OptimConfig = field(default_factory=OptimConfig)
+    """Fine-tuning optimisation (paper: Adam 1e-4, batch 32, one epoch)."""
+    context_length: int = 128
+    """Window length (paper: 128)."""
+    eval_protocol: str = "paper"
+    """paper (stride 1, last token scored) or strided."""
+    eval_stride: int | None = None
+    """Stride of the strided protocol."""
+    eval_max_articles: int | None = 1000
+    """Test articles evaluated (paper: 1000)."""
+    eval_max_tokens: int | None = None
+    """Cap on scored tokens per perplexity."""
+    eval_batch_size: int = 64
+    """Windows per evaluation forward pass."""
+
+
+PRESETS: dict[str, RunPreset] = {
+    # Smoke run, <= 3 minutes on a 2-core CPU: a slice of the corpus, a tiny LM, a few steps per variant.
+    "quick": RunPreset(
+        max_articles=12, prepare_preset="small", num_actions=16, lm_preset="small-cpu", lm_max_steps=40,
+        planner_epochs=2, planner_lr=1e-3,
+        finetune=OptimConfig(lr=1e-3, batch_size=16, max_steps=15), context_length=64,
+        eval_protocol="strided", eval_stride=32, eval_max_articles=4, eval_max_tokens=3000, eval_batch_size=32,
+    ),
+    # The README's main job, <= 15 minutes on a 2-core CPU: the whole builtin corpus, a small GPT-2 trained from
+    # scratch, one epoch per variant; perplexity with the strided protocol (stride 64) on the whole test split,
+    # because the paper's stride-1 protocol costs one forward pass per token.
+    "default": RunPreset(
+        prepare_preset="small", lm_preset="small-cpu", planner_epochs=2, planner_lr=1e-3, finetune=OptimConfig(lr=1e-3),
+        eval_protocol="strided", eval_stride=64, eval_batch_size=64,
+    ),
+    # The paper's hyperparameters, for a GPU: K=1024, all-mpnet-base-v2, Adam 1e-4, batch 32, one epoch,
+    # stride-1 perplexity on 1000 test articles. Use with --lm gpt2 --data wikimedia/wikipedia --data_config 20231101.en.
+    "paper": RunPreset(
+        prepare_preset="paper", encoder="all-mpnet-base-v2", lm_preset="gpt2", finetune=OptimConfig(),
+        eval_protocol="paper", eval_max_articles=1000,
+    ),
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-").replace("--", "-")
+
+
+def validate_run(preset: str, variants: list[str], lm: str | None) -> None:
+    problems = []
+    if preset not in PRESETS:
+        problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        problems.append(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if not variants:
+        problems.append("--variants is empty")
+    if lm is not None and not lm.strip():
+        problems.append("--lm is empty; leave it unset to pretrain a small LM offline, or name a Hub model / folder")
+    raise_if_problems(problems, "run")
+
+
+def results_table(rows: list[dict]) -> str:
+    """The paper's Table 1 layout: PPL (planner-predicted actions) and PPL relative to Fixed."""
+    fixed = next((r["ppl"] for r in rows if r["variant"] == "Fixed"), None)
+    lines = [
+        "| variant | PPL | vs Fixed | planner top-1 | paper PPL (GPT-2, Wikipedia) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rel = f"{100 * (r['ppl'] / fixed - 1):+.2f}%" if fixed else "-"
+        top1 = f"{r['planner_top1']:.3f}" if r.get("planner_top1") is not None else "-"
+        paper = f"{PAPER_PPL[r['variant']]:.2f}" if r["variant"] in PAPER_PPL else "-"
+        lines.append(f"| {r['variant']} | {r['ppl']:.3f} | {rel} | {top1} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
+def run(
+    out: Path = Path("runs/demo"),
+    data: str = "builtin",
+    data_config: str | None = None,
+    lm: str | None = None,
+    preset: str = "default",
+    variants: list[str] = DEFAULT_VARIANTS,
+    seed: int = 0,
+    trainer: TrainerConfig = TrainerConfig(),
+    force: bool = False,
+) -> Path:
+    """Run the whole pipeline and print the results table (the paper's Table 1 layout).
+
+    With no arguments: the embedded English Wikipedia sample, a small GPT-2 pretrained from scratch (offline), and the
+    variants Fixed, Uniform, Cornille OA, Cornille PA and Soft / unfreeze halfway (at most 15 minutes on a 2-core CPU).
+    At paper scale, with Hub access: ``--lm gpt2 --data wikimedia/wikipedia --data_config 20231101.en --preset paper``.
+
+    Args:
+        out: folder for every artifact (prepared/, lm/, planner/, runs/<variant>/, report/) and the results table.
+        data: corpus: builtin, a local .jsonl/.parquet/.txt/.xml(.bz2) file or folder, or a Hub dataset name.
+        data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
+        lm: base causal LM (Hub name or folder); unset = pretrain a small GPT-2 from scratch on the corpus.
+        preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
+        variants: which rows of the paper's Table 1 to train (names as in planlm.run.VARIANTS).
+        seed: seed of every stage.
+        trainer: devices, strategy and precision for every training stage.
+        force: rebuild every stage even when its artifact is up to date.
+
+    Returns:
+        The output folder.
+    """
+    variants = list(variants)
+    validate_run(preset, variants, lm)
+    from planlm.data.corpus import SourceConfig
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.models.planner import PlannerConfig
+    from planlm.prepare import EncoderConfig, prepare
+    from planlm.report import report
+    from planlm.train.finetune import WindowConfig, finetune
+    from planlm.train.planner import train_planner
+    from planlm.train.pretrain_lm import pretrain_lm
+
+    p = PRESETS[preset]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def timed(name, fn, *args, **kwargs):
+        print(f"\n=== planlm run: {name} ===", flush=True)
+        t = time.time()
+        result = fn(*args, **kwargs)
+        times[name] = round(time.time() - t, 1)
+        return result
+
+    prepared = timed(
+        "prepare", prepare, out=str(out / "prepared"),
+        source=SourceConfig(source=data, hub_config=data_config, max_articles=p.max_articles),
+        encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset, force=force,
+    )
+    if lm is None:
+        timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=str(out / "lm"), preset=p.lm_preset,
+              max_steps=p.lm_max_steps, seed=seed, trainer=trainer, force=force)
+        lm = str(out / "lm")
+    planner_dir = out / "planner"
+    timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
+          planner=PlannerConfig(context=p.planner_context), batch_size=p.planner_batch_size, epochs=p.planner_epochs,
+          lr=p.planner_lr,
+          seed=seed, trainer=trainer, force=force)
+
+    rows = []
+    for name in variants:
+        run_dir = out / "runs" / slug(name)
+        recipe = dataclasses.replace(VARIANTS[name])
+        timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner_dir if recipe.uses_planner else None,
+              out=run_dir, recipe=recipe, optim=p.finetune, windows=WindowConfig(context_length=p.context_length,
+              stride=p.context_length - 1), trainer=trainer, seed=seed, force=force)
+        ppl_cfg = PerplexityConfig(
+            actions=["predicted"], protocols=[p.eval_protocol], context_length=p.context_length, stride=p.eval_stride,
+            max_articles=p.eval_max_articles, max_tokens=p.eval_max_tokens, batch_size=p.eval_batch_size,
+        )
+        ev = timed(f"evaluate {name}", evaluate, run=run_dir, ppl=ppl_cfg, variant=name, force=force)
+        m = json.loads((Path(ev) / "metrics.json").read_text())
+        rows.append({
+            "variant": name, "ppl": m["ppl"], "planner_top1": m.get("planner_top1"), "planner_top5": m.get("planner_top5"),
+            "protocol": p.eval_protocol, "run": str(run_dir), "seed": seed,
+        })
+
+    table = results_table(rows)
+    corpus = PreparedCorpus.load(prepared)
+    header = (
+        f"# planlm run ({preset} preset)\n\nCorpus: {data} ({len(corpus.texts)} articles, K={corpus.num_actions} actions, "
+        f"encoder {corpus.encoder}); LM: {lm}; perplexity on the test split with planner-predicted actions, "
+        f"{p.eval_protocol} protocol (windows of {p.context_length} tokens"
+        + (f", stride {p.eval_stride}" if p.eval_protocol == "strided" else ", stride 1") + ").\n\n"
+    )
+    from planlm.artifacts import write_json_atomic
+
+    (out / ".results.md.tmp").write_text(header + table + "\nStage times (s): " + json.dumps(times) + "\n")
+    (out / ".results.md.tmp").replace(out / "results.md")
+    write_json_atomic(out / "results.json", rows)
+    timed("report", report, runs=out / "runs", out=out / "report", force=True)
+    print("\n" + header + table)
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}; report: {out / 'report' / 'report.html'}")
+    return out

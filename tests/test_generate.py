@@ -1,0 +1,215 @@
+"""Planner-in-the-loop generation: forced plans are obeyed, KV cache = no cache, the planner re-plans, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import synthetic_prepared, tiny_lm, tiny_planner
+from planlm.artifacts import write_manifest
+from planlm.cli import main
+from planlm.data.encoders import load_encoder
+from planlm.errors import PlanlmError
+from planlm.eval.generate import PlannedGenerator, SamplingConfig, parse_plan
+from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+from planlm.persist import load_planner
+
+ENCODER = "fake:16"  # the synthetic corpus's embeddings are 16-d; the test encoder embeds generated text the same way
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Token-by-token decoding of a tiny model is all thread-synchronisation overhead on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def train_briefly(lm_dir: str, texts: list[str], steps: int = 300) -> None:
+    """A few hundred ms of next-token training, so that the tiny LM writes sentences (and so ends them)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir)
+    ids = torch.tensor([i for t in texts for i in tok(t + "\n")["input_ids"]])
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(lm.parameters(), lr=1e-2)
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (8,), generator=g)
+        batch = torch.stack([ids[s : s + 64] for s in starts.tolist()])  # (8, 64)
+        loss = lm(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lm.save_pretrained(lm_dir)
+
+
+def build_env(root: Path, selection: str = "soft", n_articles: int = 10) -> dict:
+    """A synthetic corpus, a tiny LM + planner, a planned LM and a hand-made finetune folder (as `finetune` writes)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    corpus = synthetic_prepared(root / "prep", n_articles=n_articles)
+    lm_dir = tiny_lm(root / "lm", corpus.texts)
+    train_briefly(lm_dir, corpus.texts)
+    tokenizer = AutoTokenizer.from_pretrained(lm_dir)
+    planner = load_planner(tiny_planner(root / "planner", corpus)).eval()
+    torch.manual_seed(0)
+    cfg = PlannedLMConfig(num_actions=corpus.num_actions, action_dim=corpus.embedding_dim, selection=selection,
+                          base_lm=lm_dir)
+    model = PlannedLM(AutoModelForCausalLM.from_pretrained(lm_dir), cfg,
+                      centroids=torch.from_numpy(corpus.centroids), planner=planner).eval()
+    with torch.no_grad():  # visible adapters: a random projection of the centroids is tiny next to the LM's states
+        for a in model.adapters.adapters.values():
+            a.proj.weight.mul_(2.0)
+    run = root / "run"
+    model.save_pretrained(run)
+    tokenizer.save_pretrained(run / "tokenizer")
+    write_manifest(run, "finetune", {"recipe": {"selection": selection}, "seed": 0}, inputs={"prepared": root / "prep"},
+                   encoder=corpus.encoder, num_actions=corpus.num_actions)
+    return {"root": root, "corpus": corpus, "tokenizer": tokenizer, "model": model, "run": run, "lm": lm_dir}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return build_env(tmp_path_factory.mktemp("gen"))
+
+
+@pytest.fixture(scope="module")
+def generator(env):
+    return PlannedGenerator(env["model"], env["tokenizer"], env["corpus"], load_encoder(ENCODER))
+
+
+class ConditioningRecorder:
+    """Records, for every position, the action weights the adapters used when it was LAST fed to the LM."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, {}
+        self.handle = model.lm.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        adapters = self.model.adapters
+        past = kwargs.get("past_key_values")
+        start = past.get_seq_length() if past is not None else 0
+        slot = adapters._token_slot[0]  # (T,)
+        for p in range(slot.shape[0]):
+            self.rows[start + p] = adapters._weights[slot[p]].detach().clone()  # (K,)
+
+    def close(self):
+        self.handle.remove()
+
+
+def conditioning_of_sentences(g, rows) -> list[set[int]]:
+    """For each generated sentence, the argmaxes of the rows that conditioned the positions predicting its tokens."""
+    out = []
+    for s in g.sentences:
+        if not s.generated:
+            continue
+        positions = range(max(s.token_start - 1, 0), s.token_end - 1)  # position p predicts token p + 1
+        out.append({int(rows[p].argmax()) for p in positions})
+        for p in positions:
+            assert float(rows[p].max()) == 1.0  # forced actions are one-hot
+    return out
+
+
+def test_forced_plan_is_exactly_the_plan_used(env, generator):
+    plan = [3, 6, 1]
+    rec = ConditioningRecorder(env["model"])
+    try:
+        g = generator.generate_one("", plan, SamplingConfig(max_new_tokens=250, temperature=1.5, seed=3))
+    finally:
+        rec.close()
+    assert g.stop_reason == "plan", "the tiny LM should finish three sentences within 250 tokens"
+    assert g.plan == plan and [s.source for s in g.sentences] == ["plan"] * 3
+    assert conditioning_of_sentences(g, rec.rows) == [{3}, {6}, {1}]
+    # what the generator reports is what conditioned the LM
+    assert all(g.position_actions[p] == int(rec.rows[p].argmax()) for p in range(len(g.token_ids)))
+    # the sentences are the splitter's sentences of the generated text
+    from planlm.data.sentences import split_sentences
+
+    assert [g.text[s:e] for s, e in split_sentences([g.text])[0]] == [s.text for s in g.sentences]
+
+
+def test_planner_takes_over_and_reads_the_finished_sentences(env, generator):
+    corpus, model = env["corpus"], env["model"]
+    plan = [2]
+    g = generator.generate_one("The Moon is big.", plan, SamplingConfig(max_new_tokens=200, temperature=0.7, seed=3),
+                               after_plan="planner")
+    sources = [s.source for s in g.sentences]
+    assert sources[0] == "prompt" and sources[1] == "plan" and sources.count("planner") >= 2
+    assert g.sentences[0].action == int(((corpus.centroids - load_encoder(ENCODER).encode(["The Moon is big."])) ** 2)
+                                        .sum(1).argmin())  # the prompt sentence's nearest centroid
+    enc = load_encoder(ENCODER)
+    n_ctx = model.planner.config.context_sentences  # the tiny planner reads the last 3 sentences
+    for j, s in enumerate(g.sentences):
+        if s.source != "planner":
+            continue
+        before = [t.text for t in g.sentences[:j]][-n_ctx:]
+        ctx = torch.from_numpy(enc.encode(before).astype(np.float16).astype(np.float32))[None]  # (1, C, d)
+        with torch.no_grad():
+            logits = model.planner(context_embeddings=ctx, context_mask=torch.ones(1, len(before), dtype=torch.bool))
+        assert s.action == int(logits.argmax())
+        assert s.probability == pytest.approx(float(torch.softmax(logits, -1).max()), rel=1e-5)
+
+
+def test_kv_cache_gives_the_tokens_of_uncached_greedy_decoding(env, generator):
+    kw = dict(prompt="The Moon is Earth's only natural satellite. It orbits", plan=[5, 0],
+              after_plan="planner", sampling=SamplingConfig(max_new_tokens=120, temperature=0.0))
+    cached = generator.generate_one(use_cache=True, **kw)
+    uncached = generator.generate_one(use_cache=False, **kw)
+    assert cached.token_ids == uncached.token_ids
+    assert cached.position_actions == uncached.position_actions
+    assert [s.action for s in cached.sentences] == [s.action for s in uncached.sentences]
+    assert len([s for s in cached.sentences if s.generated]) >= 2  # at least one re-planning happened
+    # the continued prompt sentence is generated under plan[0]
+    assert cached.sentences[1].text.startswith("It orbits") and cached.sentences[1].action == 5
+
+
+def test_sampling_is_seeded(generator):
+    s = SamplingConfig(max_new_tokens=30, top_p=0.9, seed=11)
+    a = generator.generate_one("The Moon", sampling=s)
+    b = generator.generate_one("The Moon", sampling=s)
+    c = generator.generate_one("The Moon", sampling=SamplingConfig(max_new_tokens=30, top_p=0.9, seed=12))
+    assert a.token_ids == b.token_ids != c.token_ids and a.new_tokens <= 30
+
+
+def test_bad_generation_arguments(env, generator):
+    with pytest.raises(PlanlmError) as e:
+        generator.generate_one("x", [1, 99], SamplingConfig(max_new_tokens=0, top_p=1.5), after_plan="maybe")
+    msg = str(e.value)
+    assert "[99]" in msg and "max_new_tokens" in msg and "top_p" in msg and "after_plan" in msg
+    with pytest.raises(PlanlmError, match="positions"):
+        generator.generate_one("x", sampling=SamplingConfig(max_new_tokens=10_000))
+    assert parse_plan("17,4,903") == [17, 4, 903] and parse_plan(None) is None
+    with pytest.raises(PlanlmError, match="comma-separated"):
+        parse_plan("17;4")
+
+
+def test_cli_generate_json_and_text(env, capsys):
+    args = ["generate", "--run", str(env["run"]), "--encoder", ENCODER, "--plan", "4,2", "--sampling.max_new_tokens",
+            "200", "--sampling.temperature", "1.5", "--sampling.seed", "3"]
+    assert main(args + ["--json", "true"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    generated = [s for s in out["sentences"] if s["generated"]]
+    assert [s["action"] for s in generated][:2] == [4, 2] and all(s["source"] == "plan" for s in generated)
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "action 4 (plan)" in text and "action 2 (plan)" in text
+
+
+def test_cli_help_and_bad_inputs(env, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--help"])
+    assert e.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--plan" in help_text and "--sampling.top_p" in help_text and "nearest exemplar" in help_text
+    assert main(["generate", "--run", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", "--run", str(env["root"] / "prep")]) == 2
+    assert "is a `prepare` artifact" in capsys.readouterr().err
+    assert main(["generate", "--run", str(env["run"]), "--plan", "1,x"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
