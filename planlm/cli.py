@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("planlm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `planlm actions show ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     return 0
 
 

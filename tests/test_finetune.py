@@ -144,3 +144,8 @@ def test_finetune_help(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     assert "--recipe.selection" in text and "--recipe.planner_unfreeze" in text and "--resume" in text
+
+
+def test_tensorboard_logger_option(env):
+    out = run(env, "tb", "--recipe.selection", "uniform", "--recipe.planner_unfreeze", "never", "--trainer.logger", "tensorboard")
+    assert list((out / "logs").glob("events.out.tfevents.*")), "TensorBoard event file expected in OUT/logs"

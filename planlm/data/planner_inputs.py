@@ -1,0 +1,130 @@
+"""The tensors a planner reads for a set of target sentences, built from the stored embeddings (DESIGN.md 1.2, 3).
+
+No text is re-encoded: the context of a target sentence is a row range of ``embeddings.npy``. The original code
+decoded the 128 context tokens back to text and re-encoded every context sentence for every target; here a context
+that starts mid-sentence uses that sentence's whole stored embedding (a small, documented difference).
+
+``paper`` mode (see :mod:`planlm.models.planner`): target sentence j of an article gets the sentences of the same
+article before j that overlap the ``context_tokens`` LM tokens before j's first token (per-sentence token counts
+from :func:`planlm.data.alignment.sentence_token_counts`), or the last ``context_sentences`` sentences::
+
+    {"context_embeddings": (N, C, d_enc) float32, "context_mask": (N, C) bool}
+
+``causal`` mode: every article that holds a target, from its first sentence up to its last target::
+
+    {"article_embeddings": (A, S, d_enc) float32, "article_mask": (A, S) bool, "target_index": (N,) int64}
+
+Both are built with a handful of numpy gathers, cheap enough to run in every training step's collate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from planlm.data.prepared import PreparedCorpus
+from planlm.errors import PlanlmError
+
+
+class PlannerInputs:
+    """Builds planner inputs for global sentence ids: ``PlannerInputs(corpus, config, counts)(sentence_ids)``.
+
+    Args:
+        corpus: the prepared corpus (its embeddings are read once into memory, kept in float16).
+        context: "paper" or "causal" (as ``PlannerConfig.context``).
+        context_tokens: paper mode, the LM-token budget of the context.
+        context_sentences: paper mode, a sentence count instead of the token budget.
+        token_counts: ``(N,)`` LM tokens per global sentence; needed by paper mode unless ``context_sentences``.
+    """
+
+    def __init__(
+        self,
+        corpus: PreparedCorpus,
+        context: str = "paper",
+        context_tokens: int = 128,
+        context_sentences: int | None = None,
+        token_counts: np.ndarray | None = None,
+    ):
+        n = len(corpus.sentence_article)
+        if context not in ("paper", "causal"):
+            raise PlanlmError(f"unknown planner context {context!r}; use paper or causal")
+        if context == "paper" and context_sentences is None:
+            if token_counts is None:
+                raise PlanlmError(
+                    "the paper planner context counts LM tokens: pass the LM (--lm NAME_OR_DIR) for its tokenizer, "
+                    "or set --planner.context_sentences N"
+                )
+            if len(token_counts) != n:
+                raise PlanlmError(f"token_counts has {len(token_counts)} entries but the corpus has {n} sentences")
+        self.context = context
+        self.context_tokens = int(context_tokens)
+        self.context_sentences = context_sentences
+        self.embeddings = torch.from_numpy(np.array(corpus.embeddings, dtype=np.float16))  # (N, d_enc)
+        self.sentence_article = corpus.sentence_article
+        self.sentence_position = corpus.sentence_position.astype(np.int64)
+        self.article_offsets = corpus.article_offsets  # (A + 1,)
+        self.article_first = corpus.article_offsets[:-1][corpus.sentence_article]  # (N,) first sentence of its article
+        # Global prefix sums of token counts: sentence s spans tokens [cum[s], cum[s + 1]) of a virtual stream in
+        # which an article's sentences are contiguous, so one searchsorted finds every context start.
+        counts = np.zeros(n, dtype=np.int64) if token_counts is None else np.asarray(token_counts, dtype=np.int64)
+        self.cum_tokens = np.r_[0, np.cumsum(counts)].astype(np.int64)  # (N + 1,)
+
+    @classmethod
+    def from_config(cls, corpus: PreparedCorpus, config, token_counts: np.ndarray | None = None) -> "PlannerInputs":
+        """Builder for a :class:`planlm.models.planner.PlannerConfig`'s context settings."""
+        return cls(corpus, config.context, config.context_tokens, config.context_sentences, token_counts)
+
+    def context_start(self, sentence_ids: np.ndarray) -> np.ndarray:
+        """Paper mode: the first global sentence id of each target's context (= the target when it has none)."""
+        j = np.asarray(sentence_ids, dtype=np.int64)
+        if self.context_sentences is not None:
+            first = j - int(self.context_sentences)
+        else:
+            # First sentence s whose token span ends after the window start: cum[s + 1] > cum[j] - budget.
+            first = np.searchsorted(self.cum_tokens, self.cum_tokens[j] - self.context_tokens, side="right") - 1
+        return np.maximum(first, self.article_first[j])  # never reach into the previous article
+
+    def __call__(self, sentence_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        j = np.asarray(sentence_ids, dtype=np.int64).reshape(-1)
+        if self.context == "paper":
+            return self._paper(j)
+        return self._causal(j)
+
+    def _paper(self, j: np.ndarray) -> dict[str, torch.Tensor]:
+        start = self.context_start(j)
+        lengths = j - start  # (N,)
+        c = int(lengths.max()) if len(j) else 0
+        slots = np.arange(c)[None]  # (1, C)
+        mask = slots < lengths[:, None]  # (N, C)
+        rows = np.where(mask, start[:, None] + slots, 0)  # (N, C) global sentence ids, 0 in padding
+        emb = self.embeddings[torch.from_numpy(rows)].float()  # (N, C, d_enc)
+        mask_t = torch.from_numpy(mask)
+        emb = emb * mask_t[..., None]  # zero padding
+        return {"context_embeddings": emb, "context_mask": mask_t}
+
+    def _causal(self, j: np.ndarray) -> dict[str, torch.Tensor]:
+        articles, row_of_target = np.unique(self.sentence_article[j], return_inverse=True)  # (A,), (N,)
+        position = self.sentence_position[j]  # (N,)
+        # An article's slice only needs to reach its last target (causality never reads later sentences).
+        span = np.zeros(len(articles), dtype=np.int64)
+        np.maximum.at(span, row_of_target, position + 1)
+        s = int(span.max()) if len(j) else 0
+        slots = np.arange(s)[None]  # (1, S)
+        mask = slots < span[:, None]  # (A, S)
+        first = self.article_offsets[articles]  # (A,) global id of each article's first sentence
+        rows = np.where(mask, first[:, None] + slots, 0)  # (A, S)
+        emb = self.embeddings[torch.from_numpy(rows)].float()  # (A, S, d_enc)
+        mask_t = torch.from_numpy(mask)
+        return {
+            "article_embeddings": emb * mask_t[..., None],
+            "article_mask": mask_t,
+            "target_index": torch.from_numpy(row_of_target * s + position),
+        }
+
+
+def planner_inputs(
+    corpus: PreparedCorpus, sentence_ids: np.ndarray, config, token_counts: np.ndarray | None = None
+) -> dict[str, torch.Tensor]:
+    """One-off planner inputs for ``sentence_ids`` under a ``PlannerConfig`` (build a :class:`PlannerInputs` once
+    and call it per batch when this runs in a loop)."""
+    return PlannerInputs.from_config(corpus, config, token_counts)(sentence_ids)

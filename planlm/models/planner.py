@@ -1,0 +1,203 @@
+"""The planner: predicts the writing action of sentence j from the sentences before it (DESIGN.md 1.2).
+
+It reads the frozen sentence-encoder embeddings stored by `planlm prepare` (no text is re-encoded) and returns
+``planner_logits (N, K)`` over the K writing actions, row i for target sentence i. Two context modes:
+
+- ``paper`` (default, the paper's architecture): each target sentence gets its own context, the sentences in the
+  ``context_tokens`` LM tokens before it (or the last ``context_sentences`` sentences). Context embeddings +
+  sinusoidal positions within the context -> Linear(d_enc, d) -> TransformerEncoder, bidirectional over the
+  context -> masked mean-pool -> policy head Linear(d, K). All target sentences are one batched call, contexts
+  padded to the longest. An empty context (an article's first sentence) uses a learned start vector instead of the
+  pooled one.
+- ``causal`` (a faster departure from the paper): one causal pass per article over ALL its sentences, with a learned
+  start vector in front; the output at position j, which has seen the start vector and sentences 0..j-1, predicts
+  sentence j. No context limit, no mean-pool and no position table (causal attention gives the order).
+
+Policy-head initialisation (the paper initialises the head to the k-means centroids): the centroids live in the
+encoder space (d_enc). When d == d_enc the head weight IS the centroids (the paper's case: 768 = 768). When
+d != d_enc the centroids are mapped into model space by the freshly initialised input projection
+(``W_head = C @ W_in^T``, no bias), so that a pooled state built from an embedding e scores action a by roughly
+the same projected geometry as <e, c_a>. The head bias starts at zero.
+
+Imports torch only (STYLE.md rule 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CONTEXT_MODES = ("paper", "causal")
+
+
+@dataclass
+class PlannerConfig:
+    """Planner architecture and context (DESIGN.md 1.2). Defaults are the paper's."""
+
+    num_actions: int = 0
+    """K, the number of writing actions (0 = taken from the prepared corpus)."""
+    encoder_dim: int = 0
+    """d_enc, the size of the stored sentence embeddings (0 = taken from the prepared corpus)."""
+    d_model: int | None = None
+    """d, the transformer width. None = the encoder's size (the paper: 768 for all-mpnet-base-v2)."""
+    n_layers: int = 1
+    """Transformer encoder layers (paper: 1)."""
+    n_heads: int = 2
+    """Attention heads (paper: 2)."""
+    ff: int = 2048
+    """Feed-forward width (paper: 2048)."""
+    dropout: float = 0.0
+    """Dropout inside the transformer (paper: 0)."""
+    context: str = "paper"
+    """"paper": each sentence's own context, bidirectional; "causal": one causal pass per article (faster, a
+    departure from the paper)."""
+    context_tokens: int = 128
+    """paper context: the sentences overlapping the last this many LM tokens before the target sentence."""
+    context_sentences: int | None = None
+    """paper context: the last this many sentences instead of a token budget (used when no LM tokenizer is given)."""
+
+    @property
+    def width(self) -> int:
+        return int(self.d_model or self.encoder_dim)
+
+    def problems(self) -> list[str]:
+        """Everything wrong with this config, as one-line messages (empty when it is usable)."""
+        out = []
+        if self.num_actions <= 0:
+            out.append(f"num_actions must be positive (got {self.num_actions})")
+        if self.encoder_dim <= 0:
+            out.append(f"encoder_dim must be positive (got {self.encoder_dim})")
+        if self.context not in CONTEXT_MODES:
+            out.append(f"context must be one of {', '.join(CONTEXT_MODES)} (got {self.context!r})")
+        if self.n_layers < 1 or self.n_heads < 1 or self.ff < 1:
+            out.append("n_layers, n_heads and ff must be positive")
+        elif self.width > 0 and self.width % self.n_heads:
+            out.append(f"d_model {self.width} is not divisible by n_heads {self.n_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.context_tokens < 1:
+            out.append(f"context_tokens must be positive (got {self.context_tokens})")
+        if self.context_sentences is not None and self.context_sentences < 1:
+            out.append(f"context_sentences must be positive or None (got {self.context_sentences})")
+        return out
+
+
+def sinusoidal_positions(num_positions: int, dim: int, device=None) -> torch.Tensor:
+    """The fixed sine/cosine position table of Vaswani et al. 2017, ``(num_positions, dim)``."""
+    pos = torch.arange(num_positions, dtype=torch.float32, device=device)[:, None]  # (P, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim, device=device)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table
+
+
+class Planner(nn.Module):
+    """Next-action predictor over stored sentence embeddings; ``forward(**planner_inputs) -> (N, K)`` logits."""
+
+    def __init__(self, config: PlannerConfig, centroids: torch.Tensor | None = None):
+        super().__init__()
+        problems = config.problems()
+        if problems:
+            raise ValueError("invalid PlannerConfig: " + "; ".join(problems))
+        self.config = config
+        d, d_enc, k = config.width, config.encoder_dim, config.num_actions
+        self.input_proj = nn.Linear(d_enc, d)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d, nhead=config.n_heads, dim_feedforward=config.ff, dropout=config.dropout, batch_first=True
+        )
+        # Nested tensors would drop padded rows in eval mode only; keep train and eval numerically the same path.
+        self.encoder = nn.TransformerEncoder(layer, num_layers=config.n_layers, enable_nested_tensor=False)
+        self.start = nn.Parameter(torch.randn(d) * 0.02)  # stands in for an empty context (first sentence)
+        self.policy_head = nn.Linear(d, k)
+        if centroids is not None:
+            self.init_policy_head(centroids)
+
+    @torch.no_grad()
+    def init_policy_head(self, centroids: torch.Tensor) -> None:
+        """Set the policy head to the k-means centroids (K, d_enc); see the module docstring for d != d_enc."""
+        centroids = torch.as_tensor(centroids, dtype=torch.float32)
+        k, d_enc = self.config.num_actions, self.config.encoder_dim
+        if tuple(centroids.shape) != (k, d_enc):
+            raise ValueError(f"centroids have shape {tuple(centroids.shape)}, expected ({k}, {d_enc})")
+        weight = centroids if self.config.width == d_enc else centroids @ self.input_proj.weight.T  # (K, d)
+        self.policy_head.weight.copy_(weight)
+        self.policy_head.bias.zero_()
+
+    def forward(
+        self,
+        context_embeddings: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        article_embeddings: torch.Tensor | None = None,
+        article_mask: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Planner logits for N target sentences.
+
+        Args:
+            context_embeddings: paper mode, ``(N, C, d_enc)`` context sentences in article order, right-padded.
+            context_mask: paper mode, ``(N, C)`` bool, True on real context sentences.
+            article_embeddings: causal mode, ``(A, S, d_enc)`` the articles' sentences from position 0, right-padded.
+            article_mask: causal mode, ``(A, S)`` bool, True on real sentences.
+            target_index: causal mode, ``(N,)`` index into ``A * S``: article row * S + position of the target.
+
+        Returns:
+            ``planner_logits (N, K)``.
+        """
+        return self.policy_head(self.plan_states(
+            context_embeddings, context_mask, article_embeddings, article_mask, target_index
+        ))
+
+    def plan_states(
+        self,
+        context_embeddings: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        article_embeddings: torch.Tensor | None = None,
+        article_mask: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The pooled state ``(N, d)`` that the policy head reads (same arguments as :meth:`forward`)."""
+        if self.config.context == "paper":
+            if context_embeddings is None or context_mask is None:
+                raise ValueError("paper-context planner needs context_embeddings and context_mask")
+            return self._paper_states(context_embeddings, context_mask.bool())
+        if article_embeddings is None or target_index is None:
+            raise ValueError("causal-context planner needs article_embeddings and target_index")
+        return self._causal_states(article_embeddings, article_mask, target_index)
+
+    def _paper_states(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        n, c, d_enc = ctx.shape
+        w = self.input_proj.weight
+        if c == 0:
+            return self.start.expand(n, -1)
+        pos = sinusoidal_positions(c, d_enc, device=ctx.device)  # (C, d_enc), position within the context
+        x = self.input_proj(ctx.to(w.dtype) + pos[None].to(w.dtype))  # (N, C, d)
+        has_context = mask.any(dim=1)  # (N,)
+        # A row without context would attend to nothing (NaN); let it see its first slot and overwrite it below.
+        attend = mask.clone()
+        attend[:, 0] |= ~has_context
+        h = self.encoder(x, src_key_padding_mask=~attend)  # (N, C, d), bidirectional within the context
+        weights = mask.to(h.dtype)[..., None]  # (N, C, 1)
+        pooled = (h * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (N, d), masked mean-pool
+        return torch.where(has_context[:, None], pooled, self.start.to(h.dtype).expand(n, -1))
+
+    def _causal_states(
+        self, articles: torch.Tensor, mask: torch.Tensor | None, target_index: torch.Tensor
+    ) -> torch.Tensor:
+        a, s, _ = articles.shape
+        w = self.input_proj.weight
+        if mask is not None:
+            articles = articles * mask[..., None].to(articles.dtype)  # padded slots carry no values
+        # No position table here: causal attention already tells the order, and sinusoids of article positions in
+        # the hundreds (norm ~ sqrt(d_enc / 2)) swamp unit-norm sentence embeddings; with them this mode did not
+        # learn on the builtin corpus (val NAP loss 5.62 vs 3.91 without, docs/results-planner.md).
+        x = self.input_proj(articles.to(w.dtype))  # (A, S, d)
+        # Shift right by one behind the start vector: slot j then holds start, sentences 0..j-1 only.
+        x = torch.cat([self.start.to(x.dtype).expand(a, 1, -1), x[:, :-1]], dim=1)  # (A, S, d)
+        causal = nn.Transformer.generate_square_subsequent_mask(s, device=x.device, dtype=x.dtype)  # (S, S)
+        # Padding sits after every real sentence, so the causal mask alone keeps it out of real outputs.
+        h = self.encoder(x, mask=causal, is_causal=True)  # (A, S, d)
+        return h.reshape(a * s, -1)[target_index]  # (N, d)

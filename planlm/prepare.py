@@ -1,0 +1,290 @@
+"""`planlm prepare` (a corpus -> writing actions) and `planlm actions show` (DESIGN.md sections 1.1 and 2).
+
+Steps: load the encoder -> read articles -> split sentences (character offsets) -> split articles train/val/test ->
+embed every sentence once (float16) -> k-means++ on the train sentences -> nearest-centroid actions for every
+sentence -> exemplars -> one artifact directory in the layout of :mod:`planlm.data.prepared`, written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from planlm.artifacts import atomic_dir, file_hash, read_manifest, reusable, write_manifest
+from planlm.data.actions import (
+    KMeansConfig, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions, validate_kmeans,
+)
+from planlm.data.corpus import (
+    SourceConfig, SplitConfig, read_corpus, source_kind, source_path, split_articles, validate_source, validate_split,
+)
+from planlm.data.encoders import EncoderConfig, embed_sentences, load_encoder, resolve_encoder
+from planlm.data.prepared import EXEMPLARS, SPLITS, write_prepared
+from planlm.data.sentences import SentenceConfig, split_sentences
+from planlm.errors import PlanlmError, raise_if_problems
+
+PAPER_NUM_ACTIONS = 1024
+PRESETS = ("auto", "paper", "small")
+SMALL_NUM_ACTIONS = 64
+
+
+def validate_prepare(
+    out: str, source: SourceConfig, split: SplitConfig, sentences: SentenceConfig, encoder: EncoderConfig,
+    kmeans: KMeansConfig, num_actions: int | None, preset: str,
+) -> None:
+    """Raise one PlanlmError listing every problem in the arguments of :func:`prepare`, before any work starts."""
+    problems = validate_source(source) + validate_split(split) + validate_kmeans(kmeans)
+    if preset not in PRESETS:
+        problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if num_actions is not None and num_actions < 2:
+        problems.append(f"num_actions must be >= 2 (got {num_actions})")
+    if sentences.min_chars < 1:
+        problems.append(f"sentences.min_chars must be >= 1 (got {sentences.min_chars})")
+    if sentences.max_chars is not None and sentences.max_chars < max(1, sentences.min_chars):
+        problems.append(f"sentences.max_chars={sentences.max_chars} must be >= min_chars={sentences.min_chars}")
+    if sentences.n_process < 0 or sentences.batch_size < 1:
+        problems.append("sentences.n_process must be >= 0 (0 = automatic) and sentences.batch_size >= 1")
+    if encoder.batch_size < 1:
+        problems.append(f"encoder.batch_size must be >= 1 (got {encoder.batch_size})")
+    if not out:
+        problems.append("--out is empty; name the artifact directory to write")
+    elif Path(out).exists() and not Path(out).is_dir():
+        problems.append(f"--out {out} is a file; choose a directory path")
+    raise_if_problems(problems, "prepare")
+
+
+def resolve_num_actions(num_actions: int | None, preset: str, n_train_sentences: int) -> int:
+    """K: ``num_actions`` when given, else the preset's.
+
+    "paper" is the paper's K=1024; "small" is 64; "auto" is 1024 unless the train split has fewer than about 40
+    sentences per action, in which case the largest power of two that leaves that many (so a small corpus still gets
+    K non-empty, populated actions: 256 on the builtin corpus).
+    """
+    if num_actions is not None:
+        return num_actions
+    if preset == "paper":
+        return PAPER_NUM_ACTIONS
+    if preset == "small":
+        return SMALL_NUM_ACTIONS
+    return suggest_num_actions(n_train_sentences, upper=PAPER_NUM_ACTIONS)
+
+
+def _input_fingerprint(source: SourceConfig) -> str:
+    """Content hash of a local corpus (file, or every .txt under a directory); the name of a Hub dataset."""
+    kind = source_kind(source)
+    path = source_path(source)
+    if path is None:
+        return f"hub:{source.source}:{source.hub_config}:{source.hub_split}"
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return "dir:" + file_hash_of_list([f"{p.relative_to(path)}={file_hash(p)}" for p in files])
+    return f"{kind}:{file_hash(path)}"
+
+
+def file_hash_of_list(items: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def prepare(
+    out: str = "prepared",
+    source: SourceConfig = SourceConfig(),
+    split: SplitConfig = SplitConfig(),
+    sentences: SentenceConfig = SentenceConfig(),
+    encoder: EncoderConfig = EncoderConfig(),
+    kmeans: KMeansConfig = KMeansConfig(),
+    num_actions: int | None = None,
+    preset: str = "auto",
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build the writing actions of a corpus: sentences, embeddings, k-means++ actions, exemplars.
+
+    Reads the articles (default: the Wikipedia sample shipped in gensim's wheel, offline), splits them train/val/test
+    by article, splits each into sentences with character offsets (spaCy sentencizer; every heading is its own
+    sentence), embeds every distinct sentence once with a frozen SentenceTransformer (stored float16), runs k-means++
+    with K actions on the train sentences only, gives every sentence its nearest centroid as its (oracle) action, and
+    stores each action's size and the sentences nearest its centroid. The artifact is one directory written
+    atomically (manifest.json + articles.parquet, sentences.parquet, embeddings.npy, centroids.npy, exemplars.json).
+    Re-running with the same settings and the same input reuses it; --force true rebuilds it.
+
+    K: the paper uses 1024 actions on Wikipedia. With --num_actions unset, --preset decides: "auto" (default) keeps
+    1024 when the train split has at least ~40 sentences per action and otherwise takes the largest power of two that
+    does (256 on the ~24k-sentence builtin corpus), so every action is populated; "paper" is always 1024; "small"
+    is 64. No action is ever empty: empty clusters are re-seeded.
+
+    Args:
+        out: Artifact directory to write.
+        source: Corpus source (builtin, .jsonl, .parquet, .txt, Wikipedia .xml[.bz2], or a Hub dataset name).
+        split: Article-level train/val/test split (paper: 1000 val and 1000 test articles).
+        sentences: Sentence splitting.
+        encoder: Frozen sentence encoder.
+        kmeans: k-means++ backend and settings.
+        num_actions: K, the number of writing actions; unset = chosen by --preset (paper: 1024).
+        preset: "auto" (1024, fewer for a small corpus), "paper" (1024) or "small" (64); used when num_actions is unset.
+        force: Rebuild even if --out already holds this artifact.
+        progress: Show progress bars.
+
+    Returns:
+        The artifact directory.
+    """
+    validate_prepare(out, source, split, sentences, encoder, kmeans, num_actions, preset)
+    out_dir = Path(out)
+    config = {
+        "source": source, "split": split, "sentences": sentences, "encoder": encoder, "kmeans": kmeans,
+        "num_actions": num_actions, "preset": preset, "input": _input_fingerprint(source),
+    }
+    if reusable(out_dir, "prepare", config, force):
+        print(f"planlm prepare: {out_dir} already holds this artifact (same config and input); reusing it "
+              "(--force true rebuilds)")
+        return out_dir
+    if out_dir.exists() and not force:
+        raise PlanlmError(f"{out_dir} exists and holds something else; pass --force true to replace it or choose another --out")
+
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = round(now - clock, 3)
+        clock = now
+
+    # Loaded first: a missing encoder should fail in seconds, not after reading the corpus.
+    enc = load_encoder(encoder.name, device=encoder.device, batch_size=encoder.batch_size)
+    lap("load encoder")
+
+    articles, stats = read_corpus(source, progress=progress)
+    lap("read")
+
+    spans = split_sentences(
+        [a.text for a in articles], n_process=sentences.n_process, min_chars=sentences.min_chars,
+        max_chars=sentences.max_chars, batch_size=sentences.batch_size, progress=progress,
+    )
+    # An article without a sentence (all of it shorter than min_chars) has nothing to plan: it counts as empty.
+    keep = [i for i, s in enumerate(spans) if s]
+    stats.empty_articles += len(articles) - len(keep)
+    articles, spans = [articles[i] for i in keep], [spans[i] for i in keep]
+    if not articles:
+        raise PlanlmError(f"no article of {source.source!r} has a sentence of at least {sentences.min_chars} characters; "
+                          "lower --sentences.min_chars or use another corpus")
+    lap("sentences")
+
+    article_split = split_articles(len(articles), split)
+    counts_per_article = np.array([len(s) for s in spans], dtype=np.int64)
+    sentence_article = np.repeat(np.arange(len(articles)), counts_per_article)  # (N,)
+    sentence_start = np.array([b for s in spans for b, _ in s], dtype=np.int64)  # (N,)
+    sentence_end = np.array([e for s in spans for _, e in s], dtype=np.int64)  # (N,)
+    texts = [articles[a].text[b:e] for a, b, e in zip(sentence_article, sentence_start, sentence_end)]
+    sentence_split = article_split[sentence_article]  # (N,)
+    train_ids = np.flatnonzero(sentence_split == "train")
+    k = resolve_num_actions(num_actions, preset, len(train_ids))
+    check_num_actions(k, len(train_ids))  # before the expensive embedding step
+    lap("split")
+
+    embeddings = embed_sentences(enc, texts, progress=progress)  # (N, d) float16
+    lap("embed")
+
+    fit = fit_actions(embeddings[train_ids], k, kmeans, progress=progress)
+    actions = np.empty(len(texts), dtype=np.int64)
+    actions[train_ids] = fit.train_labels
+    other = np.flatnonzero(sentence_split != "train")
+    if len(other):
+        actions[other] = assign(embeddings[other], fit.centroids)[0]  # val/test: nearest centroid, never refitted
+    lap("k-means")
+
+    examples = exemplars(fit.train_labels, fit.train_distances, train_ids, [texts[i] for i in train_ids], k,
+                         kmeans.num_exemplars)
+    lap("exemplars")
+
+    counts = _counts(articles, article_split, sentence_split, k, fit.train_labels, stats, fit.reseeded)
+    with atomic_dir(out_dir, force=True) as tmp:
+        write_prepared(
+            tmp, [a.title for a in articles], [a.text for a in articles], list(article_split), sentence_article,
+            sentence_start, sentence_end, embeddings, fit.centroids, actions, examples,
+        )
+        lap("write")
+        write_manifest(
+            tmp, "prepare", config, inputs={"corpus": source_path(source) or source.source}, counts=counts,
+            encoder=enc.name, encoder_path=resolve_encoder(enc.name) if not enc.name.startswith("fake:") else enc.name,
+            embedding_dim=enc.dim, num_actions=k, seconds=seconds | {"k-means detail": fit.seconds},
+        )
+    _print_summary(out_dir, counts, sentence_end - sentence_start, fit.train_labels, k, stats, seconds)
+    return out_dir
+
+
+def _counts(articles, article_split, sentence_split, k, train_labels, stats, reseeded) -> dict:
+    counts: dict = {}
+    for s in SPLITS:
+        ids = np.flatnonzero(article_split == s)
+        counts[s] = {
+            "articles": int(len(ids)),
+            "sentences": int((sentence_split == s).sum()),
+            "tokens": int(sum(len(articles[i].text.split()) for i in ids)),  # whitespace tokens
+        }
+    counts["total"] = {key: sum(counts[s][key] for s in SPLITS) for key in ("articles", "sentences", "tokens")}
+    sizes = np.bincount(train_labels, minlength=k)
+    counts["actions"] = {
+        "num_actions": int(k), "empty": int((sizes == 0).sum()), "min_size": int(sizes.min()),
+        "median_size": float(np.median(sizes)), "max_size": int(sizes.max()), "reseeded": int(reseeded),
+    }
+    counts["read"] = {
+        "articles": stats.articles, "empty_articles": stats.empty_articles,
+        "undecodable_bytes": stats.undecodable_bytes, "skipped_pages": stats.skipped_pages,
+    }
+    return counts
+
+
+def _print_summary(out_dir, counts, lengths, train_labels, k, stats, seconds) -> None:
+    sizes = np.bincount(train_labels, minlength=k)
+    pct = lambda a, q: int(np.percentile(a, q)) if len(a) else 0  # noqa: E731
+    lines = [f"planlm prepare: wrote {out_dir}", f"  {'split':<6} {'articles':>9} {'sentences':>10} {'tokens':>11}"]
+    for s in (*SPLITS, "total"):
+        c = counts[s]
+        lines.append(f"  {s:<6} {c['articles']:>9,} {c['sentences']:>10,} {c['tokens']:>11,}")
+    lines.append(
+        f"  sentence length (chars): min {int(lengths.min())}, p5 {pct(lengths, 5)}, median {pct(lengths, 50)}, "
+        f"p95 {pct(lengths, 95)}, max {int(lengths.max())}"
+    )
+    lines.append(
+        f"  actions: K={k}, train sentences per action: min {int(sizes.min())}, p5 {pct(sizes, 5)}, "
+        f"median {pct(sizes, 50)}, p95 {pct(sizes, 95)}, max {int(sizes.max())}; empty {int((sizes == 0).sum())}"
+    )
+    lines.append(
+        f"  read: {stats.empty_articles} empty articles skipped, {stats.undecodable_bytes} undecodable bytes replaced, "
+        f"{stats.skipped_pages} redirect/non-article pages skipped"
+    )
+    lines.append("  time: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in seconds.items()) +
+                 f" (total {sum(seconds.values()):.1f}s)")
+    print("\n".join(lines))
+
+
+def actions_show(artifact: str, action: int | None = None, n: int = 5) -> None:
+    """Print writing actions of a prepared corpus: id, size (train sentences) and the sentences nearest the centroid.
+
+    Args:
+        artifact: A directory written by `planlm prepare`.
+        action: Show only this action id; unset shows every action.
+        n: Exemplar sentences per action.
+    """
+    import json
+
+    manifest = read_manifest(artifact, "prepare")
+    path = Path(artifact) / EXEMPLARS
+    if not path.exists():
+        raise PlanlmError(f"{artifact} has no {EXEMPLARS}; rebuild it with `planlm prepare --force true`")
+    table = json.loads(path.read_text())
+    k = int(manifest.get("num_actions", len(table)))
+    if action is not None and not 0 <= action < k:
+        raise PlanlmError(f"action {action} does not exist; {artifact} has actions 0..{k - 1}")
+    if n < 1:
+        raise PlanlmError(f"--n must be >= 1 (got {n})")
+    total = sum(row["size"] for row in table) or 1
+    rows = table if action is None else [row for row in table if row["action"] == action]
+    lines = [f"{artifact}: {k} actions, encoder {manifest.get('encoder')}"]
+    for row in rows:
+        lines.append(f"action {row['action']}  size {row['size']} ({100 * row['size'] / total:.2f}% of train sentences)")
+        lines.extend(f"    {text}" for text in row["exemplars"][:n])
+    print("\n".join(lines), flush=True)

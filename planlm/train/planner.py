@@ -1,0 +1,481 @@
+"""`planlm train-planner`: pretrain the planner by Next-Action Prediction (DESIGN.md 1.2).
+
+NAP: cross-entropy between the planner's logits for sentence j (read from the sentences before j) and j's oracle
+action. Paper defaults: Adam, lr 1e-4, weight decay 1e-4, batch 32 target sentences, one epoch. The same run scores
+two baselines on the same validation sentences, so every number comes with its reference point:
+
+- unigram: the train action frequencies (top-1 = the most frequent train action);
+- bigram: P(next action | previous sentence's action) fitted on train, shrunk towards the unigram
+  (``(c(a, b) + alpha * p(b)) / (c(a) + alpha)``), which falls back to the unigram for a previous action never seen
+  in train; an article's first sentence conditions on a "start of article" state.
+
+Metrics: loss (mean cross-entropy, nats), top-1 and top-5 accuracy, action perplexity = exp(loss).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+
+from planlm.artifacts import atomic_dir, read_manifest, reusable, write_manifest
+from planlm.data.prepared import PreparedCorpus
+from planlm.errors import PlanlmError, raise_if_problems
+from planlm.models.planner import PlannerConfig
+from planlm.train.trainer import TrainerConfig
+
+STAGE = "train-planner"
+OBJECTIVES = ("nap", "ntp")
+TOP_K = 5
+
+
+# ---- baselines and metrics (numpy) ------------------------------------------------------------------------------
+def previous_actions(corpus: PreparedCorpus, sentence_ids: np.ndarray) -> np.ndarray:
+    """The action of the sentence before each target in its article, or K ("start of article") for a first one."""
+    j = np.asarray(sentence_ids, dtype=np.int64)
+    prev = np.full(len(j), corpus.num_actions, dtype=np.int64)
+    has_prev = corpus.sentence_position[j] > 0
+    prev[has_prev] = corpus.actions[j[has_prev] - 1]
+    return prev
+
+
+def unigram_probs(train_actions: np.ndarray, num_actions: int) -> np.ndarray:
+    """Add-one smoothed train action frequencies ``(K,)`` (smoothing keeps the perplexity finite)."""
+    counts = np.bincount(train_actions, minlength=num_actions).astype(np.float64)
+    return (counts + 1.0) / (counts.sum() + num_actions)
+
+
+def bigram_probs(prev: np.ndarray, nxt: np.ndarray, num_actions: int, alpha: float = 1.0) -> np.ndarray:
+    """P(next | previous) ``(K + 1, K)`` (row K = start of article), shrunk towards the unigram by ``alpha``."""
+    uni = unigram_probs(nxt, num_actions)
+    counts = np.zeros((num_actions + 1, num_actions), dtype=np.float64)
+    np.add.at(counts, (prev, nxt), 1.0)
+    return (counts + alpha * uni[None]) / (counts.sum(1, keepdims=True) + alpha)
+
+
+def action_metrics(probs: np.ndarray, targets: np.ndarray, top_k: int = TOP_K) -> dict[str, float]:
+    """Loss, top-1, top-k accuracy and perplexity of rows of action probabilities ``(N, K)`` against targets."""
+    n = len(targets)
+    k = min(top_k, probs.shape[1])
+    loss = float(-np.log(probs[np.arange(n), targets]).mean())
+    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (N, k), unordered
+    best = probs.argmax(1)
+    return {
+        "loss": loss,
+        "top1": float((best == targets).mean()),
+        f"top{top_k}": float((top == targets[:, None]).any(1).mean()),
+        "perplexity": float(np.exp(loss)),
+    }
+
+
+def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, dict]:
+    """Unigram and bigram baselines fitted on ``train_ids``, scored on ``val_ids``."""
+    k = corpus.num_actions
+    train_next = corpus.actions[train_ids].astype(np.int64)
+    val_next = corpus.actions[val_ids].astype(np.int64)
+    uni = unigram_probs(train_next, k)
+    bi = bigram_probs(previous_actions(corpus, train_ids), train_next, k)
+    return {
+        "unigram": action_metrics(np.broadcast_to(uni, (len(val_ids), k)), val_next),
+        "bigram": action_metrics(bi[previous_actions(corpus, val_ids)], val_next),
+    }
+
+
+def format_table(metrics: dict[str, dict]) -> str:
+    """A small markdown table: one row per model, columns loss / top-1 / top-5 / perplexity."""
+    top = f"top{TOP_K}"
+    lines = [f"| model | val loss | top-1 | {top[:3]}-{TOP_K} | action ppl |", "|---|---:|---:|---:|---:|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['loss']:.4f} | {m['top1']:.4f} | {m[top]:.4f} | {m['perplexity']:.2f} |")
+    return "\n".join(lines)
+
+
+# ---- Lightning pieces ---------------------------------------------------------------------------------------------
+class NAPCollate:
+    """Batch of global target sentence ids -> ``{"planner_inputs": {...}, "oracle_actions": (N,)}``."""
+
+    def __init__(self, builder, actions: np.ndarray):
+        self.builder = builder
+        self.actions = actions
+
+    def __call__(self, sentence_ids: list[int]) -> dict:
+        import torch
+
+        ids = np.asarray(sentence_ids, dtype=np.int64)
+        return {
+            "planner_inputs": self.builder(ids),
+            "oracle_actions": torch.from_numpy(self.actions[ids].astype(np.int64)),
+        }
+
+
+class ArticleBatches:
+    """Causal mode's batches: whole articles (shuffled, seeded, reshuffled every epoch) packed until a batch holds at
+    least ``batch_size`` target sentences, so one causal pass per article serves all of its sentences (DESIGN.md 3)
+    instead of re-running every article once per randomly drawn sentence."""
+
+    def __init__(self, corpus: PreparedCorpus, article_ids: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+        self.ranges = [corpus.sentence_range(int(a)) for a in article_ids]
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+
+    def _batches(self) -> list[list[int]]:
+        order = np.arange(len(self.ranges))
+        if self.shuffle:
+            order = np.random.default_rng(self.seed * 1_000_003 + self.epoch).permutation(order)
+        out, current = [], []
+        for i in order:
+            current.extend(range(*self.ranges[i]))
+            if len(current) >= self.batch_size:
+                out.append(current)
+                current = []
+        return out + ([current] if current else [])
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        batches = self._batches()
+        self.epoch += 1
+        return iter(batches)
+
+
+def _nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dict]):
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+
+    class NAPModule(L.LightningModule):
+        """NAP cross-entropy on oracle actions; validation accumulates exact sums so metrics are per sentence."""
+
+        def __init__(self):
+            super().__init__()
+            self.planner = planner
+            self._val = None
+            self.validated_at_step = -1
+
+        def training_step(self, batch, batch_idx):
+            logits = self.planner(**batch["planner_inputs"])  # (N, K)
+            loss = F.cross_entropy(logits, batch["oracle_actions"])
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
+            return loss
+
+        def on_validation_epoch_start(self):
+            self._val = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, top1, top5, count
+
+        def validation_step(self, batch, batch_idx):
+            logits = self.planner(**batch["planner_inputs"])  # (N, K)
+            target = batch["oracle_actions"]
+            k = min(TOP_K, logits.shape[1])
+            top = logits.topk(k, dim=1).indices  # (N, k)
+            self._val += torch.stack([
+                F.cross_entropy(logits, target, reduction="sum").double(),
+                (top[:, 0] == target).sum().double(),
+                (top == target[:, None]).any(1).sum().double(),
+                torch.tensor(float(len(target)), dtype=torch.float64, device=self.device),
+            ])
+
+        def on_validation_epoch_end(self):
+            total = self.all_gather(self._val)
+            total = total.reshape(-1, 4).sum(0) if total.dim() > 1 else total
+            n = total[3].clamp_min(1)
+            loss = total[0] / n
+            self.log_dict({
+                "val/loss": loss.float(), "val/top1": (total[1] / n).float(),
+                f"val/top{TOP_K}": (total[2] / n).float(), "val/perplexity": loss.exp().float(),
+            }, prog_bar=True)
+            # The baselines are constants, logged next to the planner so one log file holds the comparison.
+            self.log_dict({f"val/{name}_{m}": float(v) for name, ms in baselines.items() for m, v in ms.items()})
+            self.validated_at_step = self.global_step
+
+        def configure_optimizers(self):
+            # Adam with (L2) weight decay, as the paper's planner pretraining (DESIGN.md 1.2).
+            return torch.optim.Adam(self.planner.parameters(), lr=lr, weight_decay=weight_decay)
+
+    return NAPModule()
+
+
+# ---- the stage ----------------------------------------------------------------------------------------------------
+def validate_train_planner(
+    prepared: str | Path, out: str | Path, lm: str | None, planner: PlannerConfig, objective: str, lr: float,
+    weight_decay: float, batch_size: int, epochs: int, planned_lm: str | None,
+) -> list[str]:
+    """Every problem with the arguments of :func:`train_planner`, as one-line messages."""
+    problems = []
+    corpus_k = corpus_d = None
+    try:
+        m = read_manifest(prepared, "prepare")
+        corpus_k, corpus_d = m.get("num_actions"), m.get("embedding_dim")
+    except PlanlmError as e:
+        problems.append(str(e))
+    if objective not in OBJECTIVES:
+        problems.append(f"objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
+    if objective == "ntp" and not planned_lm:
+        problems.append("objective ntp trains the planner through a frozen planned LM: pass --planned_lm DIR")
+    elif objective == "ntp" and not Path(planned_lm).is_dir():
+        problems.append(f"--planned_lm {planned_lm} does not exist; build one with `planlm finetune`")
+    resolved = dataclasses.replace(planner, num_actions=planner.num_actions or 1, encoder_dim=planner.encoder_dim or 2)
+    problems += [f"planner: {p}" for p in resolved.problems()]
+    if planner.num_actions and corpus_k and planner.num_actions != corpus_k:
+        problems.append(f"planner.num_actions={planner.num_actions} but {prepared} has K={corpus_k}; leave it 0")
+    if planner.encoder_dim and corpus_d and planner.encoder_dim != corpus_d:
+        problems.append(f"planner.encoder_dim={planner.encoder_dim} but {prepared} has d={corpus_d}; leave it 0")
+    if planner.context == "paper" and planner.context_sentences is None and not lm and objective != "ntp":
+        problems.append(
+            "the paper context counts LM tokens: pass --lm (Hub name or local folder) for its tokenizer, "
+            "or set --planner.context_sentences N"
+        )
+    if lr <= 0 or weight_decay < 0:
+        problems.append(f"lr must be positive and weight_decay non-negative (got {lr}, {weight_decay})")
+    if batch_size < 1 or epochs < 1:
+        problems.append(f"batch_size and epochs must be positive (got {batch_size}, {epochs})")
+    if Path(out).resolve() == Path(prepared).resolve():
+        problems.append("--out must differ from the prepared corpus directory")
+    return problems
+
+
+def load_tokenizer(lm: str):
+    """The LM's tokenizer, from a Hub name (``gpt2``) or a local folder (e.g. a `planlm pretrain-lm` output)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(lm)
+    except (OSError, ValueError) as e:
+        raise PlanlmError(f"cannot load a tokenizer from {lm!r} ({type(e).__name__}); pass a Hub name or a folder "
+                          "holding tokenizer files (e.g. the output of `planlm pretrain-lm`)") from None
+
+
+def train_planner(
+    prepared: str = "runs/prepared",
+    out: str = "runs/planner",
+    lm: str | None = None,
+    planner: PlannerConfig = PlannerConfig(),
+    objective: str = "nap",
+    planned_lm: str | None = None,
+    lr: float = 1e-4,
+    weight_decay: float = 1e-4,
+    batch_size: int = 32,
+    epochs: int = 1,
+    max_steps: int = -1,
+    init_from_centroids: bool = True,
+    seed: int = 0,
+    trainer: TrainerConfig = TrainerConfig(),
+    force: bool = False,
+) -> dict:
+    """Pretrain the planner by next-action prediction (NAP) on a prepared corpus (DESIGN.md 1.2).
+
+    Trains on every sentence of the train articles, validates on the val articles, and reports the planner's val
+    loss, top-1 / top-5 accuracy and action perplexity next to a unigram and a bigram baseline.
+
+    Args:
+        prepared: a `planlm prepare` output directory.
+        out: the planner artifact directory to write (planner.safetensors, planner_config.json, manifest.json).
+        lm: the LM whose tokenizer counts the paper context's tokens: a Hub name (gpt2) or a local folder (a
+            `planlm pretrain-lm` output). Without it, set planner.context_sentences.
+        planner: planner architecture and context (num_actions and encoder_dim come from the corpus).
+        objective: "nap" (next-action prediction, the paper's pretraining) or "ntp" (next-token loss through a
+            frozen planned LM, the paper's "no NAP pretraining").
+        planned_lm: objective ntp: the planned-LM folder whose frozen LM and adapters train the planner.
+        lr: Adam learning rate (paper: 1e-4).
+        weight_decay: Adam weight decay (paper: 1e-4).
+        batch_size: target sentences per step (paper: 32).
+        epochs: passes over the train sentences (paper: 1).
+        max_steps: stop after this many steps (-1: no limit).
+        init_from_centroids: initialise the policy head from the k-means centroids (paper).
+        seed: seed of initialisation and shuffling.
+        trainer: devices, precision, logging.
+        force: rebuild ``out`` even when it exists.
+
+    Returns:
+        ``{"planner": metrics, "unigram": metrics, "bigram": metrics}``, metrics = loss, top1, top5, perplexity.
+    """
+    raise_if_problems(
+        validate_train_planner(prepared, out, lm, planner, objective, lr, weight_decay, batch_size, epochs,
+                               planned_lm),
+        STAGE,
+    )
+    config = {
+        "prepared": str(prepared), "lm": lm, "planner": planner, "objective": objective, "planned_lm": planned_lm,
+        "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "epochs": epochs, "max_steps": max_steps,
+        "init_from_centroids": init_from_centroids, "seed": seed,
+        "prepared_id": read_manifest(prepared, "prepare").get("id"),
+    }
+    if reusable(out, STAGE, config, force):
+        metrics = read_manifest(out, STAGE).get("metrics", {})
+        print(f"{out} is up to date (same config); pass --force true to retrain")
+        print(format_table(metrics))
+        return metrics
+    if objective == "ntp":
+        return _train_ntp(prepared, out, lm, planned_lm, planner, config, lr, weight_decay, batch_size, epochs,
+                          max_steps, init_from_centroids, seed, trainer, force)
+    return _train_nap(prepared, out, lm, planner, config, lr, weight_decay, batch_size, epochs, max_steps,
+                      init_from_centroids, seed, trainer, force)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What both objectives set up: the corpus, the planner and its inputs, split sentences, baselines."""
+
+    corpus: PreparedCorpus
+    planner: object
+    builder: object
+    split_ids: dict
+    baselines: dict
+
+
+def _setup(prepared, planner_cfg: PlannerConfig, tokenizer, init_from_centroids: bool, seed: int) -> _Run:
+    import lightning as L
+    import torch
+
+    from planlm.data.planner_inputs import PlannerInputs
+    from planlm.models.planner import Planner
+
+    corpus = PreparedCorpus.load(prepared)
+    planner_cfg = dataclasses.replace(planner_cfg, num_actions=corpus.num_actions, encoder_dim=corpus.embedding_dim)
+    token_counts = None
+    if planner_cfg.context == "paper" and planner_cfg.context_sentences is None:
+        from planlm.data.alignment import sentence_token_counts
+
+        token_counts = sentence_token_counts(corpus, tokenizer)
+    split_ids = {}
+    for split in ("train", "val"):
+        arts = corpus.article_ids(split)
+        ranges = [np.arange(*corpus.sentence_range(a)) for a in arts]
+        split_ids[split] = np.concatenate(ranges).astype(np.int64) if ranges else np.zeros(0, np.int64)
+        if not len(split_ids[split]):
+            raise PlanlmError(f"{prepared} has no {split} sentences; prepare it with a non-empty {split} split")
+    L.seed_everything(seed, verbose=False)
+    planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if init_from_centroids else None)
+    return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, token_counts), split_ids,
+                baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
+
+
+def evaluate_nap(planner, builder, sentence_ids: np.ndarray, actions: np.ndarray, batch_size: int = 512) -> dict:
+    """NAP metrics (loss, top-1, top-5, perplexity) of a planner on ``sentence_ids``, outside any training loop."""
+    import torch
+
+    was_training = planner.training
+    planner.eval()
+    device = next(planner.parameters()).device
+    probs = []
+    with torch.no_grad():
+        for b in range(0, len(sentence_ids), batch_size):
+            inputs = {k: v.to(device) for k, v in builder(sentence_ids[b:b + batch_size]).items()}
+            probs.append(planner(**inputs).float().softmax(-1).cpu().double().numpy())  # (n, K)
+    planner.train(was_training)
+    return action_metrics(np.concatenate(probs), actions[sentence_ids].astype(np.int64))
+
+
+def _save(tmp: Path, run: _Run, config: dict, prepared, lm, metrics: dict, counts: dict, **extra) -> None:
+    from planlm.persist import save_planner
+
+    save_planner(run.planner.cpu(), tmp)
+    write_manifest(
+        tmp, STAGE, config,
+        inputs={"prepared": prepared, **({"lm": lm} if lm else {}), **extra.pop("more_inputs", {})},
+        counts={"train_sentences": len(run.split_ids["train"]), "val_sentences": len(run.split_ids["val"]),
+                "parameters": sum(p.numel() for p in run.planner.parameters()), **counts},
+        metrics=metrics, planner_config=run.planner.config, encoder=run.corpus.encoder,
+        num_actions=run.corpus.num_actions, embedding_dim=run.corpus.embedding_dim, **extra,
+    )
+
+
+def _train_nap(prepared, out, lm, planner_cfg, config, lr, weight_decay, batch_size, epochs, max_steps,
+               init_from_centroids, seed, trainer_cfg, force) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from planlm.train.trainer import build_trainer
+
+    needs_tokens = planner_cfg.context == "paper" and planner_cfg.context_sentences is None
+    run = _setup(prepared, planner_cfg, load_tokenizer(lm) if needs_tokens else None, init_from_centroids, seed)
+    collate = NAPCollate(run.builder, run.corpus.actions)
+    gen = torch.Generator().manual_seed(seed)
+    if run.planner.config.context == "causal":
+        every_sentence = range(len(run.corpus.actions))  # the samplers yield global sentence ids
+        train_loader = DataLoader(every_sentence, collate_fn=collate, batch_sampler=ArticleBatches(
+            run.corpus, run.corpus.article_ids("train"), batch_size, shuffle=True, seed=seed))
+        val_loader = DataLoader(every_sentence, collate_fn=collate, batch_sampler=ArticleBatches(
+            run.corpus, run.corpus.article_ids("val"), batch_size, shuffle=False, seed=seed))
+    else:
+        train_loader = DataLoader(run.split_ids["train"].tolist(), batch_size=batch_size, shuffle=True, generator=gen,
+                                  collate_fn=collate)
+        val_loader = DataLoader(run.split_ids["val"].tolist(), batch_size=max(batch_size, 256), collate_fn=collate)
+    module = _nap_module(run.planner, lr, weight_decay, run.baselines)
+
+    with atomic_dir(Path(out), force=force) as tmp:
+        trainer = build_trainer(trainer_cfg, tmp, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0,
+                                enable_checkpointing=False)
+        started = time.perf_counter()
+        trainer.fit(module, train_loader, val_loader)
+        seconds = time.perf_counter() - started
+        if module.validated_at_step != trainer.global_step:  # max_steps stopped it before the epoch's validation
+            trainer.validate(module, val_loader, verbose=False)
+        got = trainer.callback_metrics
+        metrics = {
+            "planner": {m: float(got[f"val/{m}"]) for m in ("loss", "top1", f"top{TOP_K}", "perplexity")},
+            **run.baselines,
+        }
+        if trainer.is_global_zero:
+            _save(tmp, run, config, prepared, lm, metrics, {"steps": trainer.global_step, "seconds": round(seconds, 2)},
+                  context_tokenizer=lm)
+    print(format_table(metrics))
+    return metrics
+
+
+def _train_ntp(prepared, out, lm, planned_lm, planner_cfg, config, lr, weight_decay, batch_size, epochs, max_steps,
+               init_from_centroids, seed, trainer_cfg, force) -> dict:
+    """The paper's "no NAP pretraining": a fresh planner learns from the next-token loss of a frozen planned LM.
+
+    The planned LM (a `planlm finetune` folder: base LM + trained adapters) is frozen whole; the planner's logits
+    reach its adapters by soft selection (exact gradient, DESIGN.md 1.5), on the paper's training windows (128
+    tokens, stride 127). ``batch_size`` counts windows here. This is a recipe of the ONE fine-tuning loop
+    (planlm/train/loop.py) with only the planner trainable, not a loop of its own.
+    """
+    from planlm.artifacts import check_same
+    from planlm.data.windows import WindowDataset
+    from planlm.persist import load_planned_lm
+    from planlm.train.loop import LoopData, OptimConfig, PlannedLMModule, RecipeConfig
+    from planlm.train.trainer import build_trainer
+
+    tokenizer_source = lm or str(Path(planned_lm) / "tokenizer")
+    tokenizer = load_tokenizer(tokenizer_source)
+    model = load_planned_lm(planned_lm)
+    run = _setup(prepared, planner_cfg, tokenizer, init_from_centroids, seed)
+    check_same("num_actions", run.corpus.num_actions, model.config.num_actions, planned_lm,
+               "fine-tune the planned LM on this prepared corpus")
+    model.planner = run.planner
+    model.requires_grad_(False)  # LM and adapters stay frozen; PlannedLMModule re-enables the planner only
+    model.config.selection = "soft"
+    recipe = RecipeConfig(selection="soft", actions="predicted", planner_unfreeze="immediate", train_lm=False)
+    optim = OptimConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
+    train = WindowDataset.from_corpus(run.corpus, tokenizer, "train")
+    val = WindowDataset.from_corpus(run.corpus, tokenizer, "val")
+    if len(train) == 0:
+        raise PlanlmError(f"{prepared} has no training windows; prepare a corpus with train articles")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = LoopData(train, val, train.collate_fn(run.builder, pad_token_id=pad), batch_size)
+    total = -(-len(train) // batch_size) * epochs
+    total = min(total, max_steps) if max_steps > 0 else total
+    module = PlannedLMModule(model, recipe, optim, total, seed=seed, data=data)
+
+    with atomic_dir(Path(out), force=force) as tmp:
+        trainer = build_trainer(trainer_cfg, tmp, max_epochs=epochs, max_steps=total, num_sanity_val_steps=0,
+                                enable_checkpointing=False, use_distributed_sampler=False)
+        started = time.perf_counter()
+        trainer.fit(module)
+        seconds = time.perf_counter() - started
+        if "val_loss" not in trainer.callback_metrics:  # max_steps stopped it before the epoch's validation
+            trainer.validate(module, verbose=False)
+        lm_loss = float(trainer.callback_metrics["val_loss"])
+        planner = evaluate_nap(run.planner, run.builder, run.split_ids["val"], run.corpus.actions)
+        metrics = {"planner": {**planner, "lm_loss": lm_loss, "lm_perplexity": float(np.exp(lm_loss))},
+                   **run.baselines}
+        if trainer.is_global_zero:
+            _save(tmp, run, config, prepared, lm, metrics,
+                  {"steps": trainer.global_step, "seconds": round(seconds, 2), "train_windows": len(train),
+                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+                  context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm})
+    print(format_table(metrics))
+    print(f"frozen planned LM with this planner: val LM loss {lm_loss:.4f} (perplexity {np.exp(lm_loss):.2f})")
+    return metrics

@@ -1,0 +1,290 @@
+"""`planlm pretrain-lm`: a byte-level BPE tokenizer and a GPT-2 trained from scratch, for offline use (DESIGN.md 4).
+
+No pretrained LM is packaged offline, so this stage makes one from the train split of a prepared corpus. The result
+is an ordinary Hugging Face folder (``save_pretrained``): every ``--lm`` option of planlm accepts it exactly as it
+accepts a Hub name such as ``gpt2``, and ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it.
+
+Tokenizer: byte-level BPE (HF ``tokenizers``, GPT-2's pre-tokenisation, so every string is encodable), with
+``<|endoftext|>`` as bos/eos (as GPT-2) and a separate ``<|pad|>`` so that padding never masks a real end of text.
+Training data: the train articles, each followed by ``<|endoftext|>``, concatenated and cut into blocks. AdamW
+(weight decay on matrices only), cosine schedule with linear warmup.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from planlm.artifacts import atomic_dir, read_manifest, reusable, write_manifest
+from planlm.data.prepared import PreparedCorpus
+from planlm.errors import PlanlmError, raise_if_problems
+from planlm.train.trainer import TrainerConfig
+
+STAGE = "pretrain-lm"
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+@dataclass(frozen=True)
+class LMPreset:
+    """GPT-2 shape and training recipe of one preset."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    batch_size: int
+    lr: float
+    warmup_fraction: float
+    dropout: float
+    epochs: int
+
+
+PRESETS: dict[str, LMPreset] = {
+    # tests: seconds on a CPU
+    "tiny": LMPreset(n_layer=2, n_head=2, n_embd=32, block_size=128, batch_size=8, lr=3e-3, warmup_fraction=0.05,
+                     dropout=0.0, epochs=1),
+    # the embedded corpus on a laptop-class CPU in minutes
+    "small-cpu": LMPreset(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, lr=2e-3,
+                          warmup_fraction=0.05, dropout=0.0, epochs=1),
+    # GPT-2 small (124M with a 50k vocabulary; fewer with a smaller --vocab_size), for GPUs
+    "gpt2": LMPreset(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, lr=6e-4,
+                     warmup_fraction=0.02, dropout=0.1, epochs=1),
+}
+
+
+def train_tokenizer(texts: list[str], vocab_size: int = 8192, min_frequency: int = 2):
+    """Train a byte-level BPE tokenizer on ``texts``; returns a fast HF tokenizer with bos/eos and pad tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    # GPT-2's setting: offsets keep the leading space, so a token's span starts in the gap before its word.
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=PAD)
+
+
+def token_stream(tokenizer, texts: list[str]) -> np.ndarray:
+    """All texts tokenised, each followed by eos, concatenated: ``(T,)`` int64."""
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return np.fromiter((t for doc in ids for t in (*doc, eos)), dtype=np.int64)
+
+
+def blocks(stream: np.ndarray, block_size: int, keep_tail: bool) -> list[np.ndarray]:
+    """Cut a token stream into ``block_size`` blocks; the shorter tail is kept for evaluation only."""
+    n = len(stream) // block_size
+    out = list(stream[: n * block_size].reshape(n, block_size))
+    if keep_tail and len(stream) - n * block_size >= 2:
+        out.append(stream[n * block_size:])
+    return out
+
+
+def _lm_module(model, lr: float, warmup_fraction: float):
+    import lightning as L
+    import torch
+
+    class LMModule(L.LightningModule):
+        """Next-token loss; validation sums token-weighted loss so val perplexity is per token."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.train_tokens = 0
+            self.train_seconds = 0.0
+            self._t0 = 0.0
+            self._val = None
+            self.validated_at_step = -1
+
+        def training_step(self, batch, batch_idx):
+            loss = self.model(input_ids=batch, labels=batch).loss
+            self.train_tokens += batch.numel()
+            self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+        def on_train_batch_start(self, batch, batch_idx):
+            self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.train_seconds += time.perf_counter() - self._t0  # forward + backward + optimizer step
+
+        def on_validation_epoch_start(self):
+            self._val = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, predicted tokens
+
+        def validation_step(self, batch, batch_idx):
+            predicted = batch.shape[0] * (batch.shape[1] - 1)  # HF shifts labels: T - 1 predictions per row
+            loss = self.model(input_ids=batch, labels=batch).loss
+            self._val += torch.stack([loss.double() * predicted,
+                                      torch.tensor(float(predicted), dtype=torch.float64, device=self.device)])
+
+        def on_validation_epoch_end(self):
+            total = self.all_gather(self._val)
+            total = total.reshape(-1, 2).sum(0) if total.dim() > 1 else total
+            loss = total[0] / total[1].clamp_min(1)
+            self.log_dict({"val/loss": loss.float(), "val/perplexity": loss.exp().float()}, prog_bar=True)
+            self.validated_at_step = self.global_step
+
+        def configure_optimizers(self):
+            from transformers import get_cosine_schedule_with_warmup
+
+            decay = [p for p in self.model.parameters() if p.dim() >= 2]  # matrices; not biases, norms
+            rest = [p for p in self.model.parameters() if p.dim() < 2]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                    lr=lr, betas=(0.9, 0.95))
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = get_cosine_schedule_with_warmup(opt, max(1, int(warmup_fraction * total)), total)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return LMModule()
+
+
+def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, block_size: int | None,
+                         batch_size: int | None, lr: float | None, epochs: int | None) -> list[str]:
+    """Every problem with the arguments of :func:`pretrain_lm`, as one-line messages."""
+    problems = []
+    try:
+        read_manifest(prepared, "prepare")
+    except PlanlmError as e:
+        problems.append(str(e))
+    if preset not in PRESETS:
+        problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+    if vocab_size < 259:
+        problems.append(f"vocab_size {vocab_size} is below the 256 bytes + special tokens; use at least 259")
+    for name, value in (("block_size", block_size), ("batch_size", batch_size), ("epochs", epochs)):
+        if value is not None and value < 1:
+            problems.append(f"{name} must be positive (got {value})")
+    if block_size is not None and block_size < 2:
+        problems.append("block_size must be at least 2")
+    if lr is not None and lr <= 0:
+        problems.append(f"lr must be positive (got {lr})")
+    if Path(out).resolve() == Path(prepared).resolve():
+        problems.append("--out must differ from the prepared corpus directory")
+    return problems
+
+
+def pretrain_lm(
+    prepared: str = "runs/prepared",
+    out: str = "runs/lm",
+    preset: str = "small-cpu",
+    vocab_size: int = 8192,
+    block_size: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    epochs: int | None = None,
+    max_steps: int = -1,
+    seed: int = 0,
+    trainer: TrainerConfig = TrainerConfig(),
+    force: bool = False,
+) -> dict:
+    """Train a byte-level BPE tokenizer and a GPT-2 from scratch on the train split (offline, no pretrained LM).
+
+    The output folder loads with ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained`` and
+    is accepted by every ``--lm`` option of planlm.
+
+    Args:
+        prepared: a `planlm prepare` output directory.
+        out: the folder to write (HF model + tokenizer files + manifest.json).
+        preset: "tiny" (tests), "small-cpu" (a CPU in minutes), "gpt2" (GPT-2 small shape, for GPUs).
+        vocab_size: BPE vocabulary size (the tokenizer may stop short on a small corpus).
+        block_size: training sequence length (default: the preset's).
+        batch_size: blocks per step (default: the preset's).
+        lr: peak AdamW learning rate (default: the preset's).
+        epochs: passes over the train tokens (default: the preset's).
+        max_steps: stop after this many optimizer steps (-1: no limit); the cosine schedule spans them.
+        seed: seed of initialisation and shuffling.
+        trainer: devices, precision, logging.
+        force: rebuild ``out`` even when it exists.
+
+    Returns:
+        ``{"val_loss", "val_perplexity", "val_loss_initial", "tokens_per_second", ...}``.
+    """
+    raise_if_problems(validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs),
+                      STAGE)
+    p = PRESETS[preset]
+    block_size, batch_size = block_size or p.block_size, batch_size or p.batch_size
+    lr, epochs = lr or p.lr, epochs or p.epochs
+    config = {"prepared": str(prepared), "preset": preset, "shape": p, "vocab_size": vocab_size,
+              "block_size": block_size, "batch_size": batch_size, "lr": lr, "epochs": epochs, "max_steps": max_steps,
+              "seed": seed, "prepared_id": read_manifest(prepared, "prepare").get("id")}
+    if reusable(out, STAGE, config, force):
+        print(f"{out} is up to date (same config); pass --force true to retrain")
+        return read_manifest(out, STAGE).get("metrics", {})
+
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from planlm.train.trainer import build_trainer
+
+    corpus = PreparedCorpus.load(prepared)
+    texts = {s: [corpus.texts[a] for a in corpus.article_ids(s)] for s in ("train", "val")}
+    for split, t in texts.items():
+        if not t:
+            raise PlanlmError(f"{prepared} has no {split} articles; prepare it with a non-empty {split} split")
+    tokenizer = train_tokenizer(texts["train"], vocab_size)
+    train_blocks = blocks(token_stream(tokenizer, texts["train"]), block_size, keep_tail=False)
+    val_blocks = blocks(token_stream(tokenizer, texts["val"]), block_size, keep_tail=True)
+    if not train_blocks:
+        raise PlanlmError(f"the train split has fewer than {block_size} tokens; pass a smaller --block_size")
+
+    L.seed_everything(seed, verbose=False)
+    model = GPT2LMHeadModel(GPT2Config(
+        # GPT-2's 1024 positions at least, so that generation and longer evaluation windows run (positions past
+        # block_size are untrained: train with the longest window you will use).
+        vocab_size=len(tokenizer), n_positions=max(block_size, 1024),
+        n_embd=p.n_embd, n_layer=p.n_layer, n_head=p.n_head,
+        resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    module = _lm_module(model, lr, p.warmup_fraction)
+    to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
+    gen = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train_blocks, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=to_tensor)
+    # Ready-made val batches: full blocks batch_size at a time, the shorter tail block as its own batch.
+    full = [b for b in val_blocks if len(b) == block_size]
+    val_batches = [to_tensor(full[i:i + batch_size]) for i in range(0, len(full), batch_size)]
+    val_batches += [to_tensor([b]) for b in val_blocks if len(b) != block_size]
+    val_loader = DataLoader(val_batches, batch_size=None)
+
+    out = Path(out)
+    with atomic_dir(out, force=force) as tmp:
+        trainer = build_trainer(trainer, tmp, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0,
+                                enable_checkpointing=False)
+        initial = trainer.validate(module, val_loader, verbose=False)[0]["val/loss"]
+        trainer.fit(module, train_loader, val_loader)
+        if module.validated_at_step != trainer.global_step:  # max_steps stopped it before the epoch's validation
+            trainer.validate(module, val_loader, verbose=False)
+        val_loss = float(trainer.callback_metrics["val/loss"])
+        metrics = {
+            "val_loss_initial": float(initial),
+            "val_loss": val_loss,
+            "val_perplexity": math.exp(val_loss),
+            "tokens_per_second": module.train_tokens / max(module.train_seconds, 1e-9),
+            "train_seconds": module.train_seconds,
+        }
+        if trainer.is_global_zero:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            write_manifest(
+                tmp, STAGE, config, inputs={"prepared": prepared},
+                counts={"train_tokens": int(sum(len(b) for b in train_blocks)),
+                        "val_tokens": int(sum(len(b) for b in val_blocks)),
+                        "trained_tokens": module.train_tokens, "steps": trainer.global_step,
+                        "parameters": sum(q.numel() for q in model.parameters()), "vocab_size": len(tokenizer)},
+                metrics=metrics,
+            )
+    print(f"pretrain-lm {preset}: val perplexity {metrics['val_perplexity']:.2f} "
+          f"(initial {math.exp(metrics['val_loss_initial']):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
+    return metrics

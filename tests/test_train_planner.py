@@ -1,0 +1,206 @@
+"""`planlm train-planner`: NAP learns a learnable action pattern, baselines, artifact, reuse, validation, --help."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import SENTENCES
+from planlm.artifacts import read_manifest, write_manifest
+from planlm.data.planner_inputs import planner_inputs
+from planlm.data.prepared import PreparedCorpus, write_prepared
+from planlm.errors import PlanlmError
+from planlm.models.planner import PlannerConfig
+from planlm.persist import load_planner
+from planlm.train.planner import ArticleBatches, action_metrics, baseline_metrics, bigram_probs, train_planner
+from planlm.train.trainer import TrainerConfig
+
+QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="csv")
+
+
+def patterned_prepared(directory, n_articles=40, num_actions=6, dim=16, seed=0) -> PreparedCorpus:
+    """A prepared corpus whose actions follow a rule a planner can learn from the previous sentence's embedding:
+    the first action of an article is random, then a_j = (a_{j-1} + 1) mod K. Embeddings are noisy centroids."""
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True)
+    centroids = rng.standard_normal((num_actions, dim)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    titles, texts, splits, arts, starts, ends, actions = [], [], [], [], [], [], []
+    for a in range(n_articles):
+        n = int(rng.integers(6, 12))
+        acts = (int(rng.integers(num_actions)) + np.arange(n)) % num_actions
+        text = ""
+        for act in acts:
+            text += " " if text else ""
+            starts.append(len(text))
+            text += SENTENCES[int(act) % len(SENTENCES)]
+            ends.append(len(text))
+            arts.append(a)
+        actions += acts.tolist()
+        titles.append(f"Patterned {a}")
+        texts.append(text)
+        splits.append("val" if a < 8 else "test" if a < 12 else "train")
+    actions = np.array(actions)
+    emb = centroids[actions] + 0.2 * rng.standard_normal((len(actions), dim)).astype(np.float32) / np.sqrt(dim)
+    exemplars = [{"action": k, "size": int((actions == k).sum()), "exemplars": []} for k in range(num_actions)]
+    write_prepared(directory, titles, texts, splits, np.array(arts), np.array(starts), np.array(ends), emb,
+                   centroids, actions, exemplars)
+    write_manifest(directory, "prepare", {"patterned": True, "seed": seed}, encoder="synthetic", embedding_dim=dim,
+                   num_actions=num_actions)
+    return PreparedCorpus.load(directory)
+
+
+@pytest.fixture
+def patterned(tmp_path):
+    return patterned_prepared(tmp_path / "patterned")
+
+
+@pytest.mark.parametrize("context", ["paper", "causal"])
+def test_nap_beats_the_unigram_baseline_and_saves_a_loadable_planner(patterned, tmp_path, context):
+    out = tmp_path / "planner"
+    cfg = PlannerConfig(ff=32, context=context, context_sentences=2)
+    metrics = train_planner(str(patterned.path), out=str(out), planner=cfg, lr=5e-3, epochs=8, trainer=QUIET)
+    planner, unigram = metrics["planner"], metrics["unigram"]
+    assert unigram["top1"] < 0.35  # K = 6, nearly uniform
+    assert planner["top1"] > unigram["top1"] + 0.3, metrics
+    assert planner["loss"] < unigram["loss"]
+    assert metrics["bigram"]["top1"] > 0.7  # the rule is a bigram rule: the baseline sees it too
+
+    manifest = read_manifest(out, "train-planner")
+    assert manifest["metrics"]["planner"]["top1"] == pytest.approx(planner["top1"])
+    assert manifest["counts"]["train_sentences"] > 0 and manifest["inputs"]["prepared"]["id"] == patterned.id
+    # The saved planner predicts what the run measured.
+    loaded = load_planner(out).eval()
+    assert loaded.config.num_actions == 6 and loaded.config.encoder_dim == 16 and loaded.config.context == context
+    val = np.concatenate([np.arange(*patterned.sentence_range(a)) for a in patterned.article_ids("val")])
+    with torch.no_grad():
+        logits = loaded(**planner_inputs(patterned, val, loaded.config))
+    top1 = (logits.argmax(1).numpy() == patterned.actions[val]).mean()
+    assert top1 == pytest.approx(planner["top1"], abs=1e-6)
+    assert (out / "logs" / "metrics.csv").read_text().count("val/unigram_top1") == 1  # baselines logged in-run
+
+
+def test_paper_context_counts_tokens_of_a_local_lm_tokenizer(patterned, tmp_path):
+    from planlm.train.pretrain_lm import train_tokenizer
+
+    tok_dir = tmp_path / "tok"
+    train_tokenizer(patterned.texts, vocab_size=300).save_pretrained(tok_dir)
+    out = tmp_path / "planner"
+    metrics = train_planner(str(patterned.path), out=str(out), lm=str(tok_dir), planner=PlannerConfig(ff=32),
+                            max_steps=3, trainer=QUIET)
+    manifest = read_manifest(out, "train-planner")
+    assert manifest["context_tokenizer"] == str(tok_dir) and manifest["counts"]["steps"] == 3
+    assert set(metrics) == {"planner", "unigram", "bigram"}
+    assert json.loads((out / "planner_config.json").read_text())["context_tokens"] == 128
+
+
+def test_an_up_to_date_artifact_is_reused_and_force_retrains(patterned, tmp_path, capsys):
+    out = tmp_path / "planner"
+    kwargs = dict(out=str(out), planner=PlannerConfig(ff=32, context_sentences=2), max_steps=2, trainer=QUIET)
+    first = train_planner(str(patterned.path), **kwargs)
+    stamp = (out / "planner.safetensors").stat().st_mtime_ns
+    assert train_planner(str(patterned.path), **kwargs) == first
+    assert "up to date" in capsys.readouterr().out
+    assert (out / "planner.safetensors").stat().st_mtime_ns == stamp
+    train_planner(str(patterned.path), force=True, **kwargs)
+    assert (out / "planner.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_baselines_on_a_known_sequence(patterned):
+    train = np.concatenate([np.arange(*patterned.sentence_range(a)) for a in patterned.article_ids("train")])
+    val = np.concatenate([np.arange(*patterned.sentence_range(a)) for a in patterned.article_ids("val")])
+    m = baseline_metrics(patterned, train, val)
+    first = patterned.sentence_position[val] == 0
+    # The bigram predicts every non-first sentence (a -> a + 1); first sentences follow the start-of-article row.
+    assert m["bigram"]["top1"] >= (~first).mean()
+    # An unseen previous action falls back to the unigram distribution.
+    probs = bigram_probs(np.array([0, 0, 6]), np.array([1, 1, 2]), num_actions=6)
+    np.testing.assert_allclose(probs[3], probs[4])
+    assert probs.sum(1) == pytest.approx(np.ones(7))
+    perfect = action_metrics(np.eye(3)[[0, 1, 2]] * 0.98 + 0.01 / 1.5, np.array([0, 1, 2]), top_k=5)
+    assert perfect["top1"] == 1.0 and perfect["top5"] == 1.0 and perfect["perplexity"] < 1.05
+
+
+def test_bad_arguments_are_listed_in_one_error(patterned, tmp_path):
+    with pytest.raises(PlanlmError) as e:
+        train_planner(str(patterned.path), out=str(tmp_path / "p"), planner=PlannerConfig(num_actions=9),
+                      objective="mlm", lr=0.0, trainer=QUIET)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("objective must be one of", "num_actions=9", "--lm", "lr must be positive"):
+        assert part in msg
+    with pytest.raises(PlanlmError, match="does not exist"):
+        train_planner(str(tmp_path / "missing"), out=str(tmp_path / "p"), trainer=QUIET)
+
+
+def test_help_lists_the_options(capsys):
+    from jsonargparse import CLI, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    with pytest.raises(SystemExit):
+        CLI({"train-planner": train_planner}, args=["train-planner", "--help"], as_positional=True)
+    text = capsys.readouterr().out
+    for option in ("--prepared", "--lm", "--planner.context", "--planner.context_tokens", "--objective",
+                   "--weight_decay", "--trainer.accelerator", "next-action prediction", "one causal pass per article"):
+        assert option in text, option
+
+
+def test_ntp_objective_trains_only_the_planner_through_a_frozen_planned_lm(patterned, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+    from planlm.persist import load_planned_lm
+    from planlm.train.pretrain_lm import pretrain_lm
+
+    lm_dir = tmp_path / "lm"
+    pretrain_lm(str(patterned.path), out=str(lm_dir), preset="tiny", vocab_size=300, max_steps=1,
+                trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))
+    # A planned LM folder as `planlm finetune` writes it: adapters (+ base LM reference) and its tokenizer.
+    planned_dir = tmp_path / "planned"
+    cfg = PlannedLMConfig(num_actions=patterned.num_actions, action_dim=patterned.embedding_dim, layers=[1],
+                          selection="hard", base_lm=str(lm_dir))
+    PlannedLM(AutoModelForCausalLM.from_pretrained(lm_dir), cfg,
+              centroids=torch.from_numpy(patterned.centroids)).save_pretrained(planned_dir)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(lm_dir).save_pretrained(planned_dir / "tokenizer")
+    before = load_planned_lm(planned_dir)
+
+    out = tmp_path / "planner"
+    metrics = train_planner(str(patterned.path), out=str(out), objective="ntp", planned_lm=str(planned_dir),
+                            planner=PlannerConfig(ff=32), lr=1e-2, batch_size=4, max_steps=4, trainer=QUIET)
+    assert np.isfinite(metrics["planner"]["lm_loss"]) and 0 <= metrics["planner"]["top1"] <= 1
+    manifest = read_manifest(out, "train-planner")
+    assert manifest["counts"]["steps"] == 4 and str(planned_dir) in json.dumps(manifest["inputs"]["planned_lm"])
+    assert manifest["context_tokenizer"] == str(planned_dir / "tokenizer")  # paper context counted its tokens
+    trained = load_planner(out)
+    assert manifest["counts"]["trainable_parameters"] == sum(p.numel() for p in trained.parameters())
+    fresh = PlannerConfig(num_actions=6, encoder_dim=16, ff=32)
+    from planlm.models.planner import Planner
+
+    torch.manual_seed(0)
+    init = Planner(fresh, torch.from_numpy(patterned.centroids))
+    assert not torch.equal(trained.policy_head.weight, init.policy_head.weight) or not torch.equal(
+        trained.input_proj.weight, init.input_proj.weight)
+    # The planned LM on disk was only read.
+    after = load_planned_lm(planned_dir)
+    for (name, a), b in zip(before.adapters.state_dict().items(), after.adapters.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_causal_batches_pack_whole_articles(patterned):
+    train = patterned.article_ids("train")
+    sampler = ArticleBatches(patterned, train, batch_size=20, shuffle=True, seed=0)
+    first, second = list(sampler), list(sampler)
+    expected = np.concatenate([np.arange(*patterned.sentence_range(a)) for a in train])
+    for epoch in (first, second):
+        got = np.concatenate(epoch)
+        assert sorted(got.tolist()) == expected.tolist()  # every train sentence exactly once
+        for batch in epoch:
+            arts = np.unique(patterned.sentence_article[batch])
+            assert sum(np.diff(patterned.sentence_range(a))[0] for a in arts) == len(batch)  # whole articles only
+        assert all(len(b) >= 20 for b in epoch[:-1])
+    assert [b[0] for b in first] != [b[0] for b in second]  # reshuffled every epoch
