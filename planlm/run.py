@@ -52,6 +52,8 @@ class RunPreset:
     """Sentence encoder (paper: all-mpnet-base-v2)."""
     lm_preset: str = "small-cpu"
     """`planlm pretrain-lm --preset` when no --lm is given."""
+    lm_epochs: int | None = None
+    """LM pretraining epochs (None = the LM preset's)."""
     lm_max_steps: int = -1
     """Cap on LM pretraining steps (-1 = the preset's epochs)."""
     planner_epochs: int = 1
@@ -90,7 +92,7 @@ PRESETS: dict[str, RunPreset] = {
     # scratch, one epoch per variant; perplexity with the strided protocol (stride 64) on the whole test split,
     # because the paper's stride-1 protocol costs one forward pass per token.
     "default": RunPreset(
-        prepare_preset="small", lm_preset="small-cpu", planner_epochs=2, planner_lr=1e-3, finetune=OptimConfig(lr=1e-3),
+        prepare_preset="small", lm_preset="small-cpu", lm_epochs=3, planner_epochs=2, planner_lr=1e-3, finetune=OptimConfig(lr=1e-3),
         eval_protocol="strided", eval_stride=64, eval_batch_size=64,
     ),
     # The paper's hyperparameters, for a GPU: K=1024, all-mpnet-base-v2, Adam 1e-4, batch 32, one epoch,
@@ -197,7 +199,7 @@ def run(
     )
     if lm is None:
         timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=str(out / "lm"), preset=p.lm_preset,
-              max_steps=p.lm_max_steps, seed=seed, trainer=trainer, force=force)
+              epochs=p.lm_epochs, max_steps=p.lm_max_steps, seed=seed, trainer=trainer, force=force)
         lm = str(out / "lm")
     planner_dir = out / "planner"
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
