@@ -92,7 +92,7 @@ PRESETS: dict[str, RunPreset] = {
     # scratch, one epoch per variant; perplexity with the strided protocol (stride 64) on the whole test split,
     # because the paper's stride-1 protocol costs one forward pass per token.
     "default": RunPreset(
-        prepare_preset="small", lm_preset="small-cpu", lm_epochs=3, planner_epochs=2, planner_lr=1e-3, finetune=OptimConfig(lr=1e-3),
+        prepare_preset="small", lm_preset="small-cpu", planner_epochs=2, planner_lr=1e-3, finetune=OptimConfig(lr=1e-3),
         eval_protocol="strided", eval_stride=64, eval_batch_size=64,
     ),
     # The paper's hyperparameters, for a GPU: K=1024, all-mpnet-base-v2, Adam 1e-4, batch 32, one epoch,

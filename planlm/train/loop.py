@@ -181,12 +181,9 @@ class PlannedLMModule(L.LightningModule):
             # A planner that ever trains keeps requires_grad from the start (DDP registers parameters once, when it
             # wraps the model); while "frozen" it simply runs without autograd and so gets no gradient or update.
             model.planner.requires_grad_(self.unfreeze_at is not None and recipe.planner_in_training)
-        self._set_planner_trainable(self.unfreeze_at == 0)
+        self.planner_trainable = self.unfreeze_at == 0  # the unfreeze schedule's state, saved in checkpoints
 
     # ---- recipe state ----------------------------------------------------------------------------------------
-    def _set_planner_trainable(self, trainable: bool) -> None:
-        self.planner_trainable = bool(trainable)
-
     def p_predicted(self, step: int) -> float:
         """Probability that a training sentence is conditioned on the planner's action at optimizer step ``step``."""
         if self.recipe.actions == "predicted":
@@ -250,7 +247,7 @@ class PlannedLMModule(L.LightningModule):
     # ---- schedule hooks ----------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):
         if self.unfreeze_at is not None and not self.planner_trainable and self.global_step >= self.unfreeze_at:
-            self._set_planner_trainable(True)
+            self.planner_trainable = True
         # Counted here, not in on_train_batch_end: ModelCheckpoint saves in its own on_train_batch_end, which
         # Lightning calls before the module's, and the saved count must include the batch just trained on.
         self.batches_this_epoch += 1
@@ -300,5 +297,5 @@ class PlannedLMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint["planlm"]
         self._resume_skip = state["batches_this_epoch"]
-        self._set_planner_trainable(state["planner_trainable"])
+        self.planner_trainable = bool(state["planner_trainable"])
         set_rng_states(state["rng"])
