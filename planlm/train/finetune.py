@@ -251,12 +251,13 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=1,
     )
     trainer.fit(module, ckpt_path=str(last) if resume else None)
-    if "val_loss" not in trainer.callback_metrics and len(val):
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_loss", "train_loss")}
+    if "val_loss" not in metrics and len(val):
         trainer.validate(module, verbose=False)  # max_steps ended mid-epoch: still report the final model's val loss
+        metrics["val_loss"] = float(trainer.callback_metrics["val_loss"])
     if not trainer.is_global_zero:
         return out
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_loss", "train_loss")}
     counts = {
         "train_windows": len(train), "val_windows": len(val), "optimizer_steps": int(trainer.global_step),
         "adapter_parameters": model.adapter_parameters(),
