@@ -143,3 +143,38 @@ def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
             f"unexpected {sorted(unexpected)[:3]})"
         )
     return model.eval()  # like Hugging Face's from_pretrained; call .train() to fine-tune further
+
+
+# ---- base LMs and tokenizers (Hub name or local folder) ----------------------------------------------------------------
+def load_tokenizer(lm: str):
+    """The LM's tokenizer, from a Hub name (``gpt2``) or a local folder (e.g. a `planlm pretrain-lm` output)."""
+    from transformers import AutoTokenizer
+
+    from planlm.errors import PlanlmError
+
+    try:
+        return AutoTokenizer.from_pretrained(lm)
+    except (OSError, ValueError) as e:
+        raise PlanlmError(f"cannot load a tokenizer from {lm!r} ({type(e).__name__}); pass a Hub name or a folder "
+                          "holding tokenizer files (e.g. the output of `planlm pretrain-lm`)") from None
+
+
+def load_lm(lm: str):
+    """A Hugging Face causal LM and its tokenizer (pad = eos when it has none), by Hub name or local folder."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from planlm.errors import PlanlmError
+
+    hf_logging.disable_progress_bar()
+    tokenizer = load_tokenizer(lm)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(lm)
+    except OSError as e:
+        raise PlanlmError(
+            f"cannot load the LM {lm!r} ({str(e).splitlines()[0][:160]}); offline, pass a local folder "
+            "(e.g. one written by `planlm pretrain-lm`)"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

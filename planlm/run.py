@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planlm.errors import PlanlmError, raise_if_problems
+from planlm.errors import raise_if_problems
 from planlm.train.loop import OptimConfig, RecipeConfig
 from planlm.train.trainer import TrainerConfig
 

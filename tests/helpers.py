@@ -54,7 +54,7 @@ def synthetic_prepared(
     for a in range(n_articles):
         n = int(rng.integers(*sentences_per_article))
         picks = rng.integers(0, len(SENTENCES), size=n)
-        text, pos = "", 0
+        text = ""
         for p in picks:
             if text:
                 text += " "

@@ -13,7 +13,7 @@ from planlm.cli import main
 from planlm.eval.evaluate import variant_name
 from planlm.eval.generate import load_run
 from planlm.eval.perplexity import perplexity
-from test_generate import ENCODER, one_thread  # noqa: F401  (module fixture: one torch thread)
+from test_generate import ENCODER
 
 PPL = ["--ppl.context_length", "24", "--ppl.max_tokens", "150", "--ppl.batch_size", "16"]
 

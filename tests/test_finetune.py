@@ -96,8 +96,6 @@ def test_oracle_training_never_calls_the_planner(env):
 
 
 def test_mixing_schedules(env):
-    from planlm.train.loop import OptimConfig
-
     class M(PlannedLMModule):
         def __init__(self, recipe):  # only the schedule logic, no model needed
             torch.nn.Module.__init__(self)

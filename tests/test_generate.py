@@ -21,14 +21,6 @@ from planlm.persist import load_planner
 ENCODER = "fake:16"  # the synthetic corpus's embeddings are 16-d; the test encoder embeds generated text the same way
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Token-by-token decoding of a tiny model is all thread-synchronisation overhead on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def train_briefly(lm_dir: str, texts: list[str], steps: int = 300) -> None:
     """A few hundred ms of next-token training, so that the tiny LM writes sentences (and so ends them)."""

@@ -16,7 +16,6 @@ from planlm.errors import PlanlmError
 from planlm.eval.perplexity import perplexity
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 from planlm.persist import load_planner
-from test_generate import one_thread  # noqa: F401  (module fixture: one torch thread)
 
 L = 16  # window length of these tests: articles span several windows
 

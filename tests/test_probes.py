@@ -20,14 +20,6 @@ B, T, H, VOCAB = 40, 30, 16, 10
 FAST = ProbeConfig(distances=[1, 2, 3], max_iter=25)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Probe fits here are tiny: on a shared 2-core machine, thread contention costs 20x more than the math."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def planted(seed=0):
     """Random tokens; "post" at t encodes the token at t + 1 (plus noise); "pre" is pure noise."""

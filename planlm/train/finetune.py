@@ -82,25 +82,6 @@ def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
     raise_if_problems(problems, "finetune")
 
 
-def load_lm(lm: str):
-    """A Hugging Face causal LM and its tokenizer, by Hub name or local folder, with an offline-friendly error."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(lm)
-        model = AutoModelForCausalLM.from_pretrained(lm)
-    except OSError as e:
-        raise PlanlmError(
-            f"cannot load the LM {lm!r} ({str(e).splitlines()[0][:160]}); offline, pass a local folder "
-            "(e.g. one written by `planlm pretrain-lm`)"
-        ) from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
 def build_planned_lm(cfg: FinetuneConfig, corpus, lm_model, planner):
     """The PlannedLM of a finetune config: adapters initialised from the corpus's k-means centroids."""
     import torch
@@ -194,7 +175,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.prepared import PreparedCorpus
     from planlm.data.windows import WindowDataset
-    from planlm.persist import load_planner
+    from planlm.persist import load_lm, load_planner
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.resumable import AtomicCheckpointIO
     from planlm.train.trainer import build_trainer

@@ -234,17 +234,6 @@ def validate_train_planner(
     return problems
 
 
-def load_tokenizer(lm: str):
-    """The LM's tokenizer, from a Hub name (``gpt2``) or a local folder (e.g. a `planlm pretrain-lm` output)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(lm)
-    except (OSError, ValueError) as e:
-        raise PlanlmError(f"cannot load a tokenizer from {lm!r} ({type(e).__name__}); pass a Hub name or a folder "
-                          "holding tokenizer files (e.g. the output of `planlm pretrain-lm`)") from None
-
-
 def train_planner(
     prepared: str = "runs/prepared",
     out: str = "runs/planner",
@@ -385,6 +374,7 @@ def _train_nap(prepared, out, lm, planner_cfg, config, lr, weight_decay, batch_s
     import torch
     from torch.utils.data import DataLoader
 
+    from planlm.persist import load_tokenizer
     from planlm.train.trainer import build_trainer
 
     needs_tokens = planner_cfg.context == "paper" and planner_cfg.context_sentences is None
@@ -434,7 +424,7 @@ def _train_ntp(prepared, out, lm, planned_lm, planner_cfg, config, lr, weight_de
     """
     from planlm.artifacts import check_same
     from planlm.data.windows import WindowDataset
-    from planlm.persist import load_planned_lm
+    from planlm.persist import load_planned_lm, load_tokenizer
     from planlm.train.loop import LoopData, OptimConfig, PlannedLMModule, RecipeConfig
     from planlm.train.trainer import build_trainer
 
