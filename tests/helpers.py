@@ -1,12 +1,16 @@
-"""Test helpers: a small synthetic prepared corpus that needs no encoder, no k-means and no download.
+"""Test helpers shared by the test modules (no encoder, no k-means, no download).
 
-Texts are real English sentences (from Wikipedia's article on the Moon) arranged into articles by a seeded RNG;
-embeddings are seeded random vectors; actions are each sentence's nearest random centroid. Use it for model and
-training tests; `planlm prepare` itself is tested on real data in tests/test_prepare*.py.
+- `synthetic_prepared`: a small prepared corpus. Texts are real English sentences (from Wikipedia's article on the
+  Moon) arranged into articles by a seeded RNG; embeddings are seeded random vectors; actions are each sentence's
+  nearest random centroid. `planlm prepare` itself is tested on real data in tests/test_prepare*.py.
+- `tiny_lm` / `tiny_planner`: saved folders of a tiny GPT-2 (+ BPE tokenizer) and a tiny planner, as the CLI reads them.
+- `random_lm`, `sentence_batch`, `tiny_tokenizer`, `handmade_prepared`, `spans_of`: in-memory models (GPT-2,
+  GPT-NeoX, Llama), batches and hand-made corpora for the model-level tests.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +116,113 @@ def tiny_planner(directory: str | Path, corpus: PreparedCorpus, context: str = "
     save_planner(planner, directory)
     write_manifest(directory, "train-planner", {"tiny": True}, num_actions=corpus.num_actions)
     return str(directory)
+
+
+# In-memory models and hand-made corpora for the model-level tests (adapters, selection, alignment, planned LM).
+
+ARCHS = ("gpt2", "gpt_neox", "llama")
+VOCAB = 300
+
+
+def random_lm(arch: str, n_layer: int = 4, seed: int = 0):
+    """A randomly initialised causal LM of ``arch`` (no download), in eval mode."""
+    import torch
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        lm = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=256, n_embd=32, n_layer=n_layer, n_head=2,
+                                          bos_token_id=0, eos_token_id=0))
+    elif arch == "gpt_neox":
+        lm = GPTNeoXForCausalLM(
+            GPTNeoXConfig(
+                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=2,
+                intermediate_size=64, max_position_embeddings=256,
+            )
+        )
+    elif arch == "llama":
+        # head_dim * heads = 48 != hidden 32, and grouped-query attention: the projection input width is read from
+        # the module, not assumed to be the hidden size.
+        lm = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=2,
+                num_key_value_heads=1, head_dim=24, intermediate_size=64, max_position_embeddings=256,
+            )
+        )
+    else:
+        raise ValueError(arch)
+    return lm.eval()
+
+
+def sentence_batch(B=2, T=10, N=5, K=6, seed=1):
+    """Random token ids, each row's tokens in N sentences in order, and random (N, K) planner logits."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, (B, T), generator=g)
+    token_slot = torch.sort(torch.randint(0, N, (B, T), generator=g), dim=1).values  # sentences in order
+    logits = torch.randn(N, K, generator=g)
+    return input_ids, token_slot, logits
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer():
+    """A GPT-2-style byte-level BPE (fast, with offsets) trained in a second on the helper sentences."""
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(SENTENCES, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def handmade_prepared(directory, articles: list[tuple[str, list[tuple[int, int]]]], num_actions: int = 4):
+    """Write a prepared corpus from ``[(text, [(start, end), ...]), ...]``; action of sentence i is i % K."""
+    spans = [(a, s, e) for a, (_, sents) in enumerate(articles) for s, e in sents]
+    n = len(spans)
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_prepared(
+        directory,
+        titles=[f"A{a}" for a in range(len(articles))],
+        texts=[t for t, _ in articles],
+        splits=["train"] * len(articles),
+        sentence_article=np.array([a for a, _, _ in spans]),
+        sentence_start=np.array([s for _, s, _ in spans]),
+        sentence_end=np.array([e for _, _, e in spans]),
+        embeddings=rng.standard_normal((n, 8)),
+        centroids=rng.standard_normal((num_actions, 8)),
+        actions=np.arange(n) % num_actions,
+        exemplars=[],
+    )
+    write_manifest(directory, "prepare", {"handmade": True}, encoder="none", embedding_dim=8, num_actions=num_actions)
+    return PreparedCorpus.load(directory)
+
+
+def spans_of(text: str, sentences: list[str]) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for s in sentences:
+        start = text.index(s, pos)
+        out.append((start, start + len(s)))
+        pos = start + len(s)
+    return out

@@ -4,62 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ARCHS, random_lm, sentence_batch
 
 from planlm.errors import PlanlmError
 from planlm.models.adapters import ATTENTION_OUTPUT_PROJECTIONS, ActionAdapters
 from planlm.models.selection import action_weights
 
-ARCHS = ("gpt2", "gpt_neox", "llama")
-VOCAB = 300
-
-
-def tiny_lm(arch: str, n_layer: int = 4, seed: int = 0):
-    """A randomly initialised causal LM of ``arch`` (no download), in eval mode."""
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        GPTNeoXConfig,
-        GPTNeoXForCausalLM,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
-
-    torch.manual_seed(seed)
-    if arch == "gpt2":
-        lm = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_positions=256, n_embd=32, n_layer=n_layer, n_head=2,
-                                          bos_token_id=0, eos_token_id=0))
-    elif arch == "gpt_neox":
-        lm = GPTNeoXForCausalLM(
-            GPTNeoXConfig(
-                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=2,
-                intermediate_size=64, max_position_embeddings=256,
-            )
-        )
-    elif arch == "llama":
-        # head_dim * heads = 48 != hidden 32, and grouped-query attention: the projection input width is read from
-        # the module, not assumed to be the hidden size.
-        lm = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=VOCAB, hidden_size=32, num_hidden_layers=n_layer, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=24, intermediate_size=64, max_position_embeddings=256,
-            )
-        )
-    else:
-        raise ValueError(arch)
-    return lm.eval()
-
-
-def sentence_batch(B=2, T=10, N=5, K=6, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, VOCAB, (B, T), generator=g)
-    token_slot = torch.sort(torch.randint(0, N, (B, T), generator=g), dim=1).values  # sentences in order
-    logits = torch.randn(N, K, generator=g)
-    return input_ids, token_slot, logits
-
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_zero_gate_gives_the_base_lm_exactly(arch):
-    lm = tiny_lm(arch)
+    lm = random_lm(arch)
     input_ids, token_slot, logits = sentence_batch()
     base = lm(input_ids).logits
     adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, gate=True)
@@ -82,7 +36,7 @@ def test_zero_gate_gives_the_base_lm_exactly(arch):
 
 def test_adapter_vector_enters_at_the_output_projection_input_gpt2_one_layer():
     """Recompute a 1-layer GPT-2 by hand, adding r to the attention output before c_proj."""
-    lm = tiny_lm("gpt2", n_layer=1)
+    lm = random_lm("gpt2", n_layer=1)
     input_ids, token_slot, logits = sentence_batch(N=4, K=5)
     adapters = ActionAdapters.for_lm(lm, num_actions=5, action_dim=8, layers=[0])
     w = torch.softmax(logits, -1)  # (N, K)
@@ -109,7 +63,7 @@ def test_adapter_vector_enters_at_the_output_projection_input_gpt2_one_layer():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_post_merge_is_the_base_projection_input_plus_r(arch):
     """On a 1-layer model, the projection input with adapters = the base LM's projection input + r (captured)."""
-    lm = tiny_lm(arch, n_layer=1)
+    lm = random_lm(arch, n_layer=1)
     input_ids, token_slot, logits = sentence_batch(N=4, K=5)
     path = ATTENTION_OUTPUT_PROJECTIONS[arch].format(i=0)
     seen = {}
@@ -130,7 +84,7 @@ def test_post_merge_is_the_base_projection_input_plus_r(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_per_sentence_equals_naive_per_token(arch):
-    lm = tiny_lm(arch)
+    lm = random_lm(arch)
     input_ids, token_slot, logits = sentence_batch(N=5, K=6)
     adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8)
     w = torch.softmax(logits, -1)
@@ -156,7 +110,7 @@ def test_per_sentence_equals_naive_per_token(arch):
 
 
 def test_fixed_and_uniform_broadcast_one_vector():
-    lm = tiny_lm("gpt2")
+    lm = random_lm("gpt2")
     input_ids, _, _ = sentence_batch()
     adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8)
     with adapters.capturing() as captured, adapters.conditioned(action_weights("uniform", 6)):
@@ -172,7 +126,7 @@ def test_fixed_and_uniform_broadcast_one_vector():
 
 
 def test_negative_slot_means_no_action():
-    lm = tiny_lm("gpt2")
+    lm = random_lm("gpt2")
     input_ids, token_slot, logits = sentence_batch()
     adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8)
     token_slot[:, -3:] = -1
@@ -183,7 +137,7 @@ def test_negative_slot_means_no_action():
 
 def test_initialisation_and_layers():
     centroids = torch.randn(6, 8)
-    lm = tiny_lm("gpt_neox")
+    lm = random_lm("gpt_neox")
     adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, centroids=centroids, layers=[0, -1])
     assert adapters.layers == [0, 3]
     for ad in adapters.adapters.values():
@@ -196,7 +150,7 @@ def test_initialisation_and_layers():
         ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, layers=[7])
     with pytest.raises(PlanlmError, match="centroids have shape"):
         ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, centroids=torch.randn(5, 8))
-    assert ActionAdapters.for_lm(tiny_lm("llama"), num_actions=6, action_dim=8).hidden_size == 48
+    assert ActionAdapters.for_lm(random_lm("llama"), num_actions=6, action_dim=8).hidden_size == 48
 
 
 def test_unsupported_architecture_names_the_fix():

@@ -2,66 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
+from helpers import handmade_prepared, spans_of, tiny_tokenizer
 
-from planlm.artifacts import write_manifest
 from planlm.data.alignment import sentence_token_counts, tokenize_articles
-from planlm.data.prepared import PreparedCorpus, write_prepared
 from planlm.errors import PlanlmError
-
-
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer():
-    """A GPT-2-style byte-level BPE (fast, with offsets) trained in a second on the helper sentences."""
-    from helpers import SENTENCES
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(SENTENCES, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-
-
-def handmade_prepared(directory, articles: list[tuple[str, list[tuple[int, int]]]], num_actions: int = 4):
-    """Write a prepared corpus from ``[(text, [(start, end), ...]), ...]``; action of sentence i is i % K."""
-    spans = [(a, s, e) for a, (_, sents) in enumerate(articles) for s, e in sents]
-    n = len(spans)
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_prepared(
-        directory,
-        titles=[f"A{a}" for a in range(len(articles))],
-        texts=[t for t, _ in articles],
-        splits=["train"] * len(articles),
-        sentence_article=np.array([a for a, _, _ in spans]),
-        sentence_start=np.array([s for _, s, _ in spans]),
-        sentence_end=np.array([e for _, _, e in spans]),
-        embeddings=rng.standard_normal((n, 8)),
-        centroids=rng.standard_normal((num_actions, 8)),
-        actions=np.arange(n) % num_actions,
-        exemplars=[],
-    )
-    write_manifest(directory, "prepare", {"handmade": True}, encoder="none", embedding_dim=8, num_actions=num_actions)
-    return PreparedCorpus.load(directory)
-
-
-def spans_of(text: str, sentences: list[str]) -> list[tuple[int, int]]:
-    out, pos = [], 0
-    for s in sentences:
-        start = text.index(s, pos)
-        out.append((start, start + len(s)))
-        pos = start + len(s)
-    return out
-
 
 # Leading whitespace, a double-space gap, a newline gap and a trailing tail after the last sentence.
 TEXT0 = "  The Moon is here.  It orbits.\nThe Sun is hot. tail"

@@ -7,12 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from generate_env import ENCODER, build_env
 
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
 from planlm.eval.generate import Generation, PlannedGenerator
 from planlm.eval.generation_metrics import GenerationMetricsConfig, action_trace, generation_metrics, real_prefixes
-from test_generate import ENCODER, build_env
 
 SMALL = dict(continuations=3, unconditional=2, prefix_tokens=16, max_new_tokens=40, edit_lengths=[8, 16, 32])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import ARCHS, handmade_prepared, random_lm, spans_of, tiny_tokenizer
 
 from planlm.data.alignment import sentence_token_counts
 from planlm.data.planner_inputs import PlannerInputs
@@ -13,8 +14,6 @@ from planlm.errors import PlanlmError
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 from planlm.models.planner import Planner, PlannerConfig
 from planlm.persist import LM_SUBDIR, load_planned_lm
-from test_adapters import ARCHS, tiny_lm
-from test_alignment import handmade_prepared, spans_of, tiny_tokenizer
 
 
 def make_planner(corpus, seed: int = 0) -> Planner:
@@ -26,7 +25,7 @@ def make_planner(corpus, seed: int = 0) -> Planner:
 
 def make_model(arch, corpus, planner=True, **cfg) -> PlannedLM:
     config = PlannedLMConfig(num_actions=corpus.num_actions, action_dim=corpus.embedding_dim, **cfg)
-    return PlannedLM(tiny_lm(arch), config, centroids=torch.from_numpy(corpus.centroids),
+    return PlannedLM(random_lm(arch), config, centroids=torch.from_numpy(corpus.centroids),
                      planner=make_planner(corpus) if planner else None)
 
 
@@ -137,7 +136,7 @@ def test_no_leak_of_future_sentences(arch, context, tmp_path):
     torch.manual_seed(0)
     planner = Planner(PlannerConfig(num_actions=4, encoder_dim=8, d_model=8, n_heads=2, ff=16, context=context,
                                     context_tokens=16)).eval()
-    model = PlannedLM(tiny_lm(arch), PlannedLMConfig(num_actions=4, action_dim=8, selection="soft"), planner=planner)
+    model = PlannedLM(random_lm(arch), PlannedLMConfig(num_actions=4, action_dim=8, selection="soft"), planner=planner)
     results = []
     for c in versions:
         counts = sentence_token_counts(c, tiny_tokenizer(), progress=False)
@@ -150,7 +149,7 @@ def test_no_leak_of_future_sentences(arch, context, tmp_path):
     assert not torch.allclose(a[upto:n], b[upto:n])  # sentence 3's own tokens did change
 
     # A planner that reads the target sentence leaks: the test above would catch it.
-    leaky = PlannedLM(tiny_lm(arch), PlannedLMConfig(num_actions=4, action_dim=8), planner=LeakyPlanner(8, 4))
+    leaky = PlannedLM(random_lm(arch), PlannedLMConfig(num_actions=4, action_dim=8), planner=LeakyPlanner(8, 4))
     leaked = [
         conditioned_logits(c, leaky, lambda ids, c=c: {"target_embeddings": torch.from_numpy(c.embeddings[ids])})[0]
         for c in versions
@@ -200,6 +199,6 @@ def test_load_errors(synthetic_corpus, tmp_path):
     with pytest.raises(PlanlmError, match="cannot load the base LM"):
         load_planned_lm(tmp_path / "p")
     with pytest.raises(PlanlmError, match="trained on a 'gpt2' LM"):
-        load_planned_lm(tmp_path / "p", lm=tiny_lm("llama"))
+        load_planned_lm(tmp_path / "p", lm=random_lm("llama"))
     # the recorded LM can be given as an object
-    assert load_planned_lm(tmp_path / "p", lm=tiny_lm("gpt2")).adapters.layers == [2, 3]
+    assert load_planned_lm(tmp_path / "p", lm=random_lm("gpt2")).adapters.layers == [2, 3]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ARCHS, random_lm, sentence_batch
 
 from planlm.errors import PlanlmError
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 from planlm.models.selection import action_weights, draw_predicted_mask
-from test_adapters import ARCHS, sentence_batch, tiny_lm
 
 K = 6
 
 
 def planned(arch, selection, **kw):
-    return PlannedLM(tiny_lm(arch), PlannedLMConfig(num_actions=K, action_dim=8, selection=selection, **kw))
+    return PlannedLM(random_lm(arch), PlannedLMConfig(num_actions=K, action_dim=8, selection=selection, **kw))
 
 
 def run(model, input_ids, token_slot, **kw):
@@ -143,5 +143,5 @@ def test_selection_errors():
     with pytest.raises(PlanlmError, match="actions"):
         action_weights("soft", K, planner_logits=torch.randn(3, K + 1))
     with pytest.raises(PlanlmError) as e:
-        PlannedLM(tiny_lm("gpt2"), PlannedLMConfig(num_actions=K, action_dim=8, selection="nope", temperature=0))
+        PlannedLM(random_lm("gpt2"), PlannedLMConfig(num_actions=K, action_dim=8, selection="nope", temperature=0))
     assert "selection" in str(e.value) and "temperature" in str(e.value)

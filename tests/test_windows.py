@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_tokenizer
 from torch.utils.data import DataLoader
 
 from planlm.data.alignment import TokenizedArticle, tokenize_articles
 from planlm.data.windows import WindowDataset, collate_windows, window_starts
 from planlm.errors import PlanlmError
-from test_alignment import tiny_tokenizer
 
 
 def fake_article(article_id: int, sentence_lengths: list[int], first_sentence: int) -> TokenizedArticle:
