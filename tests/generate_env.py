@@ -6,14 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from helpers import synthetic_prepared, tiny_lm, tiny_planner
 
+from helpers import synthetic_prepared, tiny_lm, tiny_planner
 from planlm.artifacts import write_manifest
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 from planlm.persist import load_planner
 
 ENCODER = "fake:16"  # the synthetic corpus's embeddings are 16-d; the test encoder embeds generated text the same way
-
 
 
 def train_briefly(lm_dir: str, texts: list[str], steps: int = 300) -> None:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from finetune_env import cli_args, make_env
 from generate_env import ENCODER
-
 from planlm.cli import main
 from planlm.eval.evaluate import variant_name
 from planlm.eval.generate import load_run

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from generate_env import ENCODER, build_env
 
+from generate_env import ENCODER, build_env
 from planlm.cli import main
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError

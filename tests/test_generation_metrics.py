@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from generate_env import ENCODER, build_env
 
+from generate_env import ENCODER, build_env
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
 from planlm.eval.generate import Generation, PlannedGenerator
