@@ -48,6 +48,42 @@ def test_soft_unfreeze_immediate_trains_the_planner(env):
     assert changed(tensors(f"{env['planner']}/planner.safetensors"), tensors(out / "planner.safetensors"))
 
 
+def test_planner_lr_is_the_planners_own_rate(env):
+    def planner_step(name, *extra):  # largest change of any planner weight over the 6 steps
+        out = run(env, name, "--recipe.selection", "soft", "--recipe.planner_unfreeze", "immediate", *extra)
+        after = tensors(out / "planner.safetensors")
+        return max((after[k] - v).abs().max().item() for k, v in pretrained.items())
+
+    pretrained = tensors(f"{env['planner']}/planner.safetensors")
+    still = planner_step("soft-planner-lr0", "--optim.planner_lr", "0")
+    slow = planner_step("soft-planner-lr1e-6", "--optim.planner_lr", "1e-6")
+    same = planner_step("soft-planner-lr-default")  # planner_lr unset: optim.lr (1e-3) for everything
+    assert still == 0.0
+    assert 0.0 < slow <= 6 * 1e-6 * 1.01  # Adam moves a weight by at most about lr per step
+    assert same > 100 * slow
+
+
+def test_planner_lr_puts_exactly_the_planner_in_its_own_group(env):
+    from transformers import AutoModelForCausalLM
+
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+    from planlm.persist import load_planner
+    from planlm.train.loop import OptimConfig
+
+    corpus = env["corpus"]
+    model = PlannedLM(AutoModelForCausalLM.from_pretrained(env["lm"]),
+                      PlannedLMConfig(num_actions=corpus.num_actions, action_dim=corpus.embedding_dim, selection="soft"),
+                      planner=load_planner(env["planner"]))
+    recipe = RecipeConfig(selection="soft", planner_unfreeze="0.5")
+    groups = PlannedLMModule(model, recipe, OptimConfig(lr=1e-3, planner_lr=1e-5), total_steps=10)\
+        .configure_optimizers().param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-5]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.planner.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.adapters.parameters()}  # LM frozen
+    one = PlannedLMModule(model, recipe, OptimConfig(lr=1e-3), total_steps=10).configure_optimizers().param_groups
+    assert [g["lr"] for g in one] == [1e-3, 1e-3]  # unset: one rate for everything, as in the paper
+
+
 def test_fixed_needs_no_planner_and_saves_none(env):
     args = cli_args(env, env["root"] / "fixed", "--optim.max_steps", "3", "--recipe.selection", "fixed")
     i = args.index("--planner")
@@ -119,6 +155,7 @@ def test_mixing_schedules(env):
         (["--recipe.planner_unfreeze", "sometimes"], "planner_unfreeze must be"),
         (["--recipe.nap_weight", "1", "--recipe.planner_unfreeze", "never"], "nap_weight > 0 trains the planner"),
         (["--optim.batch_size", "6", "--optim.accumulate", "4"], "not divisible"),
+        (["--optim.planner_lr", "-1"], "planner_lr must be non-negative"),
     ],
 )
 def test_bad_recipes_fail_before_any_work(env, capsys, extra, message):

@@ -73,6 +73,8 @@ def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
     o = cfg.optim
     if o.batch_size < 1 or o.accumulate < 1 or o.epochs < 1 or o.lr <= 0:
         problems.append("optim.batch_size, optim.accumulate, optim.epochs and optim.lr must be positive")
+    if o.planner_lr is not None and o.planner_lr < 0:
+        problems.append(f"optim.planner_lr must be non-negative, or unset to use optim.lr (got {o.planner_lr})")
     if o.batch_size % o.accumulate:
         problems.append(f"optim.batch_size {o.batch_size} is not divisible by optim.accumulate {o.accumulate}")
     if cfg.checkpoint_every < 1:

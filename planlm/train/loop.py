@@ -115,6 +115,10 @@ class OptimConfig:
 
     lr: float = 1e-4
     """Learning rate of Adam."""
+    planner_lr: float | None = None
+    """Learning rate of the planner's parameters once they train (None = lr, one rate for everything, as in the
+    paper). A departure for fine-tuning at a high lr: a lower planner_lr keeps the NAP-pretrained planner from
+    drifting away from its actions after it is unfrozen."""
     weight_decay: float = 0.0
     """Weight decay (paper: none for fine-tuning)."""
     batch_size: int = 32
@@ -283,8 +287,14 @@ class PlannedLMModule(L.LightningModule):
 
     def configure_optimizers(self):
         # The planner's parameters are in the optimizer from the start; while frozen they get no gradient, no update.
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        planner = {id(p) for p in self.model.planner.parameters()} if self.model.planner is not None else set()
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        planner_lr = self.optim.lr if self.optim.planner_lr is None else self.optim.planner_lr
+        groups = [
+            {"params": [p for p in trained if id(p) not in planner]},
+            {"params": [p for p in trained if id(p) in planner], "lr": planner_lr},
+        ]
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---- exact resume ------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
