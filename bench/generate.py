@@ -79,7 +79,7 @@ def synthetic_setup(args):
 
 def run_setup(args):
     from planlm.data.encoders import load_encoder
-    from planlm.eval.generate import load_run
+    from planlm.persist import load_run
 
     model, tok, corpus, _ = load_run(Path(args.run), device=args.device)
     return model, tok, corpus, load_encoder(args.encoder or corpus.encoder, device=args.device)

@@ -1,4 +1,6 @@
-"""Saving and loading model weights (safetensors + JSON config). I/O lives here so that `models/` stays pure.
+"""Saving and loading of everything planlm trains: planners, planned LMs, base LMs and tokenizers, finetune runs.
+
+The ONE home of persistence (safetensors + JSON config): ``models/`` does no I/O, and stages call these functions.
 
 Planner artifact (`planlm train-planner`): ``planner.safetensors`` + ``planner_config.json`` (the fields of
 :class:`planlm.models.planner.PlannerConfig`) + ``manifest.json``.
@@ -178,3 +180,32 @@ def load_lm(lm: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+# ---- finetune runs (`planlm evaluate`, `planlm generate`) ---------------------------------------------------------
+def load_run(run: Path, prepared: Path | None = None, device: str | None = None):
+    """A finetune run folder -> ``(model, tokenizer, corpus, manifest)``; refuses other folders with one line."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from planlm.artifacts import check_same, read_manifest
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.errors import PlanlmError
+
+    run = Path(run)
+    manifest = read_manifest(run, "finetune")
+    if prepared is None:
+        recorded = (manifest.get("inputs") or {}).get("prepared") or {}
+        if "path" not in recorded:
+            raise PlanlmError(f"{run}/manifest.json records no prepared corpus; pass --prepared DIR")
+        prepared = Path(recorded["path"])
+    corpus = PreparedCorpus.load(prepared)
+    fix = "pass the --prepared corpus the model was fine-tuned on"
+    check_same("num_actions", manifest.get("num_actions", corpus.num_actions), corpus.num_actions, prepared, fix)
+    check_same("encoder", manifest.get("encoder", corpus.encoder), corpus.encoder, prepared, fix)
+    model = load_planned_lm(run)
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(dev).eval(), tokenizer, corpus, manifest

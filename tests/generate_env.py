@@ -10,7 +10,7 @@ import torch
 from helpers import synthetic_prepared, tiny_lm, tiny_planner
 from planlm.artifacts import write_manifest
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
-from planlm.persist import load_planner
+from planlm.persist import load_planner, save_planned_lm
 
 ENCODER = "fake:16"  # the synthetic corpus's embeddings are 16-d; the test encoder embeds generated text the same way
 
@@ -52,7 +52,7 @@ def build_env(root: Path, selection: str = "soft", n_articles: int = 10) -> dict
         for a in model.adapters.adapters.values():
             a.proj.weight.mul_(2.0)
     run = root / "run"
-    model.save_pretrained(run)
+    save_planned_lm(model, run)
     tokenizer.save_pretrained(run / "tokenizer")
     write_manifest(run, "finetune", {"recipe": {"selection": selection}, "seed": 0}, inputs={"prepared": root / "prep"},
                    encoder=corpus.encoder, num_actions=corpus.num_actions)

@@ -12,7 +12,7 @@ from finetune_env import cli_args, make_env
 from generate_env import ENCODER
 from planlm.cli import main
 from planlm.eval.evaluate import variant_name
-from planlm.eval.generate import load_run
+from planlm.persist import load_run
 from planlm.eval.perplexity import perplexity
 
 PPL = ["--ppl.context_length", "24", "--ppl.max_tokens", "150", "--ppl.batch_size", "16"]

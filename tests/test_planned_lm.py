@@ -13,7 +13,7 @@ from planlm.data.windows import WindowDataset, collate_windows
 from planlm.errors import PlanlmError
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 from planlm.models.planner import Planner, PlannerConfig
-from planlm.persist import LM_SUBDIR, load_planned_lm
+from planlm.persist import LM_SUBDIR, load_planned_lm, save_planned_lm
 
 
 def make_planner(corpus, seed: int = 0) -> Planner:
@@ -169,9 +169,9 @@ def test_save_load_round_trip(arch, synthetic_corpus, tmp_path):
         for p in model.adapters.parameters():
             p.add_(0.1 * torch.randn_like(p))
         want = model(**model_inputs(batch)).logits
-    model.save_pretrained(tmp_path / "planned")
+    save_planned_lm(model, tmp_path / "planned")
     assert not (tmp_path / "planned" / LM_SUBDIR).exists()  # frozen LM: only a reference to it
-    loaded = PlannedLM.from_pretrained(tmp_path / "planned")
+    loaded = load_planned_lm(tmp_path / "planned")
     assert loaded.config == model.config and isinstance(loaded.planner, Planner)
     with torch.no_grad():
         got = loaded(**model_inputs(batch)).logits
@@ -184,7 +184,7 @@ def test_trained_lm_is_saved_in_the_folder(synthetic_corpus, tmp_path):
     with torch.no_grad():
         model.lm.transformer.wte.weight.add_(1.0)  # "trained" LM weights that the hub's gpt2 would not have
         want = model(**model_inputs(batch)).logits
-    model.save_pretrained(tmp_path / "planned")
+    save_planned_lm(model, tmp_path / "planned")
     assert (tmp_path / "planned" / LM_SUBDIR / "config.json").exists()
     loaded = load_planned_lm(tmp_path / "planned")
     assert loaded.planner is None and loaded.config.train_lm
@@ -195,7 +195,7 @@ def test_load_errors(synthetic_corpus, tmp_path):
     with pytest.raises(PlanlmError, match="holds no planned LM"):
         load_planned_lm(tmp_path)
     model = make_model("gpt2", synthetic_corpus, planner=False, base_lm=str(tmp_path / "missing-lm"))
-    model.save_pretrained(tmp_path / "p")
+    save_planned_lm(model, tmp_path / "p")
     with pytest.raises(PlanlmError, match="cannot load the base LM"):
         load_planned_lm(tmp_path / "p")
     with pytest.raises(PlanlmError, match="trained on a 'gpt2' LM"):

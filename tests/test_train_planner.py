@@ -13,7 +13,7 @@ from planlm.data.planner_inputs import planner_inputs
 from planlm.data.prepared import PreparedCorpus, write_prepared
 from planlm.errors import PlanlmError
 from planlm.models.planner import PlannerConfig
-from planlm.persist import load_planner
+from planlm.persist import load_planner, save_planned_lm
 from planlm.train.planner import ArticleBatches, action_metrics, baseline_metrics, bigram_probs, train_planner
 from planlm.train.trainer import TrainerConfig
 
@@ -162,8 +162,8 @@ def test_ntp_objective_trains_only_the_planner_through_a_frozen_planned_lm(patte
     planned_dir = tmp_path / "planned"
     cfg = PlannedLMConfig(num_actions=patterned.num_actions, action_dim=patterned.embedding_dim, layers=[1],
                           selection="hard", base_lm=str(lm_dir))
-    PlannedLM(AutoModelForCausalLM.from_pretrained(lm_dir), cfg,
-              centroids=torch.from_numpy(patterned.centroids)).save_pretrained(planned_dir)
+    save_planned_lm(PlannedLM(AutoModelForCausalLM.from_pretrained(lm_dir), cfg,
+                              centroids=torch.from_numpy(patterned.centroids)), planned_dir)
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(lm_dir).save_pretrained(planned_dir / "tokenizer")

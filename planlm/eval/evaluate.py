@@ -219,7 +219,7 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
     import torch
 
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
-    from planlm.eval.generate import load_run
+    from planlm.persist import load_run
     from planlm.eval.perplexity import default_planner_inputs_fn, perplexity, planner_logits_for
     from planlm.models.selection import CONSTANT_SELECTIONS
 

@@ -45,6 +45,7 @@ import torch
 
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import CONSTANT_SELECTIONS
+from planlm.persist import load_run
 
 AFTER_PLAN = ("stop", "planner")
 
@@ -483,33 +484,6 @@ def parse_plan(plan: str | Sequence[int] | None) -> list[int] | None:
                 f"--plan {plan!r} is not a comma-separated list of action ids, e.g. --plan 17,4,903"
             ) from None
     return [int(p) for p in plan]
-
-
-def load_run(run: Path, prepared: Path | None = None, device: str | None = None):
-    """A finetune run folder -> ``(model, tokenizer, corpus, manifest)``; refuses other folders with one line."""
-    from transformers import AutoTokenizer
-
-    from planlm.artifacts import check_same, read_manifest
-    from planlm.data.prepared import PreparedCorpus
-    from planlm.models.planned_lm import PlannedLM
-
-    run = Path(run)
-    manifest = read_manifest(run, "finetune")
-    if prepared is None:
-        recorded = (manifest.get("inputs") or {}).get("prepared") or {}
-        if "path" not in recorded:
-            raise PlanlmError(f"{run}/manifest.json records no prepared corpus; pass --prepared DIR")
-        prepared = Path(recorded["path"])
-    corpus = PreparedCorpus.load(prepared)
-    fix = "pass the --prepared corpus the model was fine-tuned on"
-    check_same("num_actions", manifest.get("num_actions", corpus.num_actions), corpus.num_actions, prepared, fix)
-    check_same("encoder", manifest.get("encoder", corpus.encoder), corpus.encoder, prepared, fix)
-    model = PlannedLM.from_pretrained(run)
-    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(dev).eval(), tokenizer, corpus, manifest
 
 
 def format_generation(g: Generation) -> str:

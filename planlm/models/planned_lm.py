@@ -5,7 +5,7 @@ selection mode turns logits and/or oracle actions into per-sentence weights ``(N
 adds ``r^l = W_A^l(weights @ E_A^l)`` (gathered to tokens by ``token_slot``) to the input of its attention output
 projection. ``fixed`` and ``uniform`` need neither planner nor sentence table.
 
-Saving and loading live in :mod:`planlm.persist` (I/O is kept out of ``models/``); the methods here delegate.
+Saving and loading live in :mod:`planlm.persist` (``save_planned_lm`` / ``load_planned_lm``): ``models/`` does no I/O.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class PlannedLMConfig:
     train_lm: bool = False
     """Fine-tune the base LM's weights too (paper: frozen)."""
     base_lm: str = ""
-    """Hub name or local path of the base LM, recorded by ``save_pretrained`` so that loading can rebuild it."""
+    """Hub name or local path of the base LM, recorded by ``planlm.persist.save_planned_lm`` so that loading can rebuild it."""
     seed: int = 0
     """Seed of the generator that draws the oracle / predicted mask when the caller gives none."""
 
@@ -187,25 +187,6 @@ class PlannedLM(nn.Module):
             action_weights=weights,
             past_key_values=getattr(out, "past_key_values", None),
         )
-
-    # ---- persistence (delegates to planlm.persist: models/ does no I/O itself) ----------------------------------
-    def save_pretrained(self, directory, save_lm: bool | None = None) -> None:
-        """Write adapters (+ planner, + LM when it was trained) and configs into ``directory``.
-
-        Args:
-            directory: the target folder (created if missing).
-            save_lm: write the full LM weights; default: only when ``config.train_lm`` or no ``config.base_lm``.
-        """
-        from planlm.persist import save_planned_lm
-
-        save_planned_lm(self, directory, save_lm=save_lm)
-
-    @classmethod
-    def from_pretrained(cls, directory, lm: nn.Module | None = None, **lm_kwargs) -> "PlannedLM":
-        """Load a planned LM saved by :meth:`save_pretrained`; ``lm`` overrides the recorded base LM."""
-        from planlm.persist import load_planned_lm
-
-        return load_planned_lm(directory, lm=lm, **lm_kwargs)
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.config)

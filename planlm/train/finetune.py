@@ -177,7 +177,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.prepared import PreparedCorpus
     from planlm.data.windows import WindowDataset
-    from planlm.persist import load_lm, load_planner
+    from planlm.persist import load_lm, load_planner, save_planned_lm
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.resumable import AtomicCheckpointIO
     from planlm.train.trainer import build_trainer
@@ -247,7 +247,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
     with atomic_dir(out, force=True) as tmp:
-        model.save_pretrained(tmp)
+        save_planned_lm(model, tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         write_json_atomic(tmp / "finetune_config.json", dataclasses.asdict(cfg))
         if (work / "logs").exists():
