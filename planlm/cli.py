@@ -7,35 +7,31 @@ exit status 2.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-from typing import Callable
 
 from planlm.errors import PlanlmError
+from planlm.eval.evaluate import evaluate
+from planlm.eval.generate import generate
+from planlm.prepare import actions_show, prepare
+from planlm.report import report
+from planlm.run import run
+from planlm.train.finetune import finetune
+from planlm.train.planner import train_planner
+from planlm.train.pretrain_lm import pretrain_lm
 
-# subcommand -> "module:function"; nested dicts are command groups (`planlm actions show`).
+# subcommand -> stage function; nested dicts are command groups (`planlm actions show`).
 COMMANDS: dict = {
-    "prepare": "planlm.prepare:prepare",
-    "actions": {"show": "planlm.prepare:actions_show"},
-    "pretrain-lm": "planlm.train.pretrain_lm:pretrain_lm",
-    "train-planner": "planlm.train.planner:train_planner",
-    "finetune": "planlm.train.finetune:finetune",
-    "evaluate": "planlm.eval.evaluate:evaluate",
-    "generate": "planlm.eval.generate:generate",
-    "report": "planlm.report:report",
-    "run": "planlm.run:run",
+    "prepare": prepare,
+    "actions": {"show": actions_show},
+    "pretrain-lm": pretrain_lm,
+    "train-planner": train_planner,
+    "finetune": finetune,
+    "evaluate": evaluate,
+    "generate": generate,
+    "report": report,
+    "run": run,
 }
-
-
-def _resolve(spec: str) -> Callable:
-    module, name = spec.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def components(commands: dict = COMMANDS) -> dict:
-    """The command table with every "module:function" resolved to its function."""
-    return {k: components(v) if isinstance(v, dict) else _resolve(v) for k, v in commands.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     try:
         CLI(
-            components(),
+            COMMANDS,
             args=argv,
             prog="planlm",
             description="planlm: planner-conditioned language modeling (writing actions, planners, action adapters).",
