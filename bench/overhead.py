@@ -31,19 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from planlm.variants import VARIANTS
+
 WIKI_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki-bench.jsonl.gz"
-
-VARIANTS = {
-    # name: (selection, planner_unfreeze)
-    "Fixed": ("fixed", "never"),
-    "Uniform": ("uniform", "never"),
-    "Hard/Freeze": ("hard", "never"),
-    "Soft/Unfreeze": ("soft", "immediate"),
-    "Straight-through/Unfreeze": ("straight-through", "immediate"),
-}
-PAPER = {"Uniform": 1.9, "Hard/Freeze": 3.9, "Soft/Unfreeze": 7.2}
-GOAL = {"Uniform": 1.05, "Hard/Freeze": 1.10, "Soft/Unfreeze": 1.10}
-
+# The variants of the paper's training-overhead comparison (Fixed first), under the names it used there.
+OVERHEAD_VARIANTS = {v.overhead_name: v for v in VARIANTS.values() if v.overhead_name}
 
 def build_corpus(data: Path, n_articles: int, work: Path, num_actions: int, dim: int, seed: int):
     """A prepared corpus with wiki-bench's real sentence structure and random cached embeddings."""
@@ -119,7 +111,7 @@ def main(argv=None) -> dict:
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
-    from planlm.train.loop import OptimConfig, PlannedLMModule, RecipeConfig
+    from planlm.train.loop import OptimConfig, PlannedLMModule
     from planlm.train.pretrain_lm import train_tokenizer
 
     device = torch.device(args.device)
@@ -138,18 +130,18 @@ def main(argv=None) -> dict:
     base = GPT2LMHeadModel(GPT2Config())  # GPT-2 small shape: 12 layers, 768 wide, vocab 50257 (124M)
     base_planner = Planner(pcfg, centroids=torch.from_numpy(corpus.centroids))
     modules, optims = {}, {}
-    for name, (selection, unfreeze) in VARIANTS.items():
-        planner = copy.deepcopy(base_planner) if selection not in ("fixed", "uniform") else None
-        model = PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D, selection=selection),
+    for name, variant in OVERHEAD_VARIANTS.items():
+        planner = copy.deepcopy(base_planner) if variant.needs_planner else None
+        model = PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D,
+                                                               **variant.recipe.selection_fields()),
                           centroids=torch.from_numpy(corpus.centroids), planner=planner).to(device)
-        recipe = RecipeConfig(selection=selection, planner_unfreeze=unfreeze)
-        module = PlannedLMModule(model, recipe, OptimConfig(), total_steps=1000)
+        module = PlannedLMModule(model, variant.recipe, OptimConfig(), total_steps=1000)
         modules[name] = module
         optims[name] = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     del base
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    times = {name: [] for name in VARIANTS}
+    times = {name: [] for name in OVERHEAD_VARIANTS}
     names = list(modules)
     for i, batch in enumerate(batches):
         # Round-robin, starting one variant later each round: no variant is always the first after another's step.
@@ -184,9 +176,10 @@ def main(argv=None) -> dict:
     print(f"device {result['device']}, batch {result['batch']}, {result['sentences_per_window']} sentences per "
           f"window, collate (planner inputs included) {result['collate_ms']} ms, {args.steps} timed steps each")
     print(f"{'variant':28s} {'ms/step':>9s} {'x Fixed':>8s} {'paper':>6s} {'goal':>6s}")
-    for n in VARIANTS:
-        print(f"{n:28s} {result['ms_per_step'][n]:9.1f} {result['ratio_to_fixed'][n]:8.3f} "
-              f"{PAPER.get(n, '') and f'{PAPER[n]:.1f}x':>6s} {GOAL.get(n, '') and f'<={GOAL[n]:.2f}':>6s}")
+    for n, v in OVERHEAD_VARIANTS.items():
+        paper = f"{v.paper_overhead:.1f}x" if v.paper_overhead else ""
+        goal = f"<={v.overhead_goal:.2f}" if v.overhead_goal else ""
+        print(f"{n:28s} {result['ms_per_step'][n]:9.1f} {result['ratio_to_fixed'][n]:8.3f} {paper:>6s} {goal:>6s}")
     return result
 
 

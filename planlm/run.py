@@ -15,28 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planlm.errors import raise_if_problems
-from planlm.train.loop import OptimConfig, RecipeConfig
+from planlm.train.loop import OptimConfig
 from planlm.train.trainer import TrainerConfig
-
-# The paper's Table 1 rows (GPT-2 small, Wikipedia) and their reference perplexities (DESIGN.md section 1).
-VARIANTS: dict[str, RecipeConfig] = {
-    "Fixed": RecipeConfig(selection="fixed", planner_unfreeze="never"),
-    "Uniform": RecipeConfig(selection="uniform", planner_unfreeze="never"),
-    "Cornille OA": RecipeConfig(selection="hard", actions="oracle", planner_unfreeze="never"),
-    "Cornille PA": RecipeConfig(selection="hard", actions="predicted", planner_unfreeze="never"),
-    "Soft / unfreeze halfway": RecipeConfig(selection="soft", planner_unfreeze="0.5"),
-    "Soft / never": RecipeConfig(selection="soft", planner_unfreeze="never"),
-    "Soft / immediate": RecipeConfig(selection="soft", planner_unfreeze="immediate"),
-    "Straight-through / halfway": RecipeConfig(selection="straight-through", planner_unfreeze="0.5"),
-    "NAP during fine-tuning": RecipeConfig(selection="soft", planner_unfreeze="immediate", nap_weight=1.0),
-}
-DEFAULT_VARIANTS = ["Fixed", "Uniform", "Cornille OA", "Cornille PA", "Soft / unfreeze halfway"]
-PAPER_PPL = {
-    "Fixed": 26.69, "Uniform": 26.69, "Cornille OA": 26.94, "Cornille PA": 25.55, "Soft / unfreeze halfway": 25.23,
-    "Soft / never": 25.32, "Soft / immediate": 25.42, "Straight-through / halfway": 25.66,
-    "NAP during fine-tuning": 25.24,
-}
-
+from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANTS
 
 @dataclass
 class RunPreset:
@@ -160,7 +141,7 @@ def run(
         data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
         lm: base causal LM (Hub name or folder); unset = pretrain a small GPT-2 from scratch on the corpus.
         preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
-        variants: which rows of the paper's Table 1 to train (names as in planlm.run.VARIANTS).
+        variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS).
         seed: seed of every stage.
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
@@ -210,8 +191,9 @@ def run(
     rows = []
     for name in variants:
         run_dir = out / "runs" / slug(name)
-        recipe = dataclasses.replace(VARIANTS[name])
-        timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner_dir if recipe.uses_planner else None,
+        variant = VARIANTS[name]
+        recipe = dataclasses.replace(variant.recipe)
+        timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner_dir if variant.needs_planner else None,
               out=run_dir, recipe=recipe, optim=p.finetune, windows=WindowConfig(context_length=p.context_length,
               stride=p.context_length - 1), trainer=trainer, seed=seed, force=force)
         ppl_cfg = PerplexityConfig(

@@ -11,7 +11,7 @@ import torch
 from finetune_env import cli_args, make_env
 from generate_env import ENCODER
 from planlm.cli import main
-from planlm.eval.evaluate import variant_name
+from planlm.variants import variant_name
 from planlm.persist import load_run
 from planlm.eval.perplexity import perplexity
 

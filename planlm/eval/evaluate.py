@@ -27,6 +27,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
 from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS
 from planlm.eval.probes import ProbeConfig
+from planlm.variants import training_p_predicted, variant_name
 
 
 @dataclass
@@ -69,37 +70,6 @@ class PerplexityConfig:
         if self.batch_size < 1:
             out.append(f"ppl.batch_size must be positive (got {self.batch_size})")
         return out
-
-
-def variant_name(config: dict) -> str:
-    """The paper's name of a finetune recipe (Table 1 rows), from ``finetune_config.json``'s ``recipe``."""
-    r = config.get("recipe") or {}
-    sel, actions = r.get("selection", "soft"), r.get("actions", "predicted")
-    unfreeze = str(r.get("planner_unfreeze", "0.5")).strip().lower()
-    when = {"0.5": "halfway", "halfway": "halfway", "never": "never", "immediate": "immediate"}.get(unfreeze, unfreeze)
-    if sel == "fixed":
-        name = "Fixed"
-    elif sel == "uniform":
-        name = "Uniform"
-    elif sel == "hard":
-        name = {"oracle": "Cornille OA", "predicted": "Cornille PA", "schedule": "Hard / scheduled sampling"}.get(
-            actions, f"Hard / mix p={r.get('p_predicted')}"
-        )
-    else:
-        name = f"{'Soft' if sel == 'soft' else 'Straight-through'} / unfreeze {when}"
-    if float(r.get("nap_weight", 0) or 0) > 0:
-        name += " + NAP"
-    if r.get("train_lm"):
-        name += " + LM"
-    return name
-
-
-def training_p_predicted(config: dict) -> float | None:
-    """Probability of planner-predicted actions during training, for hard-selection runs (the mixing plot)."""
-    r = config.get("recipe") or {}
-    if r.get("selection") != "hard":
-        return None
-    return {"predicted": 1.0, "oracle": 0.0, "mix": r.get("p_predicted")}.get(r.get("actions"))
 
 
 def validate_evaluate(run: Path, prepared: Path | None, split: str, ppl: PerplexityConfig,
@@ -221,13 +191,13 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
     from planlm.persist import load_run
     from planlm.eval.perplexity import default_planner_inputs_fn, perplexity, planner_logits_for
-    from planlm.models.selection import CONSTANT_SELECTIONS
+    from planlm.models.selection import needs_planner
 
     t0 = time.time()
     model, tokenizer, corpus, manifest = load_run(run, prepared, device)
     ft_config = json.loads((run / "finetune_config.json").read_text()) if (run / "finetune_config.json").exists() \
         else manifest.get("config", {})
-    constant = model.config.selection in CONSTANT_SELECTIONS
+    constant = not needs_planner(model.config.selection)
     if corpus.id != ((manifest.get("inputs") or {}).get("prepared") or {}).get("id"):
         print(f"planlm evaluate: note: {corpus.path} is not the prepared corpus {run} was fine-tuned on")
 
@@ -333,13 +303,13 @@ def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeC
     from planlm.data.windows import WindowDataset
     from planlm.eval.perplexity import default_planner_inputs_fn
     from planlm.eval.probes import collect_probe_features, run_probes
-    from planlm.models.selection import CONSTANT_SELECTIONS
+    from planlm.models.selection import needs_planner
 
     ds = WindowDataset.from_corpus(corpus, tokenizer, split, ppl.context_length, ppl.context_length - 1,
                                    max_articles=ppl.max_articles)
     if len(ds) == 0:
         raise PlanlmError(f"no {split} windows to probe")
-    fn = None if model.config.selection in CONSTANT_SELECTIONS else default_planner_inputs_fn(model, corpus, tokenizer)
+    fn = None if not needs_planner(model.config.selection) else default_planner_inputs_fn(model, corpus, tokenizer)
     collate = ds.collate_fn(fn, pad_token_id=tokenizer.pad_token_id or 0)
     n = min(windows, len(ds))
     batches = [collate([ds[j] for j in range(i, min(i + ppl.batch_size, n))]) for i in range(0, n, ppl.batch_size)]

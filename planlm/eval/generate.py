@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.models.selection import CONSTANT_SELECTIONS
+from planlm.models.selection import needs_planner
 from planlm.persist import load_run
 
 AFTER_PLAN = ("stop", "planner")
@@ -159,7 +159,7 @@ class PlannedGenerator:
         self.model, self.tokenizer, self.corpus, self.encoder = model.eval(), tokenizer, corpus, encoder
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
-        self.constant = model.config.selection in CONSTANT_SELECTIONS
+        self.constant = not needs_planner(model.config.selection)
         if not self.constant and model.planner is None:
             raise PlanlmError(
                 f"a {model.config.selection!r} planned LM needs its planner to generate; this one has none"
@@ -544,7 +544,7 @@ def generate(
     raise_if_problems(problems, "generate")
     model, tokenizer, corpus, _ = load_run(run, prepared, device)
     enc = None
-    if model.config.selection not in CONSTANT_SELECTIONS:
+    if needs_planner(model.config.selection):
         from planlm.data.encoders import load_encoder
 
         enc = load_encoder(encoder or corpus.encoder, device=device)

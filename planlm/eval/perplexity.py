@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from planlm.data.prepared import PreparedCorpus
 from planlm.data.windows import IGNORE_INDEX, WindowDataset, collate_windows
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.models.selection import CONSTANT_SELECTIONS
+from planlm.models.selection import needs_planner
 
 PROTOCOLS = ("paper", "strided")
 ACTION_SOURCES = ("predicted", "oracle", "fixed")
@@ -127,7 +127,7 @@ def validate_perplexity(
         problems.append(f"max_tokens must be positive or None (got {max_tokens})")
     if batch_size < 1:
         problems.append(f"batch_size must be positive (got {batch_size})")
-    constant = model.config.selection in CONSTANT_SELECTIONS
+    constant = not needs_planner(model.config.selection)
     if actions == "predicted" and not constant and model.planner is None:
         problems.append(
             f"actions=predicted needs a planner but this {model.config.selection!r} planned LM has none; "
@@ -247,7 +247,7 @@ def perplexity(
     dataset = WindowDataset.from_corpus(corpus, tokenizer, split, context_length, stride, "new", max_articles)
     order = score_windows(dataset, max_tokens)
 
-    constant = model.config.selection in CONSTANT_SELECTIONS
+    constant = not needs_planner(model.config.selection)
     row_of = None  # global sentence id -> row of `logits`
     if actions == "predicted" and not constant:
         if planner_logits is None:

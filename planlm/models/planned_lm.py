@@ -19,11 +19,11 @@ import torch.nn as nn
 
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.adapters import ActionAdapters
-from planlm.models.selection import CONSTANT_SELECTIONS, SELECTIONS, action_weights, draw_predicted_mask
+from planlm.models.selection import SelectionConfig, action_weights, draw_predicted_mask, needs_planner
 
 
 @dataclass
-class PlannedLMConfig:
+class PlannedLMConfig(SelectionConfig):
     """Adapters and selection of a planned LM. Defaults are the paper's (soft selection, frozen LM)."""
 
     num_actions: int = 1024
@@ -35,12 +35,6 @@ class PlannedLMConfig:
     gate: bool = False
     """Multiply each adapter's output by a zero-initialised scalar, so training starts from the exact base LM
     (a departure from the paper, which has no gate)."""
-    selection: str = "soft"
-    """fixed | uniform | hard | straight-through | soft (the paper's method)."""
-    temperature: float = 1.0
-    """Softmax temperature of soft selection (and of straight-through's backward pass)."""
-    fixed_action: int = 0
-    """The action id of ``fixed`` selection."""
     p_predicted: float = 1.0
     """When both planner logits and oracle actions are given: probability that a sentence uses the planner's action
     (1 = "PA", 0 = "OA"; the training loop may schedule it)."""
@@ -53,15 +47,11 @@ class PlannedLMConfig:
 
     def problems(self) -> list[str]:
         """Everything wrong with this config, as one-line messages (empty when it is usable)."""
-        out = []
+        out = self.selection_problems()
         if self.num_actions < 1:
             out.append(f"num_actions must be positive (got {self.num_actions})")
         if self.action_dim < 1:
             out.append(f"action_dim must be positive (got {self.action_dim})")
-        if self.selection not in SELECTIONS:
-            out.append(f"selection must be one of {', '.join(SELECTIONS)} (got {self.selection!r})")
-        if self.temperature <= 0:
-            out.append(f"temperature must be positive (got {self.temperature})")
         if not 0 <= self.fixed_action < max(self.num_actions, 1):
             out.append(f"fixed_action {self.fixed_action} is not an action id in [0, {self.num_actions})")
         if not 0.0 <= self.p_predicted <= 1.0:
@@ -151,7 +141,7 @@ class PlannedLM(nn.Module):
         if self.training and _is_checkpointing(self.lm):
             # checkpointed layers are recomputed during backward, outside `conditioned`, i.e. without the adapters
             raise PlanlmError("gradient checkpointing of the base LM is not supported with action adapters; disable it")
-        if cfg.selection in CONSTANT_SELECTIONS:
+        if not needs_planner(cfg.selection):
             weights = action_weights(cfg.selection, K, fixed_action=cfg.fixed_action, device=input_ids.device)
             token_slot = None  # one vector per layer for every token: no planner, no per-sentence work
         else:

@@ -15,13 +15,47 @@ elsewhere (oracle actions = "OA", predicted = "PA", a random mask with probabili
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 
 from planlm.errors import PlanlmError
 
-SELECTIONS = ("fixed", "uniform", "hard", "straight-through", "soft")
-CONSTANT_SELECTIONS = ("fixed", "uniform")  # one vector per layer: no planner, no sentence table
+Selection = Literal["fixed", "uniform", "hard", "straight-through", "soft"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+
+
+def needs_planner(selection: str) -> bool:
+    """Whether a selection reads planner logits (or oracle actions) per sentence. ``fixed`` and ``uniform`` add one
+    constant vector per layer: no planner, no sentence table."""
+    return selection not in ("fixed", "uniform")
+
+
+@dataclass
+class SelectionConfig:
+    """How planner logits (or oracle actions) become action weights; shared by the model and training recipe configs
+    (``PlannedLMConfig``, ``RecipeConfig``), which extend it."""
+
+    selection: Selection = "soft"
+    """fixed | uniform | hard | straight-through | soft (the paper's method)."""
+    temperature: float = 1.0
+    """Softmax temperature of soft selection (and of straight-through's backward pass)."""
+    fixed_action: int = 0
+    """The action id of ``fixed`` selection."""
+
+    def selection_fields(self) -> dict:
+        """This config's selection fields alone, to build another config that extends :class:`SelectionConfig`."""
+        return {f.name: getattr(self, f.name) for f in fields(SelectionConfig)}
+
+    def selection_problems(self, prefix: str = "") -> list[str]:
+        out = []
+        if self.selection not in SELECTIONS:
+            out.append(f"{prefix}selection must be one of {', '.join(SELECTIONS)} (got {self.selection!r})")
+        if self.temperature <= 0:
+            out.append(f"{prefix}temperature must be positive (got {self.temperature})")
+        return out
 
 
 def check_selection(selection: str) -> None:

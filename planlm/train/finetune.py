@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.models.selection import needs_planner
 from planlm.train.loop import OptimConfig, RecipeConfig
 from planlm.train.trainer import TrainerConfig
 
@@ -64,7 +65,7 @@ def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
     problems = list(cfg.recipe.problems())
     if not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist; build it with `planlm prepare --out {cfg.prepared}`")
-    if cfg.recipe.uses_planner and cfg.planner is None:
+    if needs_planner(cfg.recipe.selection) and cfg.planner is None:
         problems.append(
             f"recipe.selection={cfg.recipe.selection!r} needs a planner: pass --planner DIR (from `planlm train-planner`)"
         )
@@ -96,9 +97,7 @@ def build_planned_lm(cfg: FinetuneConfig, corpus, lm_model, planner):
         action_dim=corpus.embedding_dim,
         layers=cfg.adapters.layers,
         gate=cfg.adapters.gate,
-        selection=r.selection,
-        temperature=r.temperature,
-        fixed_action=r.fixed_action,
+        **r.selection_fields(),
         train_lm=r.train_lm,
         base_lm=str(Path(cfg.lm).resolve()) if Path(cfg.lm).exists() else str(cfg.lm),  # loadable from any cwd
         seed=cfg.seed,
@@ -187,7 +186,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     corpus = PreparedCorpus.load(cfg.prepared)
     lm_model, tokenizer = load_lm(cfg.lm)
     planner = None
-    if cfg.recipe.uses_planner:
+    if needs_planner(cfg.recipe.selection):
         planner = load_planner(cfg.planner)
         check_planner_fits(planner, corpus, cfg.planner)
     model = build_planned_lm(cfg, corpus, lm_model, planner)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import lightning as L
 import torch
@@ -27,29 +28,46 @@ from torch.utils.data import DataLoader, Dataset
 
 from planlm.errors import PlanlmError
 from planlm.models.planned_lm import PlannedLM
+from planlm.models.selection import SelectionConfig, draw_predicted_mask, needs_planner
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
 
-ACTION_SOURCES = ("predicted", "oracle", "mix", "schedule")
+ActionSource = Literal["predicted", "oracle", "mix", "schedule"]
+ACTION_SOURCES: tuple[str, ...] = get_args(ActionSource)
+
+
+def unfreeze_point(value: str) -> tuple[str, float | None]:
+    """Parse ``planner_unfreeze`` (the ONE parser of it): ``("never", None)``, ``("step", N)`` or ``("fraction", f)``
+    with f in [0, 1] (``immediate`` = 0, ``halfway`` = 0.5). Raises ValueError on anything else."""
+    u = str(value).strip().lower()
+    if u == "never":
+        return "never", None
+    if u == "immediate":
+        return "fraction", 0.0
+    if u == "halfway":
+        return "fraction", 0.5
+    if u.startswith("step:"):
+        n = int(u[5:])
+        if n < 0:
+            raise ValueError(value)
+        return "step", n
+    f = float(u)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(value)
+    return "fraction", f
 
 
 @dataclass
-class RecipeConfig:
+class RecipeConfig(SelectionConfig):
     """Which paper recipe to train: selection, where training actions come from, planner schedule, NAP loss."""
 
-    selection: str = "soft"
-    """fixed | uniform | hard | straight-through | soft (the paper's method)."""
-    temperature: float = 1.0
-    """Softmax temperature of soft / straight-through selection."""
-    fixed_action: int = 0
-    """The action id used by ``fixed``."""
-    actions: str = "predicted"
+    actions: ActionSource = "predicted"
     """Training actions: predicted (PA) | oracle (OA) | mix (planner-predicted with probability p_predicted) |
     schedule (p rises linearly from 0 to 1 over training: scheduled sampling). Evaluation always uses predicted."""
     p_predicted: float = 0.5
     """Probability of a planner-predicted action per sentence when actions=mix."""
     planner_unfreeze: str = "0.5"
-    """When the planner starts training: never | immediate | step:N | a fraction f of training (0.5 = "halfway",
-    the paper's best)."""
+    """When the planner starts training: never | immediate | halfway | step:N | a fraction f of training (0.5 =
+    "halfway", the paper's best)."""
     nap_weight: float = 0.0
     """lambda of the next-action-prediction loss on the planner during fine-tuning (0 = off)."""
     train_lm: bool = False
@@ -57,52 +75,37 @@ class RecipeConfig:
 
     def unfreeze_step(self, total_steps: int) -> int | None:
         """The optimizer step from which the planner trains, or None for never."""
-        u = self.planner_unfreeze.strip().lower()
-        if u == "never":
+        kind, value = unfreeze_point(self.planner_unfreeze)
+        if kind == "never":
             return None
-        if u == "immediate":
-            return 0
-        if u == "halfway":
-            return total_steps // 2
-        if u.startswith("step:"):
-            return int(u[5:])
-        return int(float(u) * total_steps)
-
-    @property
-    def uses_planner(self) -> bool:
-        return self.selection not in ("fixed", "uniform")
+        if kind == "step":
+            return int(value)
+        return int(value * total_steps)
 
     @property
     def planner_in_training(self) -> bool:
         """Whether training steps need planner logits at all (oracle-only training never calls the planner)."""
-        return self.uses_planner and self.actions != "oracle"
+        return needs_planner(self.selection) and self.actions != "oracle"
 
     def problems(self) -> list[str]:
-        from planlm.models.selection import SELECTIONS
-
-        out = []
-        if self.selection not in SELECTIONS:
-            out.append(f"recipe.selection must be one of {', '.join(SELECTIONS)} (got {self.selection!r})")
+        out = self.selection_problems("recipe.")
         if self.actions not in ACTION_SOURCES:
             out.append(f"recipe.actions must be one of {', '.join(ACTION_SOURCES)} (got {self.actions!r})")
         if not 0.0 <= self.p_predicted <= 1.0:
             out.append(f"recipe.p_predicted must be in [0, 1] (got {self.p_predicted})")
         try:
-            u = self.planner_unfreeze.strip().lower()
-            if u not in ("never", "immediate", "halfway"):
-                v = int(u[5:]) if u.startswith("step:") else float(u)
-                if v < 0 or (not u.startswith("step:") and v > 1):
-                    raise ValueError
+            never = unfreeze_point(self.planner_unfreeze)[0] == "never"
         except ValueError:
+            never = False
             out.append(
                 f"recipe.planner_unfreeze must be never, immediate, halfway, step:N or a fraction in [0, 1] "
                 f"(got {self.planner_unfreeze!r})"
             )
         if self.nap_weight < 0:
             out.append(f"recipe.nap_weight must be >= 0 (got {self.nap_weight})")
-        if self.nap_weight > 0 and (not self.uses_planner or self.planner_unfreeze.strip().lower() == "never"):
+        if self.nap_weight > 0 and (not needs_planner(self.selection) or never):
             out.append("recipe.nap_weight > 0 trains the planner: use a planner selection and planner_unfreeze != never")
-        if self.selection in ("fixed", "uniform") and self.actions != "predicted":
+        if not needs_planner(self.selection) and self.actions != "predicted":
             out.append(f"recipe.actions={self.actions!r} means nothing for selection {self.selection!r}: leave it predicted")
         if self.selection in ("soft", "straight-through") and self.actions == "oracle":
             out.append("oracle training actions are one-hot: use selection=hard with actions=oracle (Cornille OA)")
@@ -169,11 +172,11 @@ class PlannedLMModule(L.LightningModule):
     ):
         super().__init__()
         self.data = data
-        if recipe.uses_planner and model.planner is None:
+        if needs_planner(recipe.selection) and model.planner is None:
             raise PlanlmError(f"selection {recipe.selection!r} needs a planner: pass --planner DIR (planlm train-planner)")
         self.model, self.recipe, self.optim = model, recipe, optim
         self.total_steps, self.seed = max(1, total_steps), seed
-        self.unfreeze_at = recipe.unfreeze_step(self.total_steps) if recipe.uses_planner else None
+        self.unfreeze_at = recipe.unfreeze_step(self.total_steps) if needs_planner(recipe.selection) else None
         self.batches_this_epoch = 0
         self._resume_skip = 0
         self._t_last = None
@@ -201,14 +204,14 @@ class PlannedLMModule(L.LightningModule):
     def predicted_mask(self, n: int, step: int, device) -> torch.Tensor:
         # Seeded by step, not by a running generator: the mask of step k is the same after a resume.
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return (torch.rand(n, generator=g) < self.p_predicted(step)).to(device)
+        return draw_predicted_mask(n, self.p_predicted(step), g, device)
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def step_losses(self, batch: dict, train: bool) -> dict[str, torch.Tensor]:
         r = self.recipe
         kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
         nap = None
-        if r.uses_planner:
+        if needs_planner(r.selection):
             kwargs["token_slot"] = batch["token_slot"]
             oracle = batch["oracle_actions"]
             if train and not r.planner_in_training:  # Cornille OA: oracle actions only, the planner is not called
