@@ -28,6 +28,7 @@ import numpy as np
 
 from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
 from planlm.errors import raise_if_problems
+from planlm.variants import PAPER_PPL
 
 METRICS = "metrics.json"
 PROBES = "probes.json"
@@ -201,7 +202,8 @@ def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
     """One row per variant (baseline first, then in the order found): each Table 1 column as mean/std/n over seeds.
 
     Row keys: ``variant``, ``seeds`` (list), ``ppl``, ``ppl_rel``, ``mauve``, ``latent_ppl``, ``rouge2`` (each
-    ``{"mean", "std", "n"}`` or None) and ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``).
+    ``{"mean", "std", "n"}`` or None), ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``) and
+    ``paper_ppl`` (the paper's number for the variants of :mod:`planlm.variants`, else None).
     """
     rel = relative_ppl(runs, baseline)
     rows = []
@@ -215,6 +217,7 @@ def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
         row["edit_distance"] = {str(n): _stats([r.metrics["edit_distance"][str(n)] for r in mine
                                                 if str(n) in (r.metrics.get("edit_distance") or {})])
                                 for n in lengths}
+        row["paper_ppl"] = PAPER_PPL.get(variant)  # the paper's GPT-2 / Wikipedia number for a variant it names
         rows.append(row)
     return rows
 
@@ -231,11 +234,13 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of Table 1 (edit distance: one column per token length found)."""
     lengths = sorted({int(n) for row in rows for n in row["edit_distance"]})
     header = ["Variant", "Seeds"] + [h for _, h, _ in COLUMNS] + [f"Edit dist. @{n}" for n in lengths]
+    header.append("Paper PPL (GPT-2, Wikipedia)")
     body = []
     for row in rows:
         cells = [row["variant"], str(len(row["seeds"]))]
         cells += [_cell(row[key], d, signed=key == "ppl_rel") for key, _, d in COLUMNS]
         cells += [_cell(row["edit_distance"].get(str(n)), 2) for n in lengths]
+        cells.append("–" if row.get("paper_ppl") is None else f"{row['paper_ppl']:.2f}")
         body.append(cells)
     return header, body
 
