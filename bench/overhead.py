@@ -70,12 +70,11 @@ def build_corpus(data: Path, n_articles: int, work: Path, num_actions: int, dim:
 
 
 def make_batches(corpus, tokenizer, batch_size: int, n_batches: int, planner_cfg):
-    from planlm.data.alignment import sentence_token_counts
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.windows import WindowDataset
 
     ds = WindowDataset.from_corpus(corpus, tokenizer, "train", 128, 127)
-    fn = PlannerInputs.from_config(corpus, planner_cfg, sentence_token_counts(corpus, tokenizer, progress=False))
+    fn = PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer)
     collate = ds.collate_fn(fn, pad_token_id=0)
     order = np.random.default_rng(0).permutation(len(ds))
     batches, t_collate = [], []

@@ -51,9 +51,10 @@ def test_evaluate_writes_the_report_schema(env):
 
     # planner accuracy against the oracle actions of the evaluated sentences
     ids = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in corpus.article_ids("test")])
-    from planlm.eval.perplexity import default_planner_inputs_fn, planner_logits_for
+    from planlm.data.planner_inputs import PlannerInputs
+    from planlm.eval.perplexity import planner_logits_for
 
-    logits = planner_logits_for(model, ids, default_planner_inputs_fn(model, corpus, tok))
+    logits = planner_logits_for(model, ids, PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tok))
     oracle = torch.from_numpy(corpus.actions[ids].astype(np.int64))
     assert m["planner"]["sentences"] == len(ids)
     assert m["planner"]["top1"] == pytest.approx(float((logits.argmax(-1) == oracle).float().mean()))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from planlm.data.planner_inputs import PlannerInputs, planner_inputs
+from planlm.data.planner_inputs import PlannerInputs
 from planlm.errors import PlanlmError
 from planlm.models.planner import Planner, PlannerConfig
 
@@ -90,7 +90,7 @@ def test_first_sentence_uses_the_learned_start_vector(synthetic_corpus):
     for mode in ("paper", "causal"):
         planner = make_planner(corpus, context=mode, context_sentences=2)
         first = corpus.article_offsets[:-1][:3]  # first sentences of three articles
-        inputs = planner_inputs(corpus, first, planner.config)
+        inputs = PlannerInputs.from_config(corpus, planner.config)(first)
         if mode == "paper":
             assert inputs["context_mask"].sum() == 0
         with torch.no_grad():
@@ -129,7 +129,7 @@ def test_gradients_reach_every_parameter(synthetic_corpus):
     for mode in ("paper", "causal"):
         planner = make_planner(corpus, context=mode, context_sentences=3).train()
         ids = np.arange(len(corpus.actions))
-        loss = torch.nn.functional.cross_entropy(planner(**planner_inputs(corpus, ids, planner.config)),
+        loss = torch.nn.functional.cross_entropy(planner(**PlannerInputs.from_config(corpus, planner.config)(ids)),
                                                  torch.from_numpy(corpus.actions[ids].astype(np.int64)))
         loss.backward()
         missing = [n for n, p in planner.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]

@@ -9,7 +9,7 @@ import torch
 
 from helpers import SENTENCES
 from planlm.artifacts import read_manifest, write_manifest
-from planlm.data.planner_inputs import planner_inputs
+from planlm.data.planner_inputs import PlannerInputs
 from planlm.data.prepared import PreparedCorpus, write_prepared
 from planlm.errors import PlanlmError
 from planlm.models.planner import PlannerConfig
@@ -77,7 +77,7 @@ def test_nap_beats_the_unigram_baseline_and_saves_a_loadable_planner(patterned, 
     assert loaded.config.num_actions == 6 and loaded.config.encoder_dim == 16 and loaded.config.context == context
     val = np.concatenate([np.arange(*patterned.sentence_range(a)) for a in patterned.article_ids("val")])
     with torch.no_grad():
-        logits = loaded(**planner_inputs(patterned, val, loaded.config))
+        logits = loaded(**PlannerInputs.from_config(patterned, loaded.config)(val))
     top1 = (logits.argmax(1).numpy() == patterned.actions[val]).mean()
     assert top1 == pytest.approx(planner["top1"], abs=1e-6)
     assert (out / "logs" / "metrics.csv").read_text().count("val/unigram_top1") == 1  # baselines logged in-run

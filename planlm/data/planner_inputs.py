@@ -26,8 +26,16 @@ from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError
 
 
+def needs_token_counts(config) -> bool:
+    """Whether a planner context (a ``PlannerConfig``, or anything with ``context`` and ``context_sentences``) needs
+    LM-token counts per sentence: the paper context does, unless it counts sentences instead. The ONE place that
+    decides it."""
+    return config.context == "paper" and config.context_sentences is None
+
+
 class PlannerInputs:
-    """Builds planner inputs for global sentence ids: ``PlannerInputs(corpus, config, counts)(sentence_ids)``.
+    """Builds planner inputs for global sentence ids: ``PlannerInputs.from_config(corpus, config, ...)(sentence_ids)``
+    (the one builder, used by training, evaluation, generation and the benchmarks).
 
     Args:
         corpus: the prepared corpus (its embeddings are read once into memory, kept in float16).
@@ -48,7 +56,10 @@ class PlannerInputs:
         n = len(corpus.sentence_article)
         if context not in ("paper", "causal"):
             raise PlanlmError(f"unknown planner context {context!r}; use paper or causal")
-        if context == "paper" and context_sentences is None:
+        self.context = context
+        self.context_tokens = int(context_tokens)
+        self.context_sentences = context_sentences
+        if needs_token_counts(self):
             if token_counts is None:
                 raise PlanlmError(
                     "the paper planner context counts LM tokens: pass the LM (--lm NAME_OR_DIR) for its tokenizer, "
@@ -56,9 +67,6 @@ class PlannerInputs:
                 )
             if len(token_counts) != n:
                 raise PlanlmError(f"token_counts has {len(token_counts)} entries but the corpus has {n} sentences")
-        self.context = context
-        self.context_tokens = int(context_tokens)
-        self.context_sentences = context_sentences
         self.embeddings = torch.from_numpy(np.array(corpus.embeddings, dtype=np.float16))  # (N, d_enc)
         self.sentence_article = corpus.sentence_article
         self.sentence_position = corpus.sentence_position.astype(np.int64)
@@ -70,8 +78,19 @@ class PlannerInputs:
         self.cum_tokens = np.r_[0, np.cumsum(counts)].astype(np.int64)  # (N + 1,)
 
     @classmethod
-    def from_config(cls, corpus: PreparedCorpus, config, token_counts: np.ndarray | None = None) -> "PlannerInputs":
-        """Builder for a :class:`planlm.models.planner.PlannerConfig`'s context settings."""
+    def from_config(
+        cls, corpus: PreparedCorpus, config, token_counts: np.ndarray | None = None, tokenizer=None,
+        progress: bool = False,
+    ) -> "PlannerInputs":
+        """The builder for a :class:`planlm.models.planner.PlannerConfig`'s context settings.
+
+        The paper context's token counts are ``token_counts`` when given, else counted with the LM's ``tokenizer``
+        (:func:`planlm.data.alignment.sentence_token_counts`) when :func:`needs_token_counts` says so.
+        """
+        if token_counts is None and tokenizer is not None and needs_token_counts(config):
+            from planlm.data.alignment import sentence_token_counts
+
+            token_counts = sentence_token_counts(corpus, tokenizer, progress=progress)
         return cls(corpus, config.context, config.context_tokens, config.context_sentences, token_counts)
 
     def context_start(self, sentence_ids: np.ndarray) -> np.ndarray:
@@ -121,10 +140,3 @@ class PlannerInputs:
             "target_index": torch.from_numpy(row_of_target * s + position),
         }
 
-
-def planner_inputs(
-    corpus: PreparedCorpus, sentence_ids: np.ndarray, config, token_counts: np.ndarray | None = None
-) -> dict[str, torch.Tensor]:
-    """One-off planner inputs for ``sentence_ids`` under a ``PlannerConfig`` (build a :class:`PlannerInputs` once
-    and call it per batch when this runs in a loop)."""
-    return PlannerInputs.from_config(corpus, config, token_counts)(sentence_ids)

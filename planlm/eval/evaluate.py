@@ -190,7 +190,8 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
 
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
     from planlm.persist import load_run
-    from planlm.eval.perplexity import default_planner_inputs_fn, perplexity, planner_logits_for
+    from planlm.data.planner_inputs import PlannerInputs
+    from planlm.eval.perplexity import perplexity, planner_logits_for
     from planlm.models.selection import needs_planner
 
     t0 = time.time()
@@ -218,7 +219,9 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
     sentence_ids = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in article_ids] or [[]])
     sentence_ids = sentence_ids.astype(np.int64)
     if not constant and model.planner is not None and len(sentence_ids):
-        logits = planner_logits_for(model, sentence_ids, default_planner_inputs_fn(model, corpus, tokenizer))
+        logits = planner_logits_for(
+            model, sentence_ids, PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tokenizer)
+        )
         shared = (sentence_ids, logits)
         oracle = torch.from_numpy(corpus.actions[sentence_ids].astype(np.int64))
         top5 = logits.topk(min(5, logits.shape[1]), dim=-1).indices  # (N, 5)
@@ -301,7 +304,7 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
 def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeConfig, windows: int):
     """Probe features from the split's training-style windows (stride context - 1), predicted actions."""
     from planlm.data.windows import WindowDataset
-    from planlm.eval.perplexity import default_planner_inputs_fn
+    from planlm.data.planner_inputs import PlannerInputs
     from planlm.eval.probes import collect_probe_features, run_probes
     from planlm.models.selection import needs_planner
 
@@ -309,7 +312,9 @@ def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeC
                                    max_articles=ppl.max_articles)
     if len(ds) == 0:
         raise PlanlmError(f"no {split} windows to probe")
-    fn = None if not needs_planner(model.config.selection) else default_planner_inputs_fn(model, corpus, tokenizer)
+    fn = None
+    if needs_planner(model.config.selection):
+        fn = PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tokenizer)
     collate = ds.collate_fn(fn, pad_token_id=tokenizer.pad_token_id or 0)
     n = min(windows, len(ds))
     batches = [collate([ds[j] for j in range(i, min(i + ppl.batch_size, n))]) for i in range(0, n, ppl.batch_size)]

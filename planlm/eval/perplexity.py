@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from planlm.data.planner_inputs import PlannerInputs
 from planlm.data.prepared import PreparedCorpus
 from planlm.data.windows import IGNORE_INDEX, WindowDataset, collate_windows
 from planlm.errors import PlanlmError, raise_if_problems
@@ -141,18 +142,6 @@ def validate_perplexity(
     if fixed_action is not None and not 0 <= fixed_action < model.config.num_actions:
         problems.append(f"fixed_action {fixed_action} is not an action id in [0, {model.config.num_actions})")
     raise_if_problems(problems, "perplexity")
-
-
-def default_planner_inputs_fn(model, corpus: PreparedCorpus, tokenizer) -> PlannerInputsFn:
-    """The planner-input builder used in training for this model's planner (same context rules)."""
-    from planlm.data.alignment import sentence_token_counts
-    from planlm.data.planner_inputs import PlannerInputs
-
-    cfg = model.planner.config
-    counts = None
-    if cfg.context == "paper" and cfg.context_sentences is None:
-        counts = sentence_token_counts(corpus, tokenizer, progress=False)
-    return PlannerInputs.from_config(corpus, cfg, counts)
 
 
 @torch.inference_mode()
@@ -252,7 +241,7 @@ def perplexity(
     if actions == "predicted" and not constant:
         if planner_logits is None:
             if planner_inputs_fn is None:
-                planner_inputs_fn = default_planner_inputs_fn(model, corpus, tokenizer)
+                planner_inputs_fn = PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tokenizer)
             articles = np.unique(dataset.index[order, 0]) if len(order) else np.zeros(0, np.int64)
             ids = np.concatenate(
                 [np.arange(*corpus.sentence_range(dataset.articles[a].article_id)) for a in articles]

@@ -172,7 +172,6 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
-    from planlm.data.alignment import sentence_token_counts
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.prepared import PreparedCorpus
     from planlm.data.windows import WindowDataset
@@ -202,10 +201,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         raise PlanlmError(f"{cfg.prepared} has no training windows; prepare a corpus with train articles")
     planner_fn = None
     if planner is not None:
-        counts = None
-        if planner.config.context == "paper" and planner.config.context_sentences is None:
-            counts = sentence_token_counts(corpus, tokenizer, progress=False)
-        planner_fn = PlannerInputs.from_config(corpus, planner.config, counts)
+        planner_fn = PlannerInputs.from_config(corpus, planner.config, tokenizer=tokenizer)
     collate = (train.collate_fn(planner_fn, pad_token_id=tokenizer.pad_token_id))
     data = LoopData(train, val, collate, cfg.optim.batch_size, cfg.optim.accumulate, w.num_workers)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from planlm.artifacts import atomic_dir, read_manifest, reusable, write_manifest
+from planlm.data.planner_inputs import PlannerInputs, needs_token_counts
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.planner import PlannerConfig
@@ -220,7 +221,7 @@ def validate_train_planner(
         problems.append(f"planner.num_actions={planner.num_actions} but {prepared} has K={corpus_k}; leave it 0")
     if planner.encoder_dim and corpus_d and planner.encoder_dim != corpus_d:
         problems.append(f"planner.encoder_dim={planner.encoder_dim} but {prepared} has d={corpus_d}; leave it 0")
-    if planner.context == "paper" and planner.context_sentences is None and not lm and objective != "ntp":
+    if needs_token_counts(planner) and not lm and objective != "ntp":
         problems.append(
             "the paper context counts LM tokens: pass --lm (Hub name or local folder) for its tokenizer, "
             "or set --planner.context_sentences N"
@@ -316,16 +317,10 @@ def _setup(prepared, planner_cfg: PlannerConfig, tokenizer, init_from_centroids:
     import lightning as L
     import torch
 
-    from planlm.data.planner_inputs import PlannerInputs
     from planlm.models.planner import Planner
 
     corpus = PreparedCorpus.load(prepared)
     planner_cfg = dataclasses.replace(planner_cfg, num_actions=corpus.num_actions, encoder_dim=corpus.embedding_dim)
-    token_counts = None
-    if planner_cfg.context == "paper" and planner_cfg.context_sentences is None:
-        from planlm.data.alignment import sentence_token_counts
-
-        token_counts = sentence_token_counts(corpus, tokenizer)
     split_ids = {}
     for split in ("train", "val"):
         arts = corpus.article_ids(split)
@@ -335,7 +330,7 @@ def _setup(prepared, planner_cfg: PlannerConfig, tokenizer, init_from_centroids:
             raise PlanlmError(f"{prepared} has no {split} sentences; prepare it with a non-empty {split} split")
     L.seed_everything(seed, verbose=False)
     planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if init_from_centroids else None)
-    return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, token_counts), split_ids,
+    return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer, progress=True), split_ids,
                 baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
 
 
@@ -377,8 +372,8 @@ def _train_nap(prepared, out, lm, planner_cfg, config, lr, weight_decay, batch_s
     from planlm.persist import load_tokenizer
     from planlm.train.trainer import build_trainer
 
-    needs_tokens = planner_cfg.context == "paper" and planner_cfg.context_sentences is None
-    run = _setup(prepared, planner_cfg, load_tokenizer(lm) if needs_tokens else None, init_from_centroids, seed)
+    tokenizer = load_tokenizer(lm) if needs_token_counts(planner_cfg) else None
+    run = _setup(prepared, planner_cfg, tokenizer, init_from_centroids, seed)
     collate = NAPCollate(run.builder, run.corpus.actions)
     gen = torch.Generator().manual_seed(seed)
     if run.planner.config.context == "causal":
