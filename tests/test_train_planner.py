@@ -14,7 +14,9 @@ from planlm.data.prepared import PreparedCorpus, write_prepared
 from planlm.errors import PlanlmError
 from planlm.models.planner import PlannerConfig
 from planlm.persist import load_planner, save_planned_lm
-from planlm.train.planner import ArticleBatches, action_metrics, baseline_metrics, bigram_probs, train_planner
+from planlm.eval.latent import BigramCritic
+from planlm.eval.nap import action_metrics, baseline_metrics
+from planlm.train.planner import ArticleBatches, train_planner
 from planlm.train.trainer import TrainerConfig
 
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="csv")
@@ -117,7 +119,7 @@ def test_baselines_on_a_known_sequence(patterned):
     # The bigram predicts every non-first sentence (a -> a + 1); first sentences follow the start-of-article row.
     assert m["bigram"]["top1"] >= (~first).mean()
     # An unseen previous action falls back to the unigram distribution.
-    probs = bigram_probs(np.array([0, 0, 6]), np.array([1, 1, 2]), num_actions=6)
+    probs = BigramCritic.fit_pairs(np.array([0, 0, 6]), np.array([1, 1, 2]), num_actions=6).next_action_probs()
     np.testing.assert_allclose(probs[3], probs[4])
     assert probs.sum(1) == pytest.approx(np.ones(7))
     perfect = action_metrics(np.eye(3)[[0, 1, 2]] * 0.98 + 0.01 / 1.5, np.array([0, 1, 2]), top_k=5)

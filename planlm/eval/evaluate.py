@@ -191,6 +191,7 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
     from planlm.persist import load_run
     from planlm.data.planner_inputs import PlannerInputs
+    from planlm.eval.nap import topk_hits
     from planlm.eval.perplexity import perplexity, planner_logits_for
     from planlm.models.selection import needs_planner
 
@@ -224,10 +225,10 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
         )
         shared = (sentence_ids, logits)
         oracle = torch.from_numpy(corpus.actions[sentence_ids].astype(np.int64))
-        top5 = logits.topk(min(5, logits.shape[1]), dim=-1).indices  # (N, 5)
+        top1, top5 = topk_hits(logits, oracle, 5)  # (N,), (N,)
         metrics["planner"] = {
-            "top1": float((top5[:, 0] == oracle).float().mean()),
-            "top5": float((top5 == oracle[:, None]).any(-1).float().mean()),
+            "top1": float(top1.float().mean()),
+            "top5": float(top5.float().mean()),
             "sentences": int(len(sentence_ids)),
         }
         metrics["planner_top1"], metrics["planner_top5"] = metrics["planner"]["top1"], metrics["planner"]["top5"]

@@ -36,13 +36,27 @@ class BigramCritic:
     @classmethod
     def fit(cls, sequences: Sequence[Sequence[int]], num_actions: int, delta: float = 1.0) -> "BigramCritic":
         k = num_actions
+        prev = [np.r_[k, np.asarray(seq, dtype=np.int64)] for seq in sequences]  # <bos> a_1 ... a_n
+        nxt = [np.r_[np.asarray(seq, dtype=np.int64), k] for seq in sequences]  # a_1 ... a_n <eos>
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+        return cls.fit_pairs(cat(prev), cat(nxt), k, delta)
+
+    @classmethod
+    def fit_pairs(cls, prev: np.ndarray, nxt: np.ndarray, num_actions: int, delta: float = 1.0) -> "BigramCritic":
+        """Counts of (previous symbol, next symbol) pairs; symbol K is <bos> as ``prev`` and <eos> as ``nxt``."""
+        k = num_actions
         counts = np.zeros((k + 1, k + 1), dtype=np.float64)
-        for seq in sequences:
-            symbols = np.asarray(seq, dtype=np.int64)
-            prev = np.r_[k, symbols]  # <bos> a_1 ... a_n
-            nxt = np.r_[symbols, k]  # a_1 ... a_n <eos>
-            np.add.at(counts, (prev, nxt), 1.0)
+        np.add.at(counts, (np.asarray(prev, np.int64), np.asarray(nxt, np.int64)), 1.0)
         return cls(num_actions=k, counts=counts, delta=delta)
+
+    def next_action_probs(self, alpha: float = 1.0) -> np.ndarray:
+        """P(next action | previous symbol) ``(K + 1, K)`` (row K = <bos>: an article's first sentence), shrunk
+        towards the add-one unigram ``p`` of the next actions: ``(c(a, b) + alpha * p(b)) / (c(a) + alpha)``, which
+        is the unigram for a previous action never seen (the next-action-prediction baseline; <eos> left out)."""
+        k = self.num_actions
+        c = self.counts[:, :k]  # (K + 1, K)
+        uni = (c.sum(0) + 1.0) / (c.sum() + k)  # (K,)
+        return (c + alpha * uni[None]) / (c.sum(1, keepdims=True) + alpha)
 
     def log_prob(self, sequence: Sequence[int]) -> float:
         """Natural-log probability of ``<bos> sequence <eos>`` (len + 1 predictions)."""

@@ -2,14 +2,8 @@
 
 NAP: cross-entropy between the planner's logits for sentence j (read from the sentences before j) and j's oracle
 action. Paper defaults: Adam, lr 1e-4, weight decay 1e-4, batch 32 target sentences, one epoch. The same run scores
-two baselines on the same validation sentences, so every number comes with its reference point:
-
-- unigram: the train action frequencies (top-1 = the most frequent train action);
-- bigram: P(next action | previous sentence's action) fitted on train, shrunk towards the unigram
-  (``(c(a, b) + alpha * p(b)) / (c(a) + alpha)``), which falls back to the unigram for a previous action never seen
-  in train; an article's first sentence conditions on a "start of article" state.
-
-Metrics: loss (mean cross-entropy, nats), top-1 and top-5 accuracy, action perplexity = exp(loss).
+a unigram and a bigram baseline on the same validation sentences, so every number comes with its reference point;
+the metrics and baselines live in :mod:`planlm.eval.nap`.
 """
 
 from __future__ import annotations
@@ -24,73 +18,12 @@ from planlm.artifacts import atomic_dir, read_manifest, reusable, write_manifest
 from planlm.data.planner_inputs import PlannerInputs, needs_token_counts
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.eval.nap import TOP_K, baseline_metrics, evaluate_nap, format_table, topk_hits
 from planlm.models.planner import PlannerConfig
 from planlm.train.trainer import TrainerConfig
 
 STAGE = "train-planner"
 OBJECTIVES = ("nap", "ntp")
-TOP_K = 5
-
-
-# ---- baselines and metrics (numpy) ------------------------------------------------------------------------------
-def previous_actions(corpus: PreparedCorpus, sentence_ids: np.ndarray) -> np.ndarray:
-    """The action of the sentence before each target in its article, or K ("start of article") for a first one."""
-    j = np.asarray(sentence_ids, dtype=np.int64)
-    prev = np.full(len(j), corpus.num_actions, dtype=np.int64)
-    has_prev = corpus.sentence_position[j] > 0
-    prev[has_prev] = corpus.actions[j[has_prev] - 1]
-    return prev
-
-
-def unigram_probs(train_actions: np.ndarray, num_actions: int) -> np.ndarray:
-    """Add-one smoothed train action frequencies ``(K,)`` (smoothing keeps the perplexity finite)."""
-    counts = np.bincount(train_actions, minlength=num_actions).astype(np.float64)
-    return (counts + 1.0) / (counts.sum() + num_actions)
-
-
-def bigram_probs(prev: np.ndarray, nxt: np.ndarray, num_actions: int, alpha: float = 1.0) -> np.ndarray:
-    """P(next | previous) ``(K + 1, K)`` (row K = start of article), shrunk towards the unigram by ``alpha``."""
-    uni = unigram_probs(nxt, num_actions)
-    counts = np.zeros((num_actions + 1, num_actions), dtype=np.float64)
-    np.add.at(counts, (prev, nxt), 1.0)
-    return (counts + alpha * uni[None]) / (counts.sum(1, keepdims=True) + alpha)
-
-
-def action_metrics(probs: np.ndarray, targets: np.ndarray, top_k: int = TOP_K) -> dict[str, float]:
-    """Loss, top-1, top-k accuracy and perplexity of rows of action probabilities ``(N, K)`` against targets."""
-    n = len(targets)
-    k = min(top_k, probs.shape[1])
-    loss = float(-np.log(probs[np.arange(n), targets]).mean())
-    top = np.argpartition(-probs, k - 1, axis=1)[:, :k]  # (N, k), unordered
-    best = probs.argmax(1)
-    return {
-        "loss": loss,
-        "top1": float((best == targets).mean()),
-        f"top{top_k}": float((top == targets[:, None]).any(1).mean()),
-        "perplexity": float(np.exp(loss)),
-    }
-
-
-def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, dict]:
-    """Unigram and bigram baselines fitted on ``train_ids``, scored on ``val_ids``."""
-    k = corpus.num_actions
-    train_next = corpus.actions[train_ids].astype(np.int64)
-    val_next = corpus.actions[val_ids].astype(np.int64)
-    uni = unigram_probs(train_next, k)
-    bi = bigram_probs(previous_actions(corpus, train_ids), train_next, k)
-    return {
-        "unigram": action_metrics(np.broadcast_to(uni, (len(val_ids), k)), val_next),
-        "bigram": action_metrics(bi[previous_actions(corpus, val_ids)], val_next),
-    }
-
-
-def format_table(metrics: dict[str, dict]) -> str:
-    """A small markdown table: one row per model, columns loss / top-1 / top-5 / perplexity."""
-    top = f"top{TOP_K}"
-    lines = [f"| model | val loss | top-1 | {top[:3]}-{TOP_K} | action ppl |", "|---|---:|---:|---:|---:|"]
-    for name, m in metrics.items():
-        lines.append(f"| {name} | {m['loss']:.4f} | {m['top1']:.4f} | {m[top]:.4f} | {m['perplexity']:.2f} |")
-    return "\n".join(lines)
 
 
 # ---- Lightning pieces ---------------------------------------------------------------------------------------------
@@ -167,12 +100,11 @@ def _nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, di
         def validation_step(self, batch, batch_idx):
             logits = self.planner(**batch["planner_inputs"])  # (N, K)
             target = batch["oracle_actions"]
-            k = min(TOP_K, logits.shape[1])
-            top = logits.topk(k, dim=1).indices  # (N, k)
+            top1, topk = topk_hits(logits, target, TOP_K)  # (N,), (N,)
             self._val += torch.stack([
                 F.cross_entropy(logits, target, reduction="sum").double(),
-                (top[:, 0] == target).sum().double(),
-                (top == target[:, None]).any(1).sum().double(),
+                top1.sum().double(),
+                topk.sum().double(),
                 torch.tensor(float(len(target)), dtype=torch.float64, device=self.device),
             ])
 
@@ -332,22 +264,6 @@ def _setup(prepared, planner_cfg: PlannerConfig, tokenizer, init_from_centroids:
     planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if init_from_centroids else None)
     return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer, progress=True), split_ids,
                 baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
-
-
-def evaluate_nap(planner, builder, sentence_ids: np.ndarray, actions: np.ndarray, batch_size: int = 512) -> dict:
-    """NAP metrics (loss, top-1, top-5, perplexity) of a planner on ``sentence_ids``, outside any training loop."""
-    import torch
-
-    was_training = planner.training
-    planner.eval()
-    device = next(planner.parameters()).device
-    probs = []
-    with torch.no_grad():
-        for b in range(0, len(sentence_ids), batch_size):
-            inputs = {k: v.to(device) for k, v in builder(sentence_ids[b:b + batch_size]).items()}
-            probs.append(planner(**inputs).float().softmax(-1).cpu().double().numpy())  # (n, K)
-    planner.train(was_training)
-    return action_metrics(np.concatenate(probs), actions[sentence_ids].astype(np.int64))
 
 
 def _save(tmp: Path, run: _Run, config: dict, prepared, lm, metrics: dict, counts: dict, **extra) -> None:

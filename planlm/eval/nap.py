@@ -1,0 +1,88 @@
+"""Next-action prediction (NAP) metrics and their baselines (DESIGN.md 1.2): how well actions are predicted.
+
+Used by `planlm train-planner` (validation, the baselines next to the planner) and `planlm evaluate` (the planner's
+accuracy against the oracle actions of the evaluated sentences). Baselines, fitted on train sentences:
+
+- unigram: the train action frequencies, add-one smoothed (top-1 = the most frequent train action);
+- bigram: P(next action | previous sentence's action), the action-bigram model of latent perplexity
+  (:class:`planlm.eval.latent.BigramCritic`) shrunk towards the unigram (:meth:`BigramCritic.next_action_probs`); an
+  article's first sentence conditions on the "start of article" symbol.
+
+Metrics: loss (mean cross-entropy, nats), top-1 and top-5 accuracy, action perplexity = exp(loss).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from planlm.data.prepared import PreparedCorpus
+from planlm.eval.latent import BigramCritic
+
+TOP_K = 5
+
+
+def topk_hits(scores: torch.Tensor, targets: torch.Tensor, k: int = TOP_K) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``scores (N, K)`` (logits or probabilities): is the target the top-1, is it among the top k?
+    Returns two ``(N,)`` bool tensors (the ONE top-k accuracy of planlm)."""
+    top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (N, k)
+    return scores.argmax(1) == targets, (top == targets[:, None]).any(1)
+
+
+def action_metrics(probs: np.ndarray, targets: np.ndarray, top_k: int = TOP_K) -> dict[str, float]:
+    """Loss, top-1, top-k accuracy and perplexity of rows of action probabilities ``(N, K)`` against targets."""
+    n = len(targets)
+    loss = float(-np.log(probs[np.arange(n), targets]).mean())
+    top1, topk = topk_hits(torch.from_numpy(np.ascontiguousarray(probs)), torch.from_numpy(targets), top_k)
+    return {
+        "loss": loss,
+        "top1": float(top1.double().mean()),
+        f"top{top_k}": float(topk.double().mean()),
+        "perplexity": float(np.exp(loss)),
+    }
+
+
+def previous_actions(corpus: PreparedCorpus, sentence_ids: np.ndarray) -> np.ndarray:
+    """The action of the sentence before each target in its article, or K ("start of article") for a first one."""
+    j = np.asarray(sentence_ids, dtype=np.int64)
+    prev = np.full(len(j), corpus.num_actions, dtype=np.int64)
+    has_prev = corpus.sentence_position[j] > 0
+    prev[has_prev] = corpus.actions[j[has_prev] - 1]
+    return prev
+
+
+def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, dict]:
+    """Unigram and bigram baselines fitted on ``train_ids``, scored on ``val_ids``."""
+    k = corpus.num_actions
+    train_next = corpus.actions[train_ids].astype(np.int64)
+    val_next = corpus.actions[val_ids].astype(np.int64)
+    bigram = BigramCritic.fit_pairs(previous_actions(corpus, train_ids), train_next, k).next_action_probs()
+    counts = np.bincount(train_next, minlength=k).astype(np.float64)
+    unigram = (counts + 1.0) / (counts.sum() + k)  # add-one: keeps the perplexity finite
+    return {
+        "unigram": action_metrics(np.broadcast_to(unigram, (len(val_ids), k)), val_next),
+        "bigram": action_metrics(bigram[previous_actions(corpus, val_ids)], val_next),
+    }
+
+
+@torch.no_grad()
+def evaluate_nap(planner, builder, sentence_ids: np.ndarray, actions: np.ndarray, batch_size: int = 512) -> dict:
+    """NAP metrics (loss, top-1, top-5, perplexity) of a planner on ``sentence_ids``, outside any training loop."""
+    was_training = planner.training
+    planner.eval()
+    device = next(planner.parameters()).device
+    probs = []
+    for b in range(0, len(sentence_ids), batch_size):
+        inputs = {k: v.to(device) for k, v in builder(sentence_ids[b:b + batch_size]).items()}
+        probs.append(planner(**inputs).float().softmax(-1).cpu().double().numpy())  # (n, K)
+    planner.train(was_training)
+    return action_metrics(np.concatenate(probs), actions[sentence_ids].astype(np.int64))
+
+
+def format_table(metrics: dict[str, dict]) -> str:
+    """A small markdown table: one row per model, columns loss / top-1 / top-5 / perplexity."""
+    top = f"top{TOP_K}"
+    lines = [f"| model | val loss | top-1 | {top[:3]}-{TOP_K} | action ppl |", "|---|---:|---:|---:|---:|"]
+    for name, m in metrics.items():
+        lines.append(f"| {name} | {m['loss']:.4f} | {m['top1']:.4f} | {m[top]:.4f} | {m['perplexity']:.2f} |")
+    return "\n".join(lines)
