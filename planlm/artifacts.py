@@ -169,6 +169,24 @@ def reusable(directory: str | Path, stage: str, config: Any, force: bool) -> boo
     return m.get("config_fingerprint") == config_fingerprint(config)
 
 
+def up_to_date(out: str | Path, stage: str, config: Any, force: bool) -> bool:
+    """The reuse step of every stage's frame (validate_<stage> -> this -> ``atomic_dir(out, force=True)`` ->
+    ``write_manifest``), with one wording for all stages.
+
+    Returns True (and says so in one line) when ``out`` already holds this stage's artifact built with the same
+    config: the stage returns it unchanged. Refuses an ``out`` that holds anything else unless ``force``. Returns
+    False when the stage must build.
+    """
+    out = Path(out)
+    if reusable(out, stage, config, force):
+        print(f"planlm {stage}: {out} is up to date (same config and inputs); --force true rebuilds it")
+        return True
+    if out.exists() and not force:
+        raise PlanlmError(f"{out} already exists and holds something else; pass --force true to replace it or "
+                          "choose another --out")
+    return False
+
+
 def check_same(what: str, expected: Any, got: Any, artifact: str | Path, fix: str) -> None:
     """Refuse an input artifact that does not fit (other K, tokenizer, encoder) with a one-line error."""
     if expected != got:

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planlm.errors import raise_if_problems
-from planlm.train.loop import OptimConfig
-from planlm.train.trainer import TrainerConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig
 from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANTS
 
 @dataclass
@@ -37,12 +36,9 @@ class RunPreset:
     """LM pretraining epochs (None = the LM preset's)."""
     lm_max_steps: int = -1
     """Cap on LM pretraining steps (-1 = the preset's epochs)."""
-    planner_epochs: int = 1
-    """Planner NAP pretraining epochs (paper: 1)."""
-    planner_lr: float = 1e-4
-    """Planner NAP learning rate (paper: 1e-4; a small corpus needs more than one epoch at 1e-4 gives)."""
-    planner_batch_size: int = 32
-    """Planner batch (paper: 32)."""
+    planner_optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=1e-4))
+    """Planner NAP pretraining (paper: Adam 1e-4, weight decay 1e-4, batch 32, one epoch; a small corpus needs more
+    than one epoch at 1e-4 gives)."""
     planner_context: str = "paper"
     """Planner context mode (paper / causal)."""
     finetune: OptimConfig = field(default_factory=OptimConfig)
@@ -65,7 +61,7 @@ PRESETS: dict[str, RunPreset] = {
     # Smoke run, <= 3 minutes on a 2-core CPU: a slice of the corpus, a tiny LM, a few steps per variant.
     "quick": RunPreset(
         max_articles=12, prepare_preset="small", num_actions=16, lm_preset="small-cpu", lm_max_steps=40,
-        planner_epochs=2, planner_lr=1e-3,
+        planner_optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=2),
         finetune=OptimConfig(lr=1e-3, batch_size=16, max_steps=15), context_length=64,
         eval_protocol="strided", eval_stride=32, eval_max_articles=4, eval_max_tokens=3000, eval_batch_size=32,
     ),
@@ -73,7 +69,8 @@ PRESETS: dict[str, RunPreset] = {
     # scratch, one epoch per variant; perplexity with the strided protocol (stride 64) on the whole test split,
     # because the paper's stride-1 protocol costs one forward pass per token.
     "default": RunPreset(
-        prepare_preset="small", lm_preset="small-cpu", planner_epochs=2, planner_lr=1e-3, finetune=OptimConfig(lr=1e-3),
+        prepare_preset="small", lm_preset="small-cpu", planner_optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=2),
+        finetune=OptimConfig(lr=1e-3),
         eval_protocol="strided", eval_stride=64, eval_batch_size=64,
     ),
     # The paper's hyperparameters, for a GPU: K=1024, all-mpnet-base-v2, Adam 1e-4, batch 32, one epoch,
@@ -184,9 +181,8 @@ def run(
         lm = str(out / "lm")
     planner_dir = out / "planner"
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
-          planner=PlannerConfig(context=p.planner_context), batch_size=p.planner_batch_size, epochs=p.planner_epochs,
-          lr=p.planner_lr,
-          seed=seed, trainer=trainer, force=force)
+          planner=PlannerConfig(context=p.planner_context), optim=p.planner_optim, seed=seed, trainer=trainer,
+          force=force)
 
     rows = []
     for name in variants:

@@ -1,5 +1,6 @@
 """`planlm train-planner`: NAP learns a learnable action pattern, baselines, artifact, reuse, validation, --help."""
 
+import functools
 import json
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from planlm.persist import load_planner, save_planned_lm
 from planlm.eval.latent import BigramCritic
 from planlm.eval.nap import action_metrics, baseline_metrics
 from planlm.train.planner import ArticleBatches, train_planner
-from planlm.train.trainer import TrainerConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
+NAP = functools.partial(OptimConfig, weight_decay=1e-4)  # train-planner's optimisation defaults (the paper's)
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="csv")
 
 
@@ -64,7 +66,7 @@ def patterned(tmp_path):
 def test_nap_beats_the_unigram_baseline_and_saves_a_loadable_planner(patterned, tmp_path, context):
     out = tmp_path / "planner"
     cfg = PlannerConfig(ff=32, context=context, context_sentences=2)
-    metrics = train_planner(str(patterned.path), out=str(out), planner=cfg, lr=5e-3, epochs=8, trainer=QUIET)
+    metrics = train_planner(str(patterned.path), out=str(out), planner=cfg, optim=NAP(lr=5e-3, epochs=8), trainer=QUIET)
     planner, unigram = metrics["planner"], metrics["unigram"]
     assert unigram["top1"] < 0.35  # K = 6, nearly uniform
     assert planner["top1"] > unigram["top1"] + 0.3, metrics
@@ -92,7 +94,7 @@ def test_paper_context_counts_tokens_of_a_local_lm_tokenizer(patterned, tmp_path
     train_tokenizer(patterned.texts, vocab_size=300).save_pretrained(tok_dir)
     out = tmp_path / "planner"
     metrics = train_planner(str(patterned.path), out=str(out), lm=str(tok_dir), planner=PlannerConfig(ff=32),
-                            max_steps=3, trainer=QUIET)
+                            optim=NAP(max_steps=3), trainer=QUIET)
     manifest = read_manifest(out, "train-planner")
     assert manifest["context_tokenizer"] == str(tok_dir) and manifest["counts"]["steps"] == 3
     assert set(metrics) == {"planner", "unigram", "bigram"}
@@ -101,7 +103,7 @@ def test_paper_context_counts_tokens_of_a_local_lm_tokenizer(patterned, tmp_path
 
 def test_an_up_to_date_artifact_is_reused_and_force_retrains(patterned, tmp_path, capsys):
     out = tmp_path / "planner"
-    kwargs = dict(out=str(out), planner=PlannerConfig(ff=32, context_sentences=2), max_steps=2, trainer=QUIET)
+    kwargs = dict(out=str(out), planner=PlannerConfig(ff=32, context_sentences=2), optim=NAP(max_steps=2), trainer=QUIET)
     first = train_planner(str(patterned.path), **kwargs)
     stamp = (out / "planner.safetensors").stat().st_mtime_ns
     assert train_planner(str(patterned.path), **kwargs) == first
@@ -129,7 +131,7 @@ def test_baselines_on_a_known_sequence(patterned):
 def test_bad_arguments_are_listed_in_one_error(patterned, tmp_path):
     with pytest.raises(PlanlmError) as e:
         train_planner(str(patterned.path), out=str(tmp_path / "p"), planner=PlannerConfig(num_actions=9),
-                      objective="mlm", lr=0.0, trainer=QUIET)
+                      objective="mlm", optim=NAP(lr=0.0), trainer=QUIET)
     msg = str(e.value)
     assert "\n" not in msg
     for part in ("objective must be one of", "num_actions=9", "--lm", "lr must be positive"):
@@ -146,7 +148,7 @@ def test_help_lists_the_options(capsys):
         CLI({"train-planner": train_planner}, args=["train-planner", "--help"], as_positional=True)
     text = capsys.readouterr().out
     for option in ("--prepared", "--lm", "--planner.context", "--planner.context_tokens", "--objective",
-                   "--weight_decay", "--trainer.accelerator", "next-action prediction", "one causal pass per article"):
+                   "--optim.weight_decay", "--trainer.accelerator", "next-action prediction", "one causal pass per article"):
         assert option in text, option
 
 
@@ -173,7 +175,7 @@ def test_ntp_objective_trains_only_the_planner_through_a_frozen_planned_lm(patte
 
     out = tmp_path / "planner"
     metrics = train_planner(str(patterned.path), out=str(out), objective="ntp", planned_lm=str(planned_dir),
-                            planner=PlannerConfig(ff=32), lr=1e-2, batch_size=4, max_steps=4, trainer=QUIET)
+                            planner=PlannerConfig(ff=32), optim=NAP(lr=1e-2, batch_size=4, max_steps=4), trainer=QUIET)
     assert np.isfinite(metrics["planner"]["lm_loss"]) and 0 <= metrics["planner"]["top1"] <= 1
     manifest = read_manifest(out, "train-planner")
     assert manifest["counts"]["steps"] == 4 and str(planned_dir) in json.dumps(manifest["inputs"]["planned_lm"])

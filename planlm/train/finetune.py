@@ -71,13 +71,7 @@ def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
         )
     if cfg.planner is not None and not Path(cfg.planner).exists():
         problems.append(f"--planner {cfg.planner} does not exist; train one with `planlm train-planner`")
-    o = cfg.optim
-    if o.batch_size < 1 or o.accumulate < 1 or o.epochs < 1 or o.lr <= 0:
-        problems.append("optim.batch_size, optim.accumulate, optim.epochs and optim.lr must be positive")
-    if o.planner_lr is not None and o.planner_lr < 0:
-        problems.append(f"optim.planner_lr must be non-negative, or unset to use optim.lr (got {o.planner_lr})")
-    if o.batch_size % o.accumulate:
-        problems.append(f"optim.batch_size {o.batch_size} is not divisible by optim.accumulate {o.accumulate}")
+    problems += cfg.optim.problems()
     if cfg.checkpoint_every < 1:
         problems.append(f"checkpoint_every must be positive (got {cfg.checkpoint_every})")
     if Path(out).resolve() == Path(cfg.prepared).resolve():

@@ -30,6 +30,7 @@ from planlm.errors import PlanlmError
 from planlm.models.planned_lm import PlannedLM
 from planlm.models.selection import SelectionConfig, draw_predicted_mask, needs_planner
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
+from planlm.train.trainer import OptimConfig
 
 ActionSource = Literal["predicted", "oracle", "mix", "schedule"]
 ACTION_SOURCES: tuple[str, ...] = get_args(ActionSource)
@@ -110,30 +111,6 @@ class RecipeConfig(SelectionConfig):
         if self.selection in ("soft", "straight-through") and self.actions == "oracle":
             out.append("oracle training actions are one-hot: use selection=hard with actions=oracle (Cornille OA)")
         return out
-
-
-@dataclass
-class OptimConfig:
-    """Optimisation (paper: Adam, lr 1e-4, batch 32, one epoch)."""
-
-    lr: float = 1e-4
-    """Learning rate of Adam."""
-    planner_lr: float | None = None
-    """Learning rate of the planner's parameters once they train (None = lr, one rate for everything, as in the
-    paper). A departure for fine-tuning at a high lr: a lower planner_lr keeps the NAP-pretrained planner from
-    drifting away from its actions after it is unfrozen."""
-    weight_decay: float = 0.0
-    """Weight decay (paper: none for fine-tuning)."""
-    batch_size: int = 32
-    """Windows per optimizer step, over all devices (paper: 32)."""
-    accumulate: int = 1
-    """Gradient accumulation: micro-batches per optimizer step (batch_size is split into this many)."""
-    epochs: int = 1
-    """Passes over the training windows (paper: 1)."""
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1 = the full epochs)."""
-    grad_clip: float = 0.0
-    """Clip the gradient norm to this value (0 = off)."""
 
 
 def _own_generator() -> torch.Generator:

@@ -11,19 +11,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, read_manifest, reusable, write_manifest
+from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest
 from planlm.data.planner_inputs import PlannerInputs, needs_token_counts
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.nap import TOP_K, baseline_metrics, evaluate_nap, format_table, topk_hits
 from planlm.models.planner import PlannerConfig
-from planlm.train.trainer import TrainerConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "train-planner"
-OBJECTIVES = ("nap", "ntp")
 
 
 # ---- Lightning pieces ---------------------------------------------------------------------------------------------
@@ -129,42 +129,65 @@ def _nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, di
 
 
 # ---- the stage ----------------------------------------------------------------------------------------------------
-def validate_train_planner(
-    prepared: str | Path, out: str | Path, lm: str | None, planner: PlannerConfig, objective: str, lr: float,
-    weight_decay: float, batch_size: int, epochs: int, planned_lm: str | None,
-) -> list[str]:
-    """Every problem with the arguments of :func:`train_planner`, as one-line messages."""
+Objective = Literal["nap", "ntp"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+
+
+@dataclasses.dataclass
+class TrainPlannerConfig:
+    """Everything `planlm train-planner` reads (the fields of :func:`train_planner`, but ``out`` and ``force``)."""
+
+    prepared: str = "runs/prepared"
+    lm: str | None = None
+    planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
+    objective: Objective = "nap"
+    planned_lm: str | None = None
+    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(weight_decay=1e-4))
+    init_from_centroids: bool = True
+    seed: int = 0
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+
+    def fingerprint(self) -> dict:
+        """What decides whether an existing artifact is reusable: the config without the hardware settings, plus
+        the prepared corpus's id."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "trainer"}
+        return {**fields, "prepared_id": read_manifest(self.prepared, "prepare").get("id")}
+
+
+def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
+    """Raise one error listing every problem with the arguments of :func:`train_planner`."""
     problems = []
+    planner, prepared = cfg.planner, cfg.prepared
     corpus_k = corpus_d = None
     try:
         m = read_manifest(prepared, "prepare")
         corpus_k, corpus_d = m.get("num_actions"), m.get("embedding_dim")
     except PlanlmError as e:
         problems.append(str(e))
-    if objective not in OBJECTIVES:
-        problems.append(f"objective must be one of {', '.join(OBJECTIVES)} (got {objective!r})")
-    if objective == "ntp" and not planned_lm:
+    if cfg.objective not in OBJECTIVES:
+        problems.append(f"objective must be one of {', '.join(OBJECTIVES)} (got {cfg.objective!r})")
+    if cfg.objective == "ntp" and not cfg.planned_lm:
         problems.append("objective ntp trains the planner through a frozen planned LM: pass --planned_lm DIR")
-    elif objective == "ntp" and not Path(planned_lm).is_dir():
-        problems.append(f"--planned_lm {planned_lm} does not exist; build one with `planlm finetune`")
+    elif cfg.objective == "ntp" and not Path(cfg.planned_lm).is_dir():
+        problems.append(f"--planned_lm {cfg.planned_lm} does not exist; build one with `planlm finetune`")
     resolved = dataclasses.replace(planner, num_actions=planner.num_actions or 1, encoder_dim=planner.encoder_dim or 2)
     problems += [f"planner: {p}" for p in resolved.problems()]
     if planner.num_actions and corpus_k and planner.num_actions != corpus_k:
         problems.append(f"planner.num_actions={planner.num_actions} but {prepared} has K={corpus_k}; leave it 0")
     if planner.encoder_dim and corpus_d and planner.encoder_dim != corpus_d:
         problems.append(f"planner.encoder_dim={planner.encoder_dim} but {prepared} has d={corpus_d}; leave it 0")
-    if needs_token_counts(planner) and not lm and objective != "ntp":
+    if needs_token_counts(planner) and not cfg.lm and cfg.objective != "ntp":
         problems.append(
             "the paper context counts LM tokens: pass --lm (Hub name or local folder) for its tokenizer, "
             "or set --planner.context_sentences N"
         )
-    if lr <= 0 or weight_decay < 0:
-        problems.append(f"lr must be positive and weight_decay non-negative (got {lr}, {weight_decay})")
-    if batch_size < 1 or epochs < 1:
-        problems.append(f"batch_size and epochs must be positive (got {batch_size}, {epochs})")
+    problems += cfg.optim.problems()
+    if cfg.optim.accumulate != 1 or cfg.optim.planner_lr is not None:
+        problems.append("optim.accumulate and optim.planner_lr belong to finetune; train-planner trains the planner "
+                        "alone with optim.lr, one batch per step")
     if Path(out).resolve() == Path(prepared).resolve():
         problems.append("--out must differ from the prepared corpus directory")
-    return problems
+    raise_if_problems(problems, STAGE)
 
 
 def train_planner(
@@ -172,13 +195,9 @@ def train_planner(
     out: str = "runs/planner",
     lm: str | None = None,
     planner: PlannerConfig = PlannerConfig(),
-    objective: str = "nap",
+    objective: Objective = "nap",
     planned_lm: str | None = None,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    batch_size: int = 32,
-    epochs: int = 1,
-    max_steps: int = -1,
+    optim: OptimConfig = OptimConfig(weight_decay=1e-4),
     init_from_centroids: bool = True,
     seed: int = 0,
     trainer: TrainerConfig = TrainerConfig(),
@@ -198,11 +217,8 @@ def train_planner(
         objective: "nap" (next-action prediction, the paper's pretraining) or "ntp" (next-token loss through a
             frozen planned LM, the paper's "no NAP pretraining").
         planned_lm: objective ntp: the planned-LM folder whose frozen LM and adapters train the planner.
-        lr: Adam learning rate (paper: 1e-4).
-        weight_decay: Adam weight decay (paper: 1e-4).
-        batch_size: target sentences per step (paper: 32).
-        epochs: passes over the train sentences (paper: 1).
-        max_steps: stop after this many steps (-1: no limit).
+        optim: Adam lr (paper: 1e-4), weight_decay (paper: 1e-4), batch_size (target sentences per step, or
+            windows for ntp; paper: 32), epochs (paper: 1), max_steps (-1: no limit), grad_clip.
         init_from_centroids: initialise the policy head from the k-means centroids (paper).
         seed: seed of initialisation and shuffling.
         trainer: devices, precision, logging.
@@ -211,27 +227,17 @@ def train_planner(
     Returns:
         ``{"planner": metrics, "unigram": metrics, "bigram": metrics}``, metrics = loss, top1, top5, perplexity.
     """
-    raise_if_problems(
-        validate_train_planner(prepared, out, lm, planner, objective, lr, weight_decay, batch_size, epochs,
-                               planned_lm),
-        STAGE,
-    )
-    config = {
-        "prepared": str(prepared), "lm": lm, "planner": planner, "objective": objective, "planned_lm": planned_lm,
-        "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "epochs": epochs, "max_steps": max_steps,
-        "init_from_centroids": init_from_centroids, "seed": seed,
-        "prepared_id": read_manifest(prepared, "prepare").get("id"),
-    }
-    if reusable(out, STAGE, config, force):
+    cfg = TrainPlannerConfig(prepared=str(prepared), lm=lm, planner=planner, objective=objective,
+                             planned_lm=planned_lm, optim=optim, init_from_centroids=init_from_centroids, seed=seed,
+                             trainer=trainer)
+    validate_train_planner(cfg, out)
+    fingerprint = cfg.fingerprint()
+    if up_to_date(out, STAGE, fingerprint, force):
         metrics = read_manifest(out, STAGE).get("metrics", {})
-        print(f"{out} is up to date (same config); pass --force true to retrain")
         print(format_table(metrics))
         return metrics
-    if objective == "ntp":
-        return _train_ntp(prepared, out, lm, planned_lm, planner, config, lr, weight_decay, batch_size, epochs,
-                          max_steps, init_from_centroids, seed, trainer, force)
-    return _train_nap(prepared, out, lm, planner, config, lr, weight_decay, batch_size, epochs, max_steps,
-                      init_from_centroids, seed, trainer, force)
+    train = _train_ntp if objective == "ntp" else _train_nap
+    return train(cfg, Path(out), fingerprint)
 
 
 @dataclasses.dataclass
@@ -245,14 +251,15 @@ class _Run:
     baselines: dict
 
 
-def _setup(prepared, planner_cfg: PlannerConfig, tokenizer, init_from_centroids: bool, seed: int) -> _Run:
+def _setup(cfg: TrainPlannerConfig, tokenizer) -> _Run:
     import lightning as L
     import torch
 
     from planlm.models.planner import Planner
 
+    prepared = cfg.prepared
     corpus = PreparedCorpus.load(prepared)
-    planner_cfg = dataclasses.replace(planner_cfg, num_actions=corpus.num_actions, encoder_dim=corpus.embedding_dim)
+    planner_cfg = dataclasses.replace(cfg.planner, num_actions=corpus.num_actions, encoder_dim=corpus.embedding_dim)
     split_ids = {}
     for split in ("train", "val"):
         arts = corpus.article_ids(split)
@@ -260,19 +267,20 @@ def _setup(prepared, planner_cfg: PlannerConfig, tokenizer, init_from_centroids:
         split_ids[split] = np.concatenate(ranges).astype(np.int64) if ranges else np.zeros(0, np.int64)
         if not len(split_ids[split]):
             raise PlanlmError(f"{prepared} has no {split} sentences; prepare it with a non-empty {split} split")
-    L.seed_everything(seed, verbose=False)
-    planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if init_from_centroids else None)
+    L.seed_everything(cfg.seed, verbose=False)
+    planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if cfg.init_from_centroids else None)
     return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer, progress=True), split_ids,
                 baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
 
 
-def _save(tmp: Path, run: _Run, config: dict, prepared, lm, metrics: dict, counts: dict, **extra) -> None:
+def _save(tmp: Path, run: _Run, cfg: TrainPlannerConfig, fingerprint: dict, metrics: dict, counts: dict,
+          **extra) -> None:
     from planlm.persist import save_planner
 
     save_planner(run.planner.cpu(), tmp)
     write_manifest(
-        tmp, STAGE, config,
-        inputs={"prepared": prepared, **({"lm": lm} if lm else {}), **extra.pop("more_inputs", {})},
+        tmp, STAGE, fingerprint,
+        inputs={"prepared": cfg.prepared, **({"lm": cfg.lm} if cfg.lm else {}), **extra.pop("more_inputs", {})},
         counts={"train_sentences": len(run.split_ids["train"]), "val_sentences": len(run.split_ids["val"]),
                 "parameters": sum(p.numel() for p in run.planner.parameters()), **counts},
         metrics=metrics, planner_config=run.planner.config, encoder=run.corpus.encoder,
@@ -280,33 +288,32 @@ def _save(tmp: Path, run: _Run, config: dict, prepared, lm, metrics: dict, count
     )
 
 
-def _train_nap(prepared, out, lm, planner_cfg, config, lr, weight_decay, batch_size, epochs, max_steps,
-               init_from_centroids, seed, trainer_cfg, force) -> dict:
+def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
     from planlm.persist import load_tokenizer
     from planlm.train.trainer import build_trainer
 
-    tokenizer = load_tokenizer(lm) if needs_token_counts(planner_cfg) else None
-    run = _setup(prepared, planner_cfg, tokenizer, init_from_centroids, seed)
+    o, seed = cfg.optim, cfg.seed
+    run = _setup(cfg, load_tokenizer(cfg.lm) if needs_token_counts(cfg.planner) else None)
     collate = NAPCollate(run.builder, run.corpus.actions)
     gen = torch.Generator().manual_seed(seed)
     if run.planner.config.context == "causal":
         every_sentence = range(len(run.corpus.actions))  # the samplers yield global sentence ids
         train_loader = DataLoader(every_sentence, collate_fn=collate, batch_sampler=ArticleBatches(
-            run.corpus, run.corpus.article_ids("train"), batch_size, shuffle=True, seed=seed))
+            run.corpus, run.corpus.article_ids("train"), o.batch_size, shuffle=True, seed=seed))
         val_loader = DataLoader(every_sentence, collate_fn=collate, batch_sampler=ArticleBatches(
-            run.corpus, run.corpus.article_ids("val"), batch_size, shuffle=False, seed=seed))
+            run.corpus, run.corpus.article_ids("val"), o.batch_size, shuffle=False, seed=seed))
     else:
-        train_loader = DataLoader(run.split_ids["train"].tolist(), batch_size=batch_size, shuffle=True, generator=gen,
+        train_loader = DataLoader(run.split_ids["train"].tolist(), batch_size=o.batch_size, shuffle=True, generator=gen,
                                   collate_fn=collate)
-        val_loader = DataLoader(run.split_ids["val"].tolist(), batch_size=max(batch_size, 256), collate_fn=collate)
-    module = _nap_module(run.planner, lr, weight_decay, run.baselines)
+        val_loader = DataLoader(run.split_ids["val"].tolist(), batch_size=max(o.batch_size, 256), collate_fn=collate)
+    module = _nap_module(run.planner, o.lr, o.weight_decay, run.baselines)
 
-    with atomic_dir(Path(out), force=force) as tmp:
-        trainer = build_trainer(trainer_cfg, tmp, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0,
-                                enable_checkpointing=False)
+    with atomic_dir(out, force=True) as tmp:
+        trainer = build_trainer(cfg.trainer, tmp, max_epochs=o.epochs, max_steps=o.max_steps, num_sanity_val_steps=0,
+                                enable_checkpointing=False, gradient_clip_val=o.grad_clip or None)
         started = time.perf_counter()
         trainer.fit(module, train_loader, val_loader)
         seconds = time.perf_counter() - started
@@ -318,51 +325,51 @@ def _train_nap(prepared, out, lm, planner_cfg, config, lr, weight_decay, batch_s
             **run.baselines,
         }
         if trainer.is_global_zero:
-            _save(tmp, run, config, prepared, lm, metrics, {"steps": trainer.global_step, "seconds": round(seconds, 2)},
-                  context_tokenizer=lm)
+            _save(tmp, run, cfg, fingerprint, metrics, {"steps": trainer.global_step, "seconds": round(seconds, 2)},
+                  context_tokenizer=cfg.lm)
     print(format_table(metrics))
     return metrics
 
 
-def _train_ntp(prepared, out, lm, planned_lm, planner_cfg, config, lr, weight_decay, batch_size, epochs, max_steps,
-               init_from_centroids, seed, trainer_cfg, force) -> dict:
+def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     """The paper's "no NAP pretraining": a fresh planner learns from the next-token loss of a frozen planned LM.
 
     The planned LM (a `planlm finetune` folder: base LM + trained adapters) is frozen whole; the planner's logits
     reach its adapters by soft selection (exact gradient, DESIGN.md 1.5), on the paper's training windows (128
-    tokens, stride 127). ``batch_size`` counts windows here. This is a recipe of the ONE fine-tuning loop
+    tokens, stride 127). ``optim.batch_size`` counts windows here. This is a recipe of the ONE fine-tuning loop
     (planlm/train/loop.py) with only the planner trainable, not a loop of its own.
     """
     from planlm.artifacts import check_same
     from planlm.data.windows import WindowDataset
     from planlm.persist import load_planned_lm, load_tokenizer
-    from planlm.train.loop import LoopData, OptimConfig, PlannedLMModule, RecipeConfig
+    from planlm.train.loop import LoopData, PlannedLMModule, RecipeConfig
     from planlm.train.trainer import build_trainer
 
-    tokenizer_source = lm or str(Path(planned_lm) / "tokenizer")
+    o, planned_lm = cfg.optim, cfg.planned_lm
+    tokenizer_source = cfg.lm or str(Path(planned_lm) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_source)
     model = load_planned_lm(planned_lm)
-    run = _setup(prepared, planner_cfg, tokenizer, init_from_centroids, seed)
+    run = _setup(cfg, tokenizer)
     check_same("num_actions", run.corpus.num_actions, model.config.num_actions, planned_lm,
                "fine-tune the planned LM on this prepared corpus")
     model.planner = run.planner
     model.requires_grad_(False)  # LM and adapters stay frozen; PlannedLMModule re-enables the planner only
     model.config.selection = "soft"
     recipe = RecipeConfig(selection="soft", actions="predicted", planner_unfreeze="immediate", train_lm=False)
-    optim = OptimConfig(lr=lr, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs, max_steps=max_steps)
     train = WindowDataset.from_corpus(run.corpus, tokenizer, "train")
     val = WindowDataset.from_corpus(run.corpus, tokenizer, "val")
     if len(train) == 0:
-        raise PlanlmError(f"{prepared} has no training windows; prepare a corpus with train articles")
+        raise PlanlmError(f"{cfg.prepared} has no training windows; prepare a corpus with train articles")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    data = LoopData(train, val, train.collate_fn(run.builder, pad_token_id=pad), batch_size)
-    total = -(-len(train) // batch_size) * epochs
-    total = min(total, max_steps) if max_steps > 0 else total
-    module = PlannedLMModule(model, recipe, optim, total, seed=seed, data=data)
+    data = LoopData(train, val, train.collate_fn(run.builder, pad_token_id=pad), o.batch_size)
+    total = -(-len(train) // o.batch_size) * o.epochs
+    total = min(total, o.max_steps) if o.max_steps > 0 else total
+    module = PlannedLMModule(model, recipe, o, total, seed=cfg.seed, data=data)
 
-    with atomic_dir(Path(out), force=force) as tmp:
-        trainer = build_trainer(trainer_cfg, tmp, max_epochs=epochs, max_steps=total, num_sanity_val_steps=0,
-                                enable_checkpointing=False, use_distributed_sampler=False)
+    with atomic_dir(out, force=True) as tmp:
+        trainer = build_trainer(cfg.trainer, tmp, max_epochs=o.epochs, max_steps=total, num_sanity_val_steps=0,
+                                enable_checkpointing=False, use_distributed_sampler=False,
+                                gradient_clip_val=o.grad_clip or None)
         started = time.perf_counter()
         trainer.fit(module)
         seconds = time.perf_counter() - started
@@ -373,7 +380,7 @@ def _train_ntp(prepared, out, lm, planned_lm, planner_cfg, config, lr, weight_de
         metrics = {"planner": {**planner, "lm_loss": lm_loss, "lm_perplexity": float(np.exp(lm_loss))},
                    **run.baselines}
         if trainer.is_global_zero:
-            _save(tmp, run, config, prepared, lm, metrics,
+            _save(tmp, run, cfg, fingerprint, metrics,
                   {"steps": trainer.global_step, "seconds": round(seconds, 2), "train_windows": len(train),
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)},
                   context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm})

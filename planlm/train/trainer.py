@@ -11,6 +11,46 @@ from pathlib import Path
 
 
 @dataclass
+class OptimConfig:
+    """Optimisation, the same section in every training stage (finetune, train-planner). Defaults: the paper's
+    fine-tuning (Adam, lr 1e-4, batch 32, one epoch); train-planner's differ only in weight_decay (1e-4)."""
+
+    lr: float = 1e-4
+    """Learning rate of Adam."""
+    planner_lr: float | None = None
+    """Learning rate of the planner's parameters once they train (None = lr, one rate for everything, as in the
+    paper). A departure for fine-tuning at a high lr: a lower planner_lr keeps the NAP-pretrained planner from
+    drifting away from its actions after it is unfrozen."""
+    weight_decay: float = 0.0
+    """Weight decay (paper: none for fine-tuning)."""
+    batch_size: int = 32
+    """Windows per optimizer step, over all devices (paper: 32)."""
+    accumulate: int = 1
+    """Gradient accumulation: micro-batches per optimizer step (batch_size is split into this many)."""
+    epochs: int = 1
+    """Passes over the training windows (paper: 1)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1 = the full epochs)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 = off)."""
+
+    def problems(self) -> list[str]:
+        """Everything wrong with these settings, as one-line messages."""
+        out = []
+        if self.lr <= 0 or self.weight_decay < 0:
+            out.append(f"optim.lr must be positive and optim.weight_decay non-negative (got {self.lr}, "
+                       f"{self.weight_decay})")
+        if self.batch_size < 1 or self.accumulate < 1 or self.epochs < 1:
+            out.append("optim.batch_size, optim.accumulate and optim.epochs must be positive")
+        elif self.batch_size % self.accumulate:
+            out.append(f"optim.batch_size {self.batch_size} is not divisible by optim.accumulate {self.accumulate}")
+        if self.planner_lr is not None and self.planner_lr < 0:
+            out.append(f"optim.planner_lr must be non-negative, or unset to use optim.lr (got {self.planner_lr})")
+        return out
+
+
+
+@dataclass
 class TrainerConfig:
     """Hardware, logging and checkpointing settings shared by every training stage."""
 
