@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, file_hash, read_manifest, reusable, write_manifest
+from planlm.artifacts import atomic_dir, file_hash, read_manifest, up_to_date, write_manifest
 from planlm.data.actions import (
     KMeansConfig, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions, validate_kmeans,
 )
@@ -136,12 +136,8 @@ def prepare(
         "source": source, "split": split, "sentences": sentences, "encoder": encoder, "kmeans": kmeans,
         "num_actions": num_actions, "preset": preset, "input": _input_fingerprint(source),
     }
-    if reusable(out_dir, "prepare", config, force):
-        print(f"planlm prepare: {out_dir} already holds this artifact (same config and input); reusing it "
-              "(--force true rebuilds)")
+    if up_to_date(out_dir, "prepare", config, force):
         return out_dir
-    if out_dir.exists() and not force:
-        raise PlanlmError(f"{out_dir} exists and holds something else; pass --force true to replace it or choose another --out")
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()

@@ -72,21 +72,53 @@ class PerplexityConfig:
         return out
 
 
-def validate_evaluate(run: Path, prepared: Path | None, split: str, ppl: PerplexityConfig,
-                      gen: GenerationMetricsConfig, generation: bool) -> None:
+SPLITS = ("train", "val", "test")  # not a Literal: validate_evaluate lists a bad split with every other problem
+
+
+@dataclass
+class EvaluateConfig:
+    """Everything `planlm evaluate` reads (the fields of :func:`evaluate`, but ``out`` and ``force``)."""
+
+    run: Path = Path("runs/finetune")
+    prepared: Path | None = None
+    split: str = "test"
+    ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
+    generation: bool = False
+    gen: GenerationMetricsConfig = field(default_factory=GenerationMetricsConfig)
+    probes: bool = False
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    probe_windows: int = 64
+    variant: str | None = None
+    encoder: str | None = None
+    device: str | None = None
+
+    def fingerprint(self) -> dict:
+        """What decides whether an existing evaluation is reusable: the settings that change its numbers (options
+        that are off do not count), plus the run's id."""
+        return {
+            "run": str(self.run), "prepared": str(self.prepared) if self.prepared else None, "split": self.split,
+            "ppl": self.ppl, "generation": self.generation, "gen": self.gen if self.generation else None,
+            "probes": self.probes, "probe": self.probe if self.probes else None,
+            "probe_windows": self.probe_windows if self.probes else None, "variant": self.variant,
+            "encoder": self.encoder, "run_id": json.loads((Path(self.run) / "manifest.json").read_text()).get("id"),
+        }
+
+
+def validate_evaluate(cfg: EvaluateConfig) -> None:
+    """Raise one error listing every problem with the arguments of :func:`evaluate`."""
     from planlm.artifacts import read_manifest
 
-    problems = list(ppl.problems())
-    if split not in ("train", "val", "test"):
-        problems.append(f"split must be train, val or test (got {split!r})")
-    if generation:
-        problems += gen.problems()
+    problems = list(cfg.ppl.problems())
+    if cfg.split not in SPLITS:
+        problems.append(f"split must be train, val or test (got {cfg.split!r})")
+    if cfg.generation:
+        problems += cfg.gen.problems()
     try:
-        read_manifest(run, "finetune")
+        read_manifest(cfg.run, "finetune")
     except PlanlmError as e:
         problems.append(str(e))
-    if prepared is not None and not Path(prepared).exists():
-        problems.append(f"--prepared {prepared} does not exist")
+    if cfg.prepared is not None and not Path(cfg.prepared).exists():
+        problems.append(f"--prepared {cfg.prepared} does not exist")
     raise_if_problems(problems, "evaluate")
 
 
@@ -164,28 +196,21 @@ def evaluate(
     Returns:
         The output folder.
     """
-    from planlm.artifacts import reusable
+    from planlm.artifacts import up_to_date
 
-    run = Path(run)
-    validate_evaluate(run, prepared, split, ppl, gen, generation)
-    out = Path(out) if out is not None else run / "evaluate"
-    config = {
-        "run": str(run), "prepared": str(prepared) if prepared else None, "split": split, "ppl": ppl,
-        "generation": generation, "gen": gen if generation else None, "probes": probes,
-        "probe": probe if probes else None, "probe_windows": probe_windows if probes else None, "variant": variant,
-        "encoder": encoder, "run_id": json.loads((run / "manifest.json").read_text()).get("id"),
-    }
-    if reusable(out, "evaluate", config, force):
-        print(f"planlm evaluate: {out} is up to date (same run and config); --force true recomputes")
+    cfg = EvaluateConfig(run=Path(run), prepared=prepared, split=split, ppl=ppl, generation=generation, gen=gen,
+                         probes=probes, probe=probe, probe_windows=probe_windows, variant=variant, encoder=encoder,
+                         device=device)
+    validate_evaluate(cfg)
+    out = Path(out) if out is not None else cfg.run / "evaluate"
+    fingerprint = cfg.fingerprint()
+    if up_to_date(out, "evaluate", fingerprint, force):
         return out
-    if out.exists() and not force:
-        raise PlanlmError(f"{out} already exists; pass --force true to replace it or choose another --out")
-    return run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe, probe_windows, variant,
-                        encoder, device, config)
+    return run_evaluate(cfg, out, fingerprint)
 
 
-def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe, probe_windows, variant, encoder,
-                 device, config) -> Path:
+def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
+    """Compute every metric of ``cfg`` and write ``out`` atomically (the caller validated and checked reuse)."""
     import torch
 
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
@@ -196,7 +221,8 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
     from planlm.models.selection import needs_planner
 
     t0 = time.time()
-    model, tokenizer, corpus, manifest = load_run(run, prepared, device)
+    run, split, ppl = cfg.run, cfg.split, cfg.ppl
+    model, tokenizer, corpus, manifest = load_run(run, cfg.prepared, cfg.device)
     ft_config = json.loads((run / "finetune_config.json").read_text()) if (run / "finetune_config.json").exists() \
         else manifest.get("config", {})
     constant = not needs_planner(model.config.selection)
@@ -204,7 +230,7 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
         print(f"planlm evaluate: note: {corpus.path} is not the prepared corpus {run} was fine-tuned on")
 
     metrics: dict = {
-        "variant": variant or variant_name(ft_config),
+        "variant": cfg.variant or variant_name(ft_config),
         "seed": int(ft_config.get("seed", 0)),
         "selection": model.config.selection,
         "split": split,
@@ -269,17 +295,17 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
                                                      "wrong": {"ppl": p_bad, "tokens": n_bad}}
 
     samples, probe_rows = None, None
-    if generation:
+    if cfg.generation:
         from planlm.data.encoders import load_encoder
         from planlm.eval.generate import PlannedGenerator
         from planlm.eval.generation_metrics import generation_metrics
 
-        enc = load_encoder(encoder or corpus.encoder, device=device)
-        g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc), gen)
+        enc = load_encoder(cfg.encoder or corpus.encoder, device=cfg.device)
+        g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc), cfg.gen)
         metrics.update(g.summary())
         samples = g.samples
-    if probes:
-        probe_rows = _probe(model, corpus, tokenizer, split, ppl, probe, probe_windows)
+    if cfg.probes:
+        probe_rows = _probe(model, corpus, tokenizer, split, ppl, cfg.probe, cfg.probe_windows)
         metrics["probes"] = {"rows": len(probe_rows), "file": "probes.json"}
     metrics["seconds"] = round(time.time() - t0, 1)
 
@@ -295,7 +321,7 @@ def run_evaluate(run, prepared, out, split, ppl, generation, gen, probes, probe,
 
             write_json_atomic(tmp / "probes.json", rows_to_json(probe_rows))
             plot_probes(probe_rows, tmp / "probes.png", title=metrics["variant"])
-        write_manifest(tmp, "evaluate", config, inputs={"run": run, "prepared": corpus.path},
+        write_manifest(tmp, "evaluate", fingerprint, inputs={"run": run, "prepared": corpus.path},
                        counts={"ppl_tokens": {f"{k[0]}/{k[1]}": r.tokens for k, r in results.items()}},
                        variant=metrics["variant"], seconds=metrics["seconds"])
     print(f"planlm evaluate: {metrics['variant']}: ppl {metrics['ppl']:.3f} ({main_protocol}, {main_actions}) -> {out}")

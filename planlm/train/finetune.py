@@ -153,10 +153,9 @@ def finetune(
     )
     out = Path(out)
     validate_finetune(cfg, out)
-    from planlm.artifacts import reusable
+    from planlm.artifacts import up_to_date
 
-    if reusable(out, "finetune", cfg, force):
-        print(f"planlm finetune: {out} is up to date (same config); --force true retrains")
+    if up_to_date(out, "finetune", cfg, force):
         return out
     return run_finetune(cfg, out, resume=resume, force=force)
 

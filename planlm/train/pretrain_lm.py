@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, read_manifest, reusable, write_manifest
+from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.train.trainer import TrainerConfig
@@ -217,8 +217,7 @@ def pretrain_lm(
     config = {"prepared": str(prepared), "preset": preset, "shape": p, "vocab_size": vocab_size,
               "block_size": block_size, "batch_size": batch_size, "lr": lr, "epochs": epochs, "max_steps": max_steps,
               "seed": seed, "prepared_id": read_manifest(prepared, "prepare").get("id")}
-    if reusable(out, STAGE, config, force):
-        print(f"{out} is up to date (same config); pass --force true to retrain")
+    if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
     import lightning as L
@@ -259,7 +258,7 @@ def pretrain_lm(
     val_loader = DataLoader(val_batches, batch_size=None)
 
     out = Path(out)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=True) as tmp:
         trainer = build_trainer(trainer, tmp, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0,
                                 enable_checkpointing=False)
         initial = trainer.validate(module, val_loader, verbose=False)[0]["val/loss"]
