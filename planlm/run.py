@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planlm.errors import raise_if_problems
+from planlm.presets import load_presets
 from planlm.train.trainer import OptimConfig, TrainerConfig
 from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANTS
 
@@ -57,29 +58,8 @@ class RunPreset:
     """Windows per evaluation forward pass."""
 
 
-PRESETS: dict[str, RunPreset] = {
-    # Smoke run, <= 3 minutes on a 2-core CPU: a slice of the corpus, a tiny LM, a few steps per variant.
-    "quick": RunPreset(
-        max_articles=12, prepare_preset="small", num_actions=16, lm_preset="small-cpu", lm_max_steps=40,
-        planner_optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=2),
-        finetune=OptimConfig(lr=1e-3, batch_size=16, max_steps=15), context_length=64,
-        eval_protocol="strided", eval_stride=32, eval_max_articles=4, eval_max_tokens=3000, eval_batch_size=32,
-    ),
-    # The README's main job, <= 15 minutes on a 2-core CPU: the whole builtin corpus, a small GPT-2 trained from
-    # scratch, one epoch per variant; perplexity with the strided protocol (stride 64) on the whole test split,
-    # because the paper's stride-1 protocol costs one forward pass per token.
-    "default": RunPreset(
-        prepare_preset="small", lm_preset="small-cpu", planner_optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=2),
-        finetune=OptimConfig(lr=1e-3),
-        eval_protocol="strided", eval_stride=64, eval_batch_size=64,
-    ),
-    # The paper's hyperparameters, for a GPU: K=1024, all-mpnet-base-v2, Adam 1e-4, batch 32, one epoch,
-    # stride-1 perplexity on 1000 test articles. Use with --lm gpt2 --data wikimedia/wikipedia --data_config 20231101.en.
-    "paper": RunPreset(
-        prepare_preset="paper", encoder="all-mpnet-base-v2", lm_preset="gpt2", finetune=OptimConfig(),
-        eval_protocol="paper", eval_max_articles=1000,
-    ),
-}
+# planlm/presets/run/*.yaml: quick (<= 3 minutes on a 2-core CPU), default (<= 15 minutes), paper (a GPU)
+PRESETS: dict[str, RunPreset] = load_presets("run", RunPreset)
 
 
 def slug(name: str) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.presets import load_presets
 from planlm.train.trainer import TrainerConfig
 
 STAGE = "pretrain-lm"
@@ -44,17 +45,9 @@ class LMPreset:
     epochs: int
 
 
-PRESETS: dict[str, LMPreset] = {
-    # tests: seconds on a CPU
-    "tiny": LMPreset(n_layer=2, n_head=2, n_embd=32, block_size=128, batch_size=8, lr=3e-3, warmup_fraction=0.05,
-                     dropout=0.0, epochs=1),
-    # the embedded corpus on a laptop-class CPU in minutes
-    "small-cpu": LMPreset(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, lr=2e-3,
-                          warmup_fraction=0.05, dropout=0.0, epochs=1),
-    # GPT-2 small (124M with a 50k vocabulary; fewer with a smaller --vocab_size), for GPUs
-    "gpt2": LMPreset(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=8, lr=6e-4,
-                     warmup_fraction=0.02, dropout=0.1, epochs=1),
-}
+# planlm/presets/pretrain-lm/*.yaml: tiny (tests: seconds on a CPU), small-cpu (the embedded corpus on a CPU in
+# minutes), gpt2 (GPT-2 small's shape, for GPUs)
+PRESETS: dict[str, LMPreset] = load_presets(STAGE, LMPreset)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 8192, min_frequency: int = 2):

@@ -1,0 +1,58 @@
+"""Every YAML preset (planlm/presets/<stage>/<name>.yaml) still fits its stage: each key is a field of the preset's
+dataclass, nested sections are the very configs the stage functions take, and the names a preset refers to exist
+(as litgpt's config-hub test checks its YAML files against the functions' signatures)."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+
+import pytest
+import yaml
+
+from planlm.errors import PlanlmError
+from planlm.presets import PRESETS_DIR, build, load_preset, preset_names
+from planlm.train.pretrain_lm import LMPreset, pretrain_lm
+
+
+def preset_classes():
+    from planlm.run import RunPreset, run
+
+    return {"pretrain-lm": (LMPreset, pretrain_lm), "run": (RunPreset, run)}
+
+
+def test_every_preset_folder_belongs_to_a_stage_with_a_preset_argument():
+    stages = {p.name for p in PRESETS_DIR.iterdir() if p.is_dir() and not p.name.startswith("_")}
+    assert stages == set(preset_classes())
+    for stage, (_, fn) in preset_classes().items():
+        assert "preset" in inspect.signature(fn).parameters, stage
+        assert inspect.signature(fn).parameters["preset"].default in preset_names(stage)
+
+
+@pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_preset_matches_its_dataclass_and_the_stage_signatures(path):
+    from planlm.prepare import PRESETS as PREPARE_PRESETS
+    from planlm.train.finetune import finetune
+    from planlm.train.planner import train_planner
+
+    stage = path.parent.name
+    cls, _ = preset_classes()[stage]
+    values = yaml.safe_load(path.read_text()) or {}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert set(values) <= fields, f"{path}: {sorted(set(values) - fields)} are not fields of {cls.__name__}"
+    preset = load_preset(stage, path.stem, cls)
+    if stage == "run":
+        hints = typing.get_type_hints(cls)
+        # the nested sections are the configs the stages take, so a run preset cannot drift from them
+        assert hints["finetune"] is typing.get_type_hints(finetune)["optim"]
+        assert hints["planner_optim"] is typing.get_type_hints(train_planner)["optim"]
+        assert preset.lm_preset in preset_names("pretrain-lm")
+        assert preset.prepare_preset in PREPARE_PRESETS
+
+
+def test_unknown_fields_and_names_are_refused():
+    with pytest.raises(PlanlmError, match="unknown fields"):
+        build(LMPreset, {"n_layers": 2})
+    with pytest.raises(PlanlmError, match="unknown pretrain-lm preset 'huge'"):
+        load_preset("pretrain-lm", "huge", LMPreset)
