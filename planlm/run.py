@@ -12,6 +12,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 from planlm.errors import raise_if_problems
@@ -25,7 +26,7 @@ class RunPreset:
 
     max_articles: int | None = None
     """Corpus articles to read (None = all)."""
-    prepare_preset: str = "auto"
+    prepare_preset: Literal["auto", "small", "paper"] = "auto"
     """`planlm prepare --preset` (auto / small / paper)."""
     num_actions: int | None = None
     """K; None = chosen by the prepare preset."""
@@ -40,13 +41,13 @@ class RunPreset:
     planner_optim: OptimConfig = field(default_factory=lambda: OptimConfig(weight_decay=1e-4))
     """Planner NAP pretraining (paper: Adam 1e-4, weight decay 1e-4, batch 32, one epoch; a small corpus needs more
     than one epoch at 1e-4 gives)."""
-    planner_context: str = "paper"
+    planner_context: Literal["paper", "causal"] = "paper"
     """Planner context mode (paper / causal)."""
     finetune: OptimConfig = field(default_factory=OptimConfig)
     """Fine-tuning optimisation (paper: Adam 1e-4, batch 32, one epoch)."""
     context_length: int = 128
     """Window length (paper: 128)."""
-    eval_protocol: str = "paper"
+    eval_protocol: Literal["paper", "strided"] = "paper"
     """paper (stride 1, last token scored) or strided."""
     eval_stride: int | None = None
     """Stride of the strided protocol."""

@@ -26,6 +26,7 @@ Protocol:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -53,13 +54,13 @@ class GenerationMetricsConfig:
     """Nucleus sampling threshold (1 = pure sampling)."""
     seed: int = 0
     """Seed of sample i is seed + i."""
-    featurizer: str = "lm"
+    featurizer: Literal["lm", "encoder"] = "lm"
     """MAUVE features: lm (the LM's last hidden state) | encoder (the corpus's sentence encoder)."""
     mauve_max_tokens: int = MAUVE_MAX_TOKENS
     """Texts are cut at this many LM tokens before featurizing (paper: 256)."""
     edit_lengths: list[int] = field(default_factory=lambda: list(EDIT_DISTANCE_LENGTHS))
     """Prefix lengths in tokens for the action edit distance (paper: 128, 256, 512, 1024)."""
-    critic: str = "bigram"
+    critic: Literal["bigram", "hmm"] = "bigram"
     """Latent-perplexity critic: bigram (paper) | hmm."""
 
     def problems(self) -> list[str]:

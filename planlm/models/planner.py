@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -51,7 +52,7 @@ class PlannerConfig:
     """Feed-forward width (paper: 2048)."""
     dropout: float = 0.0
     """Dropout inside the transformer (paper: 0)."""
-    context: str = "paper"
+    context: Literal["paper", "causal"] = "paper"
     """"paper": each sentence's own context, bidirectional; "causal": one causal pass per article (faster, a
     departure from the paper)."""
     context_tokens: int = 128

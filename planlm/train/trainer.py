@@ -7,6 +7,7 @@ Distributed training (DDP, FSDP), mixed precision and multi-node runs come from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 
@@ -64,7 +65,7 @@ class TrainerConfig:
     """Lightning strategy: "auto", "ddp", "ddp_spawn", "fsdp", "deepspeed" ... (gloo backend on CPU)."""
     precision: str = "32-true"
     """"32-true", "bf16-mixed" (GPU), "16-mixed"."""
-    logger: str = "csv"
+    logger: Literal["csv", "tensorboard", "none"] = "csv"
     """"csv" (default), "tensorboard" or "none"."""
     log_every_n_steps: int = 10
     """How often to log training metrics."""
