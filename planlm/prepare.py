@@ -14,10 +14,10 @@ import numpy as np
 
 from planlm.artifacts import atomic_dir, file_hash, read_manifest, up_to_date, write_manifest
 from planlm.data.actions import (
-    KMeansConfig, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions, validate_kmeans,
+    KMeansConfig, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions, kmeans_problems,
 )
 from planlm.data.corpus import (
-    SourceConfig, SplitConfig, read_corpus, source_kind, source_path, split_articles, validate_source, validate_split,
+    SourceConfig, SplitConfig, read_corpus, source_kind, source_path, split_articles, source_problems, split_problems,
 )
 from planlm.data.encoders import EncoderConfig, embed_sentences, load_encoder, resolve_encoder
 from planlm.data.prepared import EXEMPLARS, SPLITS, write_prepared
@@ -34,7 +34,7 @@ def validate_prepare(
     kmeans: KMeansConfig, num_actions: int | None, preset: str,
 ) -> None:
     """Raise one PlanlmError listing every problem in the arguments of :func:`prepare`, before any work starts."""
-    problems = validate_source(source) + validate_split(split) + validate_kmeans(kmeans)
+    problems = source_problems(source) + split_problems(split) + kmeans_problems(kmeans)
     if preset not in PRESETS:
         problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     if num_actions is not None and num_actions < 2:

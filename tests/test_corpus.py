@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from planlm.data.corpus import (
-    SourceConfig, SplitConfig, read_corpus, source_kind, split_articles, validate_source, wikitext_to_text,
+    SourceConfig, SplitConfig, read_corpus, source_kind, split_articles, source_problems, wikitext_to_text,
 )
 from planlm.data.sentences import split_sentences
 from planlm.errors import PlanlmError
@@ -162,7 +162,7 @@ def test_unloadable_hub_dataset_is_one_line_error(tmp_path):
 
 
 def test_missing_path_and_empty_corpus(tmp_path):
-    problems = validate_source(SourceConfig(source=str(tmp_path / "missing.jsonl")))
+    problems = source_problems(SourceConfig(source=str(tmp_path / "missing.jsonl")))
     assert len(problems) == 1 and "does not exist" in problems[0]
     with pytest.raises(PlanlmError, match="does not exist"):
         read_corpus(SourceConfig(source=str(tmp_path / "missing.jsonl")), progress=False)

@@ -61,7 +61,7 @@ def suggest_num_actions(n_sentences: int, upper: int = 1024) -> int:
     return int(max(2, min(upper, k)))
 
 
-def validate_kmeans(cfg: KMeansConfig) -> list[str]:
+def kmeans_problems(cfg: KMeansConfig) -> list[str]:
     problems = []
     if cfg.backend not in BACKENDS:
         problems.append(f"unknown k-means backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")

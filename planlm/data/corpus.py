@@ -355,7 +355,7 @@ def source_path(cfg: SourceConfig) -> Path | None:
     return Path(os.path.expanduser(cfg.source))
 
 
-def validate_source(cfg: SourceConfig) -> list[str]:
+def source_problems(cfg: SourceConfig) -> list[str]:
     """Every problem with a source config (empty list when it can be read)."""
     problems = []
     if cfg.kind not in KINDS:
@@ -401,7 +401,7 @@ def read_corpus(cfg: SourceConfig, progress: bool = True) -> tuple[list[Article]
     """
     from planlm.errors import raise_if_problems
 
-    raise_if_problems(validate_source(cfg), "source")
+    raise_if_problems(source_problems(cfg), "source")
     stats = ReadStats()
     articles: list[Article] = []
     bar = tqdm(desc="read articles", unit=" art", disable=not progress, total=cfg.max_articles)
@@ -432,7 +432,7 @@ def _split_size(value: float, cap: int, n: int) -> int:
     return min(size, cap)
 
 
-def validate_split(cfg: SplitConfig) -> list[str]:
+def split_problems(cfg: SplitConfig) -> list[str]:
     problems = []
     for name in ("val", "test"):
         v = getattr(cfg, name)

@@ -143,8 +143,8 @@ def _lm_module(model, lr: float, warmup_fraction: float):
 
 
 def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, block_size: int | None,
-                         batch_size: int | None, lr: float | None, epochs: int | None) -> list[str]:
-    """Every problem with the arguments of :func:`pretrain_lm`, as one-line messages."""
+                         batch_size: int | None, lr: float | None, epochs: int | None) -> None:
+    """Raise one error listing every problem with the arguments of :func:`pretrain_lm`."""
     problems = []
     try:
         read_manifest(prepared, "prepare")
@@ -163,7 +163,7 @@ def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, 
         problems.append(f"lr must be positive (got {lr})")
     if Path(out).resolve() == Path(prepared).resolve():
         problems.append("--out must differ from the prepared corpus directory")
-    return problems
+    raise_if_problems(problems, STAGE)
 
 
 def pretrain_lm(
@@ -202,8 +202,7 @@ def pretrain_lm(
     Returns:
         ``{"val_loss", "val_perplexity", "val_loss_initial", "tokens_per_second", ...}``.
     """
-    raise_if_problems(validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs),
-                      STAGE)
+    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs)
     p = PRESETS[preset]
     block_size, batch_size = block_size or p.block_size, batch_size or p.batch_size
     lr, epochs = lr or p.lr, epochs or p.epochs
