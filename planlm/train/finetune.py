@@ -15,8 +15,8 @@ from pathlib import Path
 
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import needs_planner
-from planlm.train.loop import OptimConfig, RecipeConfig
-from planlm.train.trainer import TrainerConfig
+from planlm.train.loop import RecipeConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
 
 @dataclass
