@@ -76,6 +76,27 @@ def rng_states() -> dict:
     }
 
 
+def load_checkpoint_safely(path, map_location=None) -> dict:
+    """``torch.load(path, weights_only=True)``, with a one-line :class:`PlanlmError` for a file that is not a plain
+    checkpoint (a torn file, or a pickle that would run code), never a hint to retry unsafely."""
+    import pickle
+    import zipfile
+
+    from planlm.errors import PlanlmError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PlanlmError(f"checkpoint {path} does not exist; run without --resume to start afresh")
+    try:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError) as e:
+        kind = "holds objects other than plain data (refused: loading it would run code)" if isinstance(
+            e, pickle.UnpicklingError) else "is damaged or not a torch checkpoint"
+        raise PlanlmError(
+            f"checkpoint {path} {kind}; delete it and run without --resume to start afresh"
+        ) from None
+
+
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
@@ -86,7 +107,14 @@ def set_rng_states(states: dict) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary sibling and rename it into place: a kill never leaves a torn file."""
+    """Write each checkpoint to a temporary sibling and rename it into place: a kill never leaves a torn file.
+
+    Load with ``weights_only=True`` only: a checkpoint is data (tensors, numbers, strings), never code, so a pickle
+    planted under a checkpoint's name is refused instead of run.
+    """
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return load_checkpoint_safely(path, map_location)
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
