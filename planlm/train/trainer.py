@@ -6,9 +6,19 @@ Distributed training (DDP, FSDP), mixed precision and multi-node runs come from 
 
 from __future__ import annotations
 
+import csv
+import sys
+import time
 from dataclasses import dataclass
 from typing import Literal
 from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from planlm.errors import check_finite, check_max_steps
 
 
 @dataclass
@@ -38,6 +48,9 @@ class OptimConfig:
     def problems(self) -> list[str]:
         """Everything wrong with these settings, as one-line messages."""
         out = []
+        check_finite(out, **{"optim.lr": self.lr, "optim.planner_lr": self.planner_lr,
+                             "optim.weight_decay": self.weight_decay, "optim.grad_clip": self.grad_clip})
+        check_max_steps(out, self.max_steps, "optim.max_steps")
         if self.lr <= 0 or self.weight_decay < 0:
             out.append(f"optim.lr must be positive and optim.weight_decay non-negative (got {self.lr}, "
                        f"{self.weight_decay})")
@@ -70,19 +83,156 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     """How often to log training metrics."""
     progress_bar: bool = True
-    """Show a progress bar with loss and tokens/s."""
+    """Show progress with loss and tokens/s: a bar on a terminal, else (a log file, CI) one line every
+    log_every_n_steps steps."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (needed for bit-exact resume checks)."""
 
 
-def build_logger(cfg: TrainerConfig, out_dir: Path):
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+class _KeepingWriter(ExperimentWriter):
+    """Lightning's CSV writer deletes an existing metrics.csv when it starts; on resume, keep its rows (and its
+    header) and append, dropping rows of steps that the resumed run will log again."""
+
+    resume_step: int | None = None
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if self.resume_step is None or not path.is_file():
+            return super()._check_log_dir_exists()
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        # rows logged after the checkpoint the run resumes from, by the killed process: logged again now
+        rows = [r for r in rows if not r.get("step") or int(float(r["step"])) < self.resume_step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.metrics_keys = keys
+
+
+class ResumableCSVLogger(CSVLogger):
+    """A CSVLogger whose metrics.csv survives a resume: ``resume_step`` is the resumed checkpoint's global step."""
+
+    def __init__(self, *args, resume_step: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume_step = resume_step
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            writer = _KeepingWriter.__new__(_KeepingWriter)
+            writer.resume_step = self._resume_step
+            writer.__init__(log_dir=self.log_dir)
+            self._experiment = writer
+        return self._experiment
+
+
+def build_logger(cfg: TrainerConfig, out_dir: Path, resume_step: int | None = None):
+    from lightning.pytorch.loggers import TensorBoardLogger
 
     if cfg.logger == "csv":
-        return CSVLogger(save_dir=str(out_dir), name="logs", version="")
+        # flushed at every logged step (already every log_every_n_steps): a killed run keeps the rows it logged
+        return ResumableCSVLogger(save_dir=str(out_dir), name="logs", version="", resume_step=resume_step,
+                                  flush_logs_every_n_steps=1)
     if cfg.logger == "tensorboard":
         return TensorBoardLogger(save_dir=str(out_dir), name="logs", version="")
     return False
+
+
+class ValidatedAt(Callback):
+    """The global step of the last validation, so a run that max_steps stopped mid-epoch validates its final model
+    instead of reporting the last epoch's (stale) val_loss."""
+
+    step: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.step = trainer.global_step
+
+
+class LineProgress(ProgressBar):
+    """Progress for logs (not a terminal): one line every ``every`` steps with the figures the bar shows (step,
+    epoch, loss, tokens/s, ...), and one after each validation, so `planlm run > log` reads as a log."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every = max(1, every)
+        self._enabled = True
+        self._t0 = time.perf_counter()
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def _figures(self, trainer) -> str:
+        items = self.get_metrics(trainer, trainer.lightning_module)
+        items.pop("v_num", None)
+        return " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items.items())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        n = batch_idx + 1
+        if not self._enabled or not trainer.is_global_zero or (n % self.every and n != self.total_train_batches):
+            return
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        steps = f"step {trainer.global_step}" + (f"/{total}" if total else "")
+        print(f"epoch {trainer.current_epoch} batch {n}/{self.total_train_batches} {steps} {self._figures(trainer)} "
+              f"({time.perf_counter() - self._t0:.0f} s)", flush=True)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._enabled and trainer.is_global_zero and not trainer.sanity_checking:
+            print(f"validation at step {trainer.global_step}: {self._figures(trainer)}", flush=True)
+
+
+def on_terminal(stream=None) -> bool:
+    stream = stream or sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def progress_callback(cfg: TrainerConfig):
+    """Lightning's bar on a terminal, :class:`LineProgress` elsewhere (pipes, files, CI)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    if on_terminal():
+        return TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2))
+    return LineProgress(every=cfg.log_every_n_steps)
+
+
+class _LineStream:
+    """stderr for tqdm off a terminal: each carriage-return refresh becomes its own line (tqdm refreshes at most
+    every TQDM_MININTERVAL seconds there), instead of megabytes of ``\r`` in one line."""
+
+    def __init__(self, stream):
+        self._stream, self._at_line_start = stream, True
+
+    def write(self, s: str) -> int:
+        if "\r" in s:
+            s = "\n".join(part for part in s.split("\r") if part.strip())
+            if s and not s.endswith("\n"):
+                s += "\n"
+        if s == "\n" and self._at_line_start:
+            return 1
+        if s:
+            self._stream.write(s)
+            self._at_line_start = s.endswith("\n")
+        return len(s)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def configure_progress_output(interval_s: float = 30.0) -> None:
+    """Off a terminal, make every tqdm bar (ours, sentence-transformers', Hugging Face's) print one line per
+    ``interval_s`` seconds instead of carriage-return refreshes. Called once by the CLI."""
+    import os
+
+    if on_terminal() or isinstance(sys.stderr, _LineStream):
+        return
+    os.environ.setdefault("TQDM_MININTERVAL", str(interval_s))  # read by tqdm >= 4.66 as its default
+    sys.stderr = _LineStream(sys.stderr)
 
 
 def quiet_lightning() -> None:
@@ -93,23 +243,22 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def build_trainer(cfg: TrainerConfig, out_dir: str | Path, callbacks: list | None = None, **kwargs):
-    """A ``lightning.Trainer`` for ``cfg`` writing logs under ``out_dir``; ``kwargs`` go to the Trainer as they are."""
-    import lightning as L
-    from lightning.pytorch.callbacks import TQDMProgressBar
-
+def build_trainer(cfg: TrainerConfig, out_dir: str | Path, callbacks: list | None = None, resume_step: int | None = None,
+                  **kwargs):
+    """A ``lightning.Trainer`` for ``cfg`` writing logs under ``out_dir``; ``kwargs`` go to the Trainer as they are.
+    ``resume_step``: the global step of the checkpoint the run resumes from (its logged rows before it are kept)."""
     quiet_lightning()
     out_dir = Path(out_dir)
     callbacks = list(callbacks or [])
     if cfg.progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
-    return L.Trainer(
+        callbacks.append(progress_callback(cfg))
+    return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
-        logger=build_logger(cfg, out_dir),
+        logger=build_logger(cfg, out_dir, resume_step),
         log_every_n_steps=cfg.log_every_n_steps,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
