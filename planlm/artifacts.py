@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from planlm.errors import PlanlmError
 
 MANIFEST = "manifest.json"
+UNHASHED = ("logs", "checkpoints")  # training logs and Lightning checkpoints inside an artifact: not its content
 _VERSIONED = ("planlm", "torch", "transformers", "sentence-transformers", "lightning", "faiss-cpu", "numpy", "spacy")
 
 
@@ -78,7 +81,9 @@ def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
     final = Path(final)
     if final.exists() and not force:
         raise PlanlmError(f"{final} already exists; pass --force to rebuild it or choose another --out")
+    refuse_foreign_out(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{int(time.time())}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -97,6 +102,83 @@ def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temps(final: Path) -> None:
+    """Delete the temporary siblings (``.NAME.tmp-PID-...``) that killed processes left behind for ``final``."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name[len(f".{final.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def refuse_foreign_out(out: str | Path, stage: str | None = None) -> None:
+    """Refuse to replace ``out`` unless it is empty or a planlm artifact (of ``stage`` when given): --force never
+    deletes a folder planlm did not write, nor another stage's artifact (a finetune --out pointing at its own
+    --planner, say)."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PlanlmError(f"--out {out} is a file, not a folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise PlanlmError(f"--out {out} is a folder that planlm did not write (no {MANIFEST}); refusing to replace it, "
+                          "even with --force: choose another --out")
+    if stage is not None:
+        got = read_manifest(out).get("stage")
+        if got != stage:
+            raise PlanlmError(f"--out {out} holds a `{got}` artifact; refusing to replace it with a `{stage}` artifact, "
+                              "even with --force: choose another --out")
+
+
+def content_hashes(directory: str | Path) -> dict[str, str]:
+    """Content hash of every file of an artifact (relative path -> sha256 prefix), except its manifest, logs and
+    training checkpoints: recorded in the manifest and checked on load, so an edited, truncated or swapped file is
+    refused instead of used."""
+    directory = Path(directory)
+    out = {}
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if p.is_file() and rel.as_posix() != MANIFEST and rel.parts[0] not in UNHASHED:
+            out[rel.as_posix()] = file_hash(p)
+    return out
+
+
+_VERIFIED: dict[tuple, bool] = {}
+
+
+def verify_artifact(directory: str | Path, manifest: dict | None = None) -> dict:
+    """Check every file recorded in the manifest: present and with the recorded content hash (once per process
+    and file state). Returns the manifest. Artifacts written before hashes were recorded are only read."""
+    directory = Path(directory)
+    manifest = manifest if manifest is not None else read_manifest(directory)
+    files = manifest.get("files") or {}
+    for rel, expected in files.items():
+        p = directory / rel
+        if not p.is_file():
+            raise PlanlmError(f"{directory} is missing {rel} (recorded in its {MANIFEST}); rebuild it with "
+                              f"`planlm {manifest.get('stage')} --force true`")
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, expected)
+        if key not in _VERIFIED:
+            if file_hash(p) != expected:
+                raise PlanlmError(f"{p} was changed after {directory} was written (its content hash differs from the "
+                                  f"one in {MANIFEST}: edited, truncated or swapped); rebuild it with "
+                                  f"`planlm {manifest.get('stage')} --force true`")
+            _VERIFIED[key] = True
+    return manifest
+
+
 def write_manifest(
     directory: str | Path,
     stage: str,
@@ -112,7 +194,7 @@ def write_manifest(
     """
     recorded = {}
     for role, ref in (inputs or {}).items():
-        recorded[role] = describe_input(ref)
+        recorded[role] = describe_input(ref, directory)
     manifest = {
         "stage": stage,
         "id": None,
@@ -123,6 +205,7 @@ def write_manifest(
         "counts": to_jsonable(counts or {}),
         "versions": library_versions(),
         **to_jsonable(extra),
+        "files": content_hashes(directory),
     }
     manifest["id"] = hashlib.sha256(
         json.dumps({k: v for k, v in manifest.items() if k != "created"}, sort_keys=True).encode()
@@ -131,14 +214,45 @@ def write_manifest(
     return manifest
 
 
-def describe_input(ref: str | Path) -> dict:
+def describe_input(ref: str | Path, directory: str | Path | None = None) -> dict:
+    """How a manifest records an input: its path as given, absolute, and relative to the artifact being written
+    (``directory``, a sibling of the final folder), so that a folder of runs moved elsewhere still resolves."""
     p = Path(ref)
+    where = {"path": str(p), "abspath": str(p.resolve())}
+    if directory is not None:
+        where["relpath"] = os.path.relpath(p.resolve(), Path(directory).resolve().parent / "_")
     if p.is_dir() and (p / MANIFEST).exists():
-        m = json.loads((p / MANIFEST).read_text())
-        return {"path": str(p), "stage": m.get("stage"), "id": m.get("id")}
+        m = read_manifest(p)
+        return {**where, "stage": m.get("stage"), "id": m.get("id")}
     if p.is_file():
-        return {"path": str(p), "sha256": file_hash(p)}
+        return {**where, "sha256": file_hash(p)}
     return {"name": str(ref)}
+
+
+def resolve_input(directory: str | Path, manifest: dict, role: str, option: str) -> Path:
+    """The folder recorded as input ``role`` of an artifact: relative to the artifact (a moved folder of runs),
+    then absolute, then as given; one line naming ``option`` when none exists any more."""
+    directory = Path(directory)
+    rec = (manifest.get("inputs") or {}).get(role) or {}
+    if "path" not in rec:
+        raise PlanlmError(f"{directory}/{MANIFEST} records no {role} input; pass {option} DIR")
+    tried = []
+    if "relpath" in rec:  # relative to the artifact's own folder (recorded from a sibling of it, hence "_")
+        tried.append(Path(os.path.normpath(directory.resolve().parent / "_" / rec["relpath"])))
+    tried += [Path(rec[k]) for k in ("abspath", "path") if k in rec]
+    for cand in tried:
+        if (cand / MANIFEST).exists():
+            return cand
+    raise PlanlmError(f"{directory} was built from the {role} {rec['path']} (id {rec.get('id')}), which is no longer "
+                      f"there (tried {', '.join(dict.fromkeys(map(str, tried)))}); pass {option} DIR")
+
+
+def check_input_id(artifact: str | Path, manifest: dict, role: str, given: str | Path, given_id: str, fix: str) -> None:
+    """Refuse ``given`` (used as input ``role`` together with ``artifact``) when ``artifact`` recorded another one."""
+    rec = (manifest.get("inputs") or {}).get(role) or {}
+    if rec.get("id") and given_id and rec["id"] != given_id:
+        raise PlanlmError(f"{artifact} was built from the {role} {rec.get('path')} (id {rec['id']}), not from {given} "
+                          f"(id {given_id}); {fix}")
 
 
 def read_manifest(directory: str | Path, stage: str | None = None) -> dict:
@@ -149,7 +263,14 @@ def read_manifest(directory: str | Path, stage: str | None = None) -> dict:
         raise PlanlmError(f"{directory} does not exist; build it first" + (f" with `planlm {stage}`" if stage else ""))
     if not path.exists():
         raise PlanlmError(f"{directory} is not a planlm artifact (no {MANIFEST}); point to a directory a planlm stage wrote")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PlanlmError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); rebuild the artifact"
+                          + (f" with `planlm {stage} --force true`" if stage else "")) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("stage"), str):
+        raise PlanlmError(f"{path} is not a planlm manifest (no stage); rebuild the artifact"
+                          + (f" with `planlm {stage} --force true`" if stage else ""))
     if stage is not None and manifest.get("stage") != stage:
         raise PlanlmError(
             f"{directory} is a `{manifest.get('stage')}` artifact, but a `{stage}` artifact is needed here"
@@ -174,10 +295,12 @@ def up_to_date(out: str | Path, stage: str, config: Any, force: bool) -> bool:
     ``write_manifest``), with one wording for all stages.
 
     Returns True (and says so in one line) when ``out`` already holds this stage's artifact built with the same
-    config: the stage returns it unchanged. Refuses an ``out`` that holds anything else unless ``force``. Returns
-    False when the stage must build.
+    config: the stage returns it unchanged. Refuses an ``out`` that holds anything else unless ``force``, and even
+    with ``force`` a folder that planlm did not write or another stage's artifact. Returns False when the stage must
+    build.
     """
     out = Path(out)
+    refuse_foreign_out(out, stage)
     if reusable(out, stage, config, force):
         print(f"planlm {stage}: {out} is up to date (same config and inputs); --force true rebuilds it")
         return True
@@ -191,3 +314,95 @@ def check_same(what: str, expected: Any, got: Any, artifact: str | Path, fix: st
     """Refuse an input artifact that does not fit (other K, tokenizer, encoder) with a one-line error."""
     if expected != got:
         raise PlanlmError(f"{artifact} was built with {what}={got!r}, but {what}={expected!r} is needed; {fix}")
+
+
+# ---- one writer per --out --------------------------------------------------------------------------------------------
+_HELD: dict[str, int] = {}  # lock path -> depth, locks this process holds (a stage called from `planlm run`)
+
+
+def lock_path(out: str | Path) -> Path:
+    """The lock file of an --out. It lives in the temp folder (named by the absolute --out), so that locking writes
+    nothing beside --out, not even its parent folder, before the stage has checked its arguments."""
+    import tempfile
+
+    locks = Path(tempfile.gettempdir()) / "planlm-locks"
+    locks.mkdir(exist_ok=True)
+    return locks / (hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:24] + ".lock")
+
+
+@contextlib.contextmanager
+def output_lock(out: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (a lock file named by its absolute path) while a stage writes it, so a
+    second process on the same --out stops at once with one line instead of both writing. The OS drops the lock when the
+    holder dies, so a killed run never blocks the next."""
+    import fcntl
+
+    import tempfile
+
+    out = Path(out)
+    for parent in out.absolute().parents:  # the first existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise PlanlmError(f"--out {out} is inside {parent}, which is a file; choose another --out")
+            break
+    path = str(lock_path(out))
+    if path in _HELD:
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PlanlmError(f"another planlm process (pid {holder}) is writing {out}; wait for it to finish or "
+                              "choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the holder removed that lock file as we opened it: take the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[path] = 1
+        try:
+            yield
+        finally:
+            del _HELD[path]
+            os.unlink(path)  # while still holding it; a waiter that opened it meanwhile sees the inode change
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _secondary_rank() -> bool:
+    """True in a distributed worker other than the global rank 0 (Lightning's launcher, torchrun, SLURM)."""
+    return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def writes_artifact(out: Callable[[dict], Any] = lambda args: args["out"]) -> Callable:
+    """Decorate a stage function: while it runs, it holds :func:`output_lock` on its --out. ``out`` picks the output
+    folder from the call's bound arguments (defaults applied)."""
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def stage_fn(*args, **kwargs):
+            if _secondary_rank():  # a DDP worker re-running the command: rank 0 holds the lock and writes --out
+                return fn(*args, **kwargs)
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            with output_lock(Path(out(bound.arguments))):
+                return fn(*args, **kwargs)
+
+        return stage_fn
+
+    return wrap

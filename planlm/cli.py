@@ -35,9 +35,13 @@ COMMANDS: dict = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jsonargparse import CLI, set_parsing_settings
+    from jsonargparse import CLI, ArgumentError, set_parsing_settings
+
+    from planlm.train.trainer import configure_progress_output
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv is None:  # the `planlm` program itself (not a caller's process): tqdm lines fit for a log off a terminal
+        configure_progress_output()
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     try:
         CLI(
@@ -46,9 +50,14 @@ def main(argv: list[str] | None = None) -> int:
             prog="planlm",
             description="planlm: planner-conditioned language modeling (writing actions, planners, action adapters).",
             as_positional=True,
+            exit_on_error=False,
         )
     except PlanlmError as e:
         print(f"planlm: error: {e}", file=sys.stderr)
+        return 2
+    except ArgumentError as e:  # bad options or --config file: one line, not a usage dump
+        msg = " ".join(str(e).split())
+        print(f"planlm: error: {msg[:300]} (see `planlm <stage> --help`)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("planlm: interrupted", file=sys.stderr)

@@ -16,6 +16,36 @@ PLANNER_WEIGHTS = "planner.safetensors"
 PLANNER_CONFIG = "planner_config.json"
 
 
+def verify_folder(directory: Path) -> None:
+    """Check the content hashes recorded in ``directory``'s manifest, when it has one (a folder written by planlm)."""
+    from planlm.artifacts import MANIFEST, verify_artifact
+
+    if (directory / MANIFEST).exists():
+        verify_artifact(directory)
+
+
+def read_config(path: Path, cls):
+    """A dataclass from a JSON file, with one line for a damaged or edited file."""
+    from planlm.errors import PlanlmError
+
+    try:
+        return cls(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        raise PlanlmError(f"{path} is damaged or was edited ({str(e).splitlines()[0][:100]}); rebuild the artifact") from None
+
+
+def load_weights(path: Path) -> dict:
+    """A safetensors file, with one line for a truncated or damaged one (safetensors never runs code)."""
+    from safetensors.torch import load_file
+
+    from planlm.errors import PlanlmError
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError: the library's error types vary by version
+        raise PlanlmError(f"{path} is damaged ({str(e).splitlines()[0][:100]}); rebuild the artifact") from None
+
+
 def save_planner(planner, directory: str | Path) -> None:
     """Write a planner's weights and config into ``directory`` (which the caller writes atomically)."""
     from safetensors.torch import save_file
@@ -29,17 +59,26 @@ def save_planner(planner, directory: str | Path) -> None:
 
 def load_planner(directory: str | Path):
     """Load a planner saved by :func:`save_planner` (a train-planner artifact or a planned-LM folder)."""
-    from safetensors.torch import load_file
-
     from planlm.errors import PlanlmError
     from planlm.models.planner import Planner, PlannerConfig
 
     directory = Path(directory)
     if not (directory / PLANNER_WEIGHTS).exists() or not (directory / PLANNER_CONFIG).exists():
         raise PlanlmError(f"{directory} holds no planner ({PLANNER_WEIGHTS} + {PLANNER_CONFIG}); train one with `planlm train-planner`")
-    config = PlannerConfig(**json.loads((directory / PLANNER_CONFIG).read_text()))
+    verify_folder(directory)
+    config = read_config(directory / PLANNER_CONFIG, PlannerConfig)
+    try:
+        problems = config.problems()
+    except TypeError:  # a field of the wrong type ("n_heads": "four")
+        problems = ["a field has the wrong type"]
+    if problems:
+        raise PlanlmError(f"{directory / PLANNER_CONFIG} was edited or is damaged: {'; '.join(problems)}")
     planner = Planner(config)
-    planner.load_state_dict(load_file(str(directory / PLANNER_WEIGHTS)))
+    try:
+        planner.load_state_dict(load_weights(directory / PLANNER_WEIGHTS))
+    except RuntimeError as e:  # shapes that do not fit the config
+        raise PlanlmError(f"{directory / PLANNER_WEIGHTS} does not fit {PLANNER_CONFIG} "
+                          f"({str(e).splitlines()[1].strip()[:100] if len(str(e).splitlines()) > 1 else e})") from None
     return planner
 
 
@@ -103,8 +142,6 @@ def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
         lm: an already-loaded base LM to use instead of the recorded one.
         **lm_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``, ``device_map`` ...).
     """
-    from safetensors.torch import load_file
-
     from planlm.errors import PlanlmError
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 
@@ -114,12 +151,20 @@ def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
             f"{directory} holds no planned LM ({PLANNED_LM_CONFIG} + {ADAPTER_WEIGHTS}); "
             "build one with `planlm finetune`"
         )
-    meta = json.loads((directory / PLANNED_LM_CONFIG).read_text())
-    if meta.get("format") != PLANNED_LM_FORMAT:
+    verify_folder(directory)
+    try:
+        meta = json.loads((directory / PLANNED_LM_CONFIG).read_text())
+    except ValueError as e:
+        raise PlanlmError(f"{directory / PLANNED_LM_CONFIG} is damaged ({e}); rebuild it with `planlm finetune`") from None
+    if not isinstance(meta, dict) or meta.get("format") != PLANNED_LM_FORMAT:
         raise PlanlmError(
-            f"{directory} has planned-LM format {meta.get('format')}, this planlm reads {PLANNED_LM_FORMAT}"
+            f"{directory} has planned-LM format {meta.get('format') if isinstance(meta, dict) else None}, "
+            f"this planlm reads {PLANNED_LM_FORMAT}"
         )
-    config = PlannedLMConfig(**meta["planned_lm"])
+    try:
+        config = PlannedLMConfig(**meta["planned_lm"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanlmError(f"{directory / PLANNED_LM_CONFIG} was edited or is damaged ({e}); rebuild it") from None
     if lm is None:
         from transformers import AutoModelForCausalLM
 
@@ -137,7 +182,7 @@ def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
         )
     planner = load_planner(directory) if meta.get("planner") else None
     model = PlannedLM(lm, config, planner=planner)
-    state = load_file(str(directory / ADAPTER_WEIGHTS))
+    state = load_weights(directory / ADAPTER_WEIGHTS)
     missing, unexpected = model.adapters.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PlanlmError(
@@ -148,12 +193,25 @@ def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
 
 
 # ---- base LMs and tokenizers (Hub name or local folder) ----------------------------------------------------------------
+def check_local(lm: str, what: str) -> None:
+    """A name that is a path (it has a separator or starts with a dot) must be an existing folder: otherwise the
+    Hub loader would answer with a misleading repo-id message. A planlm folder is checked against its manifest."""
+    from planlm.errors import PlanlmError
+
+    p = Path(lm)
+    if p.is_dir():
+        verify_folder(p)
+    elif "/" in lm and (lm.startswith((".", "/", "~")) or p.parent.exists()) or lm.startswith("."):
+        raise PlanlmError(f"the {what} folder {lm} does not exist; pass an existing folder or a Hub name")
+
+
 def load_tokenizer(lm: str):
     """The LM's tokenizer, from a Hub name (``gpt2``) or a local folder (e.g. a `planlm pretrain-lm` output)."""
     from transformers import AutoTokenizer
 
     from planlm.errors import PlanlmError
 
+    check_local(lm, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(lm)
     except (OSError, ValueError) as e:
@@ -169,7 +227,7 @@ def load_lm(lm: str):
     from planlm.errors import PlanlmError
 
     hf_logging.disable_progress_bar()
-    tokenizer = load_tokenizer(lm)
+    tokenizer = load_tokenizer(lm)  # checks a local folder first
     try:
         model = AutoModelForCausalLM.from_pretrained(lm)
     except OSError as e:
@@ -186,25 +244,22 @@ def load_lm(lm: str):
 def load_run(run: Path, prepared: Path | None = None, device: str | None = None):
     """A finetune run folder -> ``(model, tokenizer, corpus, manifest)``; refuses other folders with one line."""
     import torch
-    from transformers import AutoTokenizer
 
-    from planlm.artifacts import check_same, read_manifest
+    from planlm.artifacts import check_input_id, check_same, read_manifest, resolve_input, verify_artifact
     from planlm.data.prepared import PreparedCorpus
-    from planlm.errors import PlanlmError
 
     run = Path(run)
-    manifest = read_manifest(run, "finetune")
+    manifest = verify_artifact(run, read_manifest(run, "finetune"))
     if prepared is None:
-        recorded = (manifest.get("inputs") or {}).get("prepared") or {}
-        if "path" not in recorded:
-            raise PlanlmError(f"{run}/manifest.json records no prepared corpus; pass --prepared DIR")
-        prepared = Path(recorded["path"])
+        prepared = resolve_input(run, manifest, "prepared", "--prepared")
     corpus = PreparedCorpus.load(prepared)
     fix = "pass the --prepared corpus the model was fine-tuned on"
     check_same("num_actions", manifest.get("num_actions", corpus.num_actions), corpus.num_actions, prepared, fix)
     check_same("encoder", manifest.get("encoder", corpus.encoder), corpus.encoder, prepared, fix)
+    # Another corpus of the same K and encoder still has other centroids: its action ids mean other things.
+    check_input_id(run, manifest, "prepared", prepared, corpus.id, fix)
     model = load_planned_lm(run)
-    tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
+    tokenizer = load_tokenizer(str(run / "tokenizer"))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")

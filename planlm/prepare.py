@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, file_hash, read_manifest, up_to_date, write_manifest
+from planlm.artifacts import atomic_dir, file_hash, read_manifest, up_to_date, write_manifest, writes_artifact
 from planlm.data.actions import (
     KMeansConfig, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions, kmeans_problems,
 )
@@ -88,6 +88,7 @@ def file_hash_of_list(items: list[str]) -> str:
     return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
 
 
+@writes_artifact()
 def prepare(
     out: str = "prepared",
     source: SourceConfig = SourceConfig(),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
+from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest, writes_artifact
 from planlm.errors import raise_if_problems
 from planlm.variants import PAPER_PPL
 
@@ -400,6 +400,7 @@ def _markdown(title: str, header, body, overhead: dict[str, float], figures: lis
     return "\n".join(lines) + "\n"
 
 
+@writes_artifact()
 def report(
     runs: Path | list[Path],
     out: Path = Path("report"),

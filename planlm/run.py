@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from pathlib import Path
 
+from planlm.artifacts import writes_artifact
 from planlm.errors import raise_if_problems
 from planlm.presets import load_presets
 from planlm.train.trainer import OptimConfig, TrainerConfig
@@ -96,6 +97,7 @@ def results_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@writes_artifact()
 def run(
     out: Path = Path("runs/demo"),
     data: str = "builtin",

@@ -265,16 +265,28 @@ def _from_record(obj: dict, title_field: str, text_field: str, where: str, defau
         )
     text = obj[text_field]
     title = obj.get(title_field)
-    return Article(str(title) if title is not None else default_title, "" if text is None else str(text))
+    # A number or an object is no article: refuse it rather than store its Python repr as text.
+    if text is not None and not isinstance(text, str):
+        raise PlanlmError(f"{where}: field {text_field!r} is a {type(text).__name__}, not a string; "
+                          "fix the corpus or pass the right --source.text_field")
+    if title is not None and not isinstance(title, (str, int)):
+        raise PlanlmError(f"{where}: field {title_field!r} is a {type(title).__name__}, not a string; "
+                          "fix the corpus or pass the right --source.title_field")
+    return Article(str(title) if title is not None else default_title, "" if text is None else text)
 
 
 def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats) -> Iterator[Article]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if text_field not in names:
         raise PlanlmError(f"{path} has no text column {text_field!r} (columns: {', '.join(names)}); pass --source.text_field NAME")
+    kind = pf.schema_arrow.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
+        raise PlanlmError(f"{path}: column {text_field!r} holds {kind}, not text; pass the right --source.text_field")
     columns = [text_field] + ([title_field] if title_field in names else [])
     row = 0
     for batch in pf.iter_batches(columns=columns):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import read_manifest
+from planlm.artifacts import read_manifest, verify_artifact
 from planlm.errors import PlanlmError
 
 SPLITS = ("train", "val", "test")
@@ -112,23 +112,49 @@ class PreparedCorpus:
         for name in (ARTICLES, SENTENCES, EMBEDDINGS, CENTROIDS):
             if not (path / name).exists():
                 raise PlanlmError(f"{path} is missing {name}; rebuild it with `planlm prepare --force`")
-        arts = pq.read_table(path / ARTICLES).to_pydict()
-        sents = pq.read_table(path / SENTENCES)
-        col = lambda name: sents.column(name).to_numpy()  # noqa: E731
-        return cls(
-            path=path,
-            manifest=manifest,
-            titles=list(arts["title"]),
-            texts=list(arts["text"]),
-            article_split=np.asarray(arts["split"]),
-            sentence_article=col("article_id").astype(np.int64),
-            sentence_position=col("position").astype(np.int32),
-            sentence_start=col("start").astype(np.int64),
-            sentence_end=col("end").astype(np.int64),
-            actions=col("action").astype(np.int32),
-            embeddings=np.load(path / EMBEDDINGS, mmap_mode="r"),
-            centroids=np.load(path / CENTROIDS),
-        )
+        verify_artifact(path, manifest)  # recorded content hashes: an edited, truncated or swapped file stops here
+        try:
+            arts = pq.read_table(path / ARTICLES).to_pydict()
+            sents = pq.read_table(path / SENTENCES)
+            col = lambda name: sents.column(name).to_numpy()  # noqa: E731
+            corpus = cls(
+                path=path,
+                manifest=manifest,
+                titles=list(arts["title"]),
+                texts=list(arts["text"]),
+                article_split=np.asarray(arts["split"]),
+                sentence_article=col("article_id").astype(np.int64),
+                sentence_position=col("position").astype(np.int32),
+                sentence_start=col("start").astype(np.int64),
+                sentence_end=col("end").astype(np.int64),
+                actions=col("action").astype(np.int32),
+                embeddings=np.load(path / EMBEDDINGS, mmap_mode="r"),  # never allow_pickle: data, not code
+                centroids=np.load(path / CENTROIDS),
+            )
+        except (OSError, ValueError, KeyError, EOFError) as e:  # pyarrow's errors are OSError / ValueError too
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+            raise PlanlmError(f"{path} is damaged ({first}); rebuild it with `planlm prepare --force true`") from None
+        corpus.check_consistent()
+        return corpus
+
+    def check_consistent(self) -> None:
+        """Row counts and shapes of the files must agree with each other and with the manifest: a file swapped in
+        from another prepared corpus is refused even where no content hash was recorded."""
+        n, problems = len(self.sentence_article), []
+        if self.embeddings.ndim != 2 or len(self.embeddings) != n:
+            problems.append(f"{EMBEDDINGS} has shape {self.embeddings.shape}, {SENTENCES} has {n} sentences")
+        if self.centroids.ndim != 2 or self.embeddings.ndim == 2 and self.centroids.shape[1] != self.embeddings.shape[1]:
+            problems.append(f"{CENTROIDS} has shape {self.centroids.shape}, {EMBEDDINGS} {self.embeddings.shape}")
+        k = self.manifest.get("num_actions")
+        if k is not None and self.centroids.ndim == 2 and self.centroids.shape[0] != k:
+            problems.append(f"{CENTROIDS} has {self.centroids.shape[0]} actions, the manifest records {k}")
+        if n and (self.sentence_article.max() >= len(self.texts) or self.actions.max() >= len(self.centroids)):
+            problems.append(f"{SENTENCES} refers to articles or actions that do not exist")
+        if len(self.article_split) != len(self.texts):
+            problems.append(f"{ARTICLES} columns differ in length")
+        if problems:
+            raise PlanlmError(f"{self.path} is inconsistent ({'; '.join(problems)}); rebuild it with "
+                              "`planlm prepare --force true`")
 
     # ---- sizes and identity -------------------------------------------------------------------------------------
     @property

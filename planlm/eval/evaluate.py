@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from planlm.artifacts import writes_artifact
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
 from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS
@@ -155,6 +156,7 @@ def metrics_markdown(m: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@writes_artifact(out=lambda a: a["out"] or Path(a["run"]) / "evaluate")
 def evaluate(
     run: Path = Path("runs/finetune"),
     prepared: Path | None = None,
@@ -226,8 +228,6 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     ft_config = json.loads((run / "finetune_config.json").read_text()) if (run / "finetune_config.json").exists() \
         else manifest.get("config", {})
     constant = not needs_planner(model.config.selection)
-    if corpus.id != ((manifest.get("inputs") or {}).get("prepared") or {}).get("id"):
-        print(f"planlm evaluate: note: {corpus.path} is not the prepared corpus {run} was fine-tuned on")
 
     metrics: dict = {
         "variant": cfg.variant or variant_name(ft_config),

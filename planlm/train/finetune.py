@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from planlm.artifacts import writes_artifact
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import needs_planner
 from planlm.train.loop import RecipeConfig
@@ -107,6 +108,7 @@ def check_planner_fits(planner, corpus, planner_dir) -> None:
     check_same("encoder_dim", corpus.embedding_dim, planner.config.encoder_dim, planner_dir, fix)
 
 
+@writes_artifact()
 def finetune(
     prepared: Path = Path("runs/prepared"),
     lm: str = "gpt2",
@@ -160,6 +162,62 @@ def finetune(
     return run_finetune(cfg, out, resume=resume, force=force)
 
 
+def check_planner_inputs(cfg: FinetuneConfig, corpus) -> None:
+    """The planner must come from this very prepared corpus (same centroids, encoder, sentence ids) and, when its
+    context was counted in LM tokens, from this LM's tokenizer: same K and width are not enough."""
+    from planlm.artifacts import MANIFEST, check_input_id, read_manifest
+
+    if cfg.planner is None or not (Path(cfg.planner) / MANIFEST).exists():
+        return
+    m = read_manifest(cfg.planner)
+    if m.get("stage") != "train-planner":
+        return  # a planned-LM folder's planner: its own manifest is checked where it is loaded
+    fix = "train the planner on this prepared corpus (`planlm train-planner --prepared ...`)"
+    check_input_id(cfg.planner, m, "prepared", cfg.prepared, corpus.id, fix)
+    if m.get("encoder") and corpus.encoder and m["encoder"] != corpus.encoder:
+        raise PlanlmError(f"{cfg.planner} was trained on {m['encoder']} embeddings, {cfg.prepared} has {corpus.encoder}; {fix}")
+    lm_rec = (m.get("inputs") or {}).get("lm") or {}
+    pcfg = m.get("planner_config") or {}
+    if lm_rec and pcfg.get("context") == "paper" and pcfg.get("context_sentences") is None:
+        given = Path(cfg.lm).resolve() if Path(cfg.lm).exists() else None
+        recorded = lm_rec.get("abspath") or lm_rec.get("name")
+        same = (str(given) == lm_rec.get("abspath")) if given is not None else (cfg.lm == lm_rec.get("name"))
+        if not same:
+            raise PlanlmError(f"{cfg.planner} counted its context in tokens of the LM {recorded}, not of --lm {cfg.lm}; "
+                              "train the planner with this --lm")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}: the names of the CLI options."""
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def check_resume_config(cfg: FinetuneConfig, work: Path) -> None:
+    """A resumed run must continue the same recipe: a changed lr, batch size or recipe would make the checkpoint's
+    state and the manifest's config disagree. Hardware settings (--trainer.*) may change."""
+    import json
+
+    saved = work / "config.json"
+    if not saved.exists():
+        return
+    from planlm.artifacts import to_jsonable
+
+    now = json.loads(json.dumps(to_jsonable(cfg)))  # the JSON view on both sides: tuples and lists compare equal
+    try:
+        before = json.loads(saved.read_text())
+    except ValueError:
+        raise PlanlmError(f"{saved} is damaged; run without --resume to start afresh") from None
+    now.pop("trainer", None), before.pop("trainer", None)
+    flat_now, flat_before = _flatten(now), _flatten(before)
+    changed = sorted(k for k in set(flat_now) | set(flat_before) if flat_now.get(k) != flat_before.get(k))
+    if changed:
+        raise PlanlmError(f"--resume true with another config than the interrupted run ({', '.join(changed)} changed); "
+                          f"resume with the same arguments, or run without --resume to start afresh")
+
+
 def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bool = False) -> Path:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -170,8 +228,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from planlm.data.windows import WindowDataset
     from planlm.persist import load_lm, load_planner, save_planned_lm
     from planlm.train.loop import LoopData, PlannedLMModule
-    from planlm.train.resumable import AtomicCheckpointIO
-    from planlm.train.trainer import build_trainer
+    from planlm.train.resumable import AtomicCheckpointIO, load_checkpoint_safely
+    from planlm.train.trainer import ValidatedAt, build_trainer
 
     t0 = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -181,6 +239,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     if needs_planner(cfg.recipe.selection):
         planner = load_planner(cfg.planner)
         check_planner_fits(planner, corpus, cfg.planner)
+        check_planner_inputs(cfg, corpus)
     model = build_planned_lm(cfg, corpus, lm_model, planner)
 
     w = cfg.windows
@@ -207,24 +266,33 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     work = out.with_name(out.name + ".work")
     ckpt_dir = work / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if not resume and work.exists():
+    resume_step = None
+    if resume:
+        if not last.exists():
+            raise PlanlmError(f"--resume true but {last} does not exist; run without --resume to start afresh")
+        check_resume_config(cfg, work)
+        resume_step = int(load_checkpoint_safely(last)["global_step"])  # refuses a pickle before Lightning sees it
+    elif work.exists():
         shutil.rmtree(work)  # a fresh run: stale checkpoints of an earlier try must not be resumed by accident
-    if resume and not last.exists():
-        raise PlanlmError(f"--resume true but {last} does not exist; run without --resume to start afresh")
+    if not resume:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(work / "config.json", dataclasses.asdict(cfg))
+    validated = ValidatedAt()
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0,
         save_on_train_epoch_end=True,
     )
     trainer = build_trainer(
-        cfg.trainer, work, callbacks=[checkpoint],
+        cfg.trainer, work, callbacks=[checkpoint, validated], resume_step=resume_step,
         max_epochs=cfg.optim.epochs, max_steps=total_steps, accumulate_grad_batches=cfg.optim.accumulate,
         gradient_clip_val=cfg.optim.grad_clip or None, use_distributed_sampler=False, num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=1,
     )
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_loss", "train_loss")}
-    if "val_loss" not in metrics and len(val):
-        trainer.validate(module, verbose=False)  # max_steps ended mid-epoch: still report the final model's val loss
+    if validated.step != trainer.global_step and len(val):
+        # max_steps ended mid-epoch (or the run resumed after the last validation): the last val_loss is stale
+        trainer.validate(module, verbose=False)
         metrics["val_loss"] = float(trainer.callback_metrics["val_loss"])
     if not trainer.is_global_zero:
         return out

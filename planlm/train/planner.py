@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest
+from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest, writes_artifact
 from planlm.data.planner_inputs import PlannerInputs, needs_token_counts
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
@@ -190,6 +190,7 @@ def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
     raise_if_problems(problems, STAGE)
 
 
+@writes_artifact()
 def train_planner(
     prepared: str = "runs/prepared",
     out: str = "runs/planner",

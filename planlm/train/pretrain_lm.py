@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest
+from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest, writes_artifact
 from planlm.data.prepared import PreparedCorpus
-from planlm.errors import PlanlmError, raise_if_problems
+from planlm.errors import PlanlmError, check_finite, check_max_steps, raise_if_problems
 from planlm.presets import load_presets
 from planlm.train.trainer import TrainerConfig
 
@@ -143,7 +143,7 @@ def _lm_module(model, lr: float, warmup_fraction: float):
 
 
 def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, block_size: int | None,
-                         batch_size: int | None, lr: float | None, epochs: int | None) -> None:
+                         batch_size: int | None, lr: float | None, epochs: int | None, max_steps: int = -1) -> None:
     """Raise one error listing every problem with the arguments of :func:`pretrain_lm`."""
     problems = []
     try:
@@ -159,13 +159,16 @@ def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, 
             problems.append(f"{name} must be positive (got {value})")
     if block_size is not None and block_size < 2:
         problems.append("block_size must be at least 2")
+    check_finite(problems, lr=lr)
     if lr is not None and lr <= 0:
         problems.append(f"lr must be positive (got {lr})")
+    check_max_steps(problems, max_steps)
     if Path(out).resolve() == Path(prepared).resolve():
         problems.append("--out must differ from the prepared corpus directory")
     raise_if_problems(problems, STAGE)
 
 
+@writes_artifact()
 def pretrain_lm(
     prepared: str = "runs/prepared",
     out: str = "runs/lm",
@@ -202,7 +205,7 @@ def pretrain_lm(
     Returns:
         ``{"val_loss", "val_perplexity", "val_loss_initial", "tokens_per_second", ...}``.
     """
-    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs)
+    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs, max_steps)
     p = PRESETS[preset]
     block_size, batch_size = block_size or p.block_size, batch_size or p.batch_size
     lr, epochs = lr or p.lr, epochs or p.epochs

@@ -1,0 +1,399 @@
+"""Bad input, every kind in one place: each case ends with one clear line on stderr, exit status 2, and nothing
+written (no --out, no file added, changed or removed anywhere under the test's folders).
+
+A case is a function ``(env, tmp) -> (argv, pattern)``: it may build a damaged copy of an artifact in ``tmp`` first;
+``pattern`` is a regular expression the error line must match.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from finetune_env import cli_args
+from helpers import synthetic_prepared, tiny_lm, tiny_planner
+from planlm.artifacts import resolve_input, write_manifest
+from planlm.cli import main
+
+FAST = ["--optim.max_steps", "2", "--checkpoint_every", "1000", "--windows.max_val_windows", "4"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A prepared corpus, a tiny LM and planner, a second corpus of the same K and width (other centroids), a
+    planner trained on it, and one real 2-step finetune run."""
+    root = tmp_path_factory.mktemp("bad")
+    corpus = synthetic_prepared(root / "prep", n_articles=12)
+    other = synthetic_prepared(root / "other", n_articles=12, seed=1)
+    e = {
+        "root": root, "corpus": corpus, "prepared": str(root / "prep"), "other": str(root / "other"),
+        "lm": tiny_lm(root / "lm", corpus.texts),
+        "planner": _planner_of(root / "planner", corpus),
+        "other_planner": _planner_of(root / "other_planner", other),
+        "planner_k4": tiny_planner(root / "planner_k4", synthetic_prepared(root / "prep_k4", num_actions=4)),
+        "planner_d8": tiny_planner(root / "planner_d8", synthetic_prepared(root / "prep_d8", dim=8)),
+    }
+    e["run"] = str(root / "run")
+    assert main(cli_args(e, root / "run", *FAST)) == 0
+    return e
+
+
+def _planner_of(directory: Path, corpus) -> str:
+    """A tiny planner whose manifest records the prepared corpus it belongs to, as `train-planner` writes it."""
+    tiny_planner(directory, corpus)
+    write_manifest(directory, "train-planner", {"tiny": True}, inputs={"prepared": corpus.path},
+                   num_actions=corpus.num_actions, encoder=corpus.encoder)
+    return str(directory)
+
+
+def _jsonl(tmp: Path, lines: list) -> str:
+    path = tmp / "corpus.jsonl"
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    return str(path)
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _out_file(tmp: Path, argv: list[str], inside: bool = False) -> list[str]:
+    """``argv`` with --out replaced by an existing file (or a path inside one)."""
+    f = Path(_write(tmp / "f", b"x"))
+    i = argv.index("--out")
+    return [*argv[: i + 1], str(f / "out" if inside else f), *argv[i + 2 :]]
+
+
+def _prepare(tmp: Path, source: str, *extra: str) -> list[str]:
+    return ["prepare", "--source.source", source, "--encoder.name", "fake:16", "--out", str(tmp / "out"),
+            "--progress", "false", *extra]
+
+
+def _copy(env, tmp: Path, name: str) -> Path:
+    dst = tmp / name
+    shutil.copytree(env[name], dst)
+    return dst
+
+
+def _finetune(env, tmp: Path, *extra: str, prepared=None, planner=None) -> list[str]:
+    e = dict(env, prepared=str(prepared or env["prepared"]), planner=str(planner or env["planner"]))
+    return cli_args(e, tmp / "out", *FAST, *extra)
+
+
+def _evaluate(env, tmp: Path, run=None, *extra: str) -> list[str]:
+    return ["evaluate", "--run", str(run or env["run"]), "--out", str(tmp / "out"), "--ppl.max_articles", "1",
+            "--device", "cpu", *extra]
+
+
+def _generate(env, tmp: Path, *extra: str, run=None) -> list[str]:
+    return ["generate", "--run", str(run or env["run"]), "--sampling.max_new_tokens", "4", "--device", "cpu",
+            "--encoder", "fake:16", *extra]
+
+
+def _truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _pickle_centroids(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    np.save(prep / "centroids.npy", np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+    return _finetune(env, tmp, prepared=prep), r"centroids\.npy.*(changed|damaged)"
+
+
+def _swap_sentences(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    shutil.copy(Path(env["other"]) / "sentences.parquet", prep / "sentences.parquet")
+    return _finetune(env, tmp, prepared=prep), r"sentences\.parquet was changed"
+
+
+def _missing_centroids(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    (prep / "centroids.npy").unlink()
+    return _finetune(env, tmp, prepared=prep), r"missing centroids\.npy"
+
+
+def _truncated_embeddings(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    _truncate(prep / "embeddings.npy")
+    return _finetune(env, tmp, prepared=prep), r"embeddings\.npy was changed"
+
+
+def _truncated_manifest(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    _truncate(prep / "manifest.json")
+    return _finetune(env, tmp, prepared=prep), r"manifest\.json is damaged"
+
+
+def _empty_manifest(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    (prep / "manifest.json").write_text("")
+    return _finetune(env, tmp, prepared=prep), r"manifest\.json is damaged"
+
+
+def _edited_manifest(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    m = json.loads((prep / "manifest.json").read_text())
+    m["num_actions"] = 5  # the centroids say 8
+    (prep / "manifest.json").write_text(json.dumps(m))
+    return _finetune(env, tmp, prepared=prep), r"5"
+
+
+def _strip_hashes(directory: Path) -> None:
+    """Drop the recorded content hashes (an artifact of an older planlm): the loaders' own checks must hold."""
+    m = json.loads((directory / "manifest.json").read_text())
+    m.pop("files", None)
+    (directory / "manifest.json").write_text(json.dumps(m))
+
+
+def _unhashed_truncated_planner(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    _strip_hashes(planner)
+    _truncate(planner / "planner.safetensors")
+    return _finetune(env, tmp, planner=planner), r"planner\.safetensors is damaged"
+
+
+def _unhashed_edited_planner_config(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    _strip_hashes(planner)
+    cfg = json.loads((planner / "planner_config.json").read_text())
+    cfg["n_heads"] = "four"
+    (planner / "planner_config.json").write_text(json.dumps(cfg))
+    return _finetune(env, tmp, planner=planner), r"planner_config\.json was edited"
+
+
+def _unhashed_pickled_centroids(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    _strip_hashes(prep)
+    np.save(prep / "centroids.npy", np.array([{"not": "numbers"}], dtype=object), allow_pickle=True)
+    return _finetune(env, tmp, prepared=prep), r"prep.* is damaged \(.*allow_pickle"
+
+
+def _unhashed_swapped_embeddings(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    _strip_hashes(prep)
+    np.save(prep / "embeddings.npy", np.zeros((3, 16), dtype=np.float16))
+    return _finetune(env, tmp, prepared=prep), r"inconsistent \(embeddings\.npy has shape \(3, 16\)"
+
+
+def _planner_of_another_lm(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    other_lm = shutil.copytree(env["lm"], tmp / "other_lm")  # same tokenizer files, but another LM as far as recorded
+    m = json.loads((planner / "manifest.json").read_text())
+    write_manifest(planner, "train-planner", m["config"], inputs={"prepared": env["prepared"], "lm": other_lm},
+                   num_actions=m["num_actions"], encoder=m["encoder"],
+                   planner_config={"context": "paper", "context_sentences": None})
+    return _finetune(env, tmp, planner=planner), r"counted its context in tokens of the LM .*other_lm"
+
+
+def _truncated_planner(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    _truncate(planner / "planner.safetensors")
+    return _finetune(env, tmp, planner=planner), r"planner\.safetensors (was changed|is damaged)"
+
+
+def _overwritten_planner_bytes(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    data = bytearray((planner / "planner.safetensors").read_bytes())
+    data[-64:] = b"\x7e" * 64  # float32 values up to ~8e37, a well-formed file of wrong numbers
+    (planner / "planner.safetensors").write_bytes(bytes(data))
+    return _finetune(env, tmp, planner=planner), r"planner\.safetensors was changed"
+
+
+def _edited_planner_config(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    cfg = json.loads((planner / "planner_config.json").read_text())
+    cfg["n_heads"] = "four"
+    (planner / "planner_config.json").write_text(json.dumps(cfg))
+    return _finetune(env, tmp, planner=planner), r"planner_config\.json was changed"
+
+
+def _deleted_run_tokenizer(env, tmp):
+    run = _copy(env, tmp, "run")
+    shutil.rmtree(run / "tokenizer")
+    return _evaluate(env, tmp, run), r"missing tokenizer/"
+
+
+def _moved_run_without_corpus(env, tmp):
+    run = _copy(env, tmp, "run")  # copied away from its prepared corpus, which is then not where it was recorded
+    m = json.loads((run / "manifest.json").read_text())
+    m["inputs"]["prepared"].update(path="gone/prep", abspath=str(tmp / "gone" / "prep"), relpath="../gone/prep")
+    (run / "manifest.json").write_text(json.dumps(m))
+    return _generate(env, tmp, run=run), r"is damaged|no longer there.*--prepared"
+
+
+def _malicious_resume(env, tmp):
+    ckpt = tmp / "out.work" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(pickle.dumps(Exploit()))
+    return _finetune(env, tmp, "--resume", "true"), r"last\.ckpt holds objects other than plain data"
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.mkdir, ("/tmp/planlm-pwned-by-a-checkpoint",))
+
+
+def _resume_changed_lr(env, tmp):
+    import dataclasses
+
+    import torch
+
+    from planlm.train.finetune import FinetuneConfig, WindowConfig
+    from planlm.train.trainer import OptimConfig
+
+    work = tmp / "out.work"
+    (work / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 1}, work / "checkpoints" / "last.ckpt")
+    # what the interrupted run recorded: the same command line but --optim.lr 5e-4
+    interrupted = FinetuneConfig(
+        prepared=Path(env["prepared"]), lm=env["lm"], planner=Path(env["planner"]), checkpoint_every=1000,
+        optim=OptimConfig(lr=5e-4, batch_size=4, max_steps=2),
+        windows=WindowConfig(context_length=32, stride=31, max_val_windows=4),
+    )
+    (work / "config.json").write_text(json.dumps(dataclasses.asdict(interrupted), default=str))
+    return _finetune(env, tmp, "--resume", "true"), r"another config than the interrupted run \(optim.lr changed\)"
+
+
+def _out_is_own_planner(env, tmp):
+    planner = _copy(env, tmp, "planner")
+    return cli_args(dict(env, planner=str(planner)), planner, *FAST, "--force", "true"), r"holds a `train-planner`"
+
+
+def _out_is_foreign_folder(env, tmp):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "thesis.tex").write_text("years of work")
+    return _finetune(env, tmp, "--force", "true"), r"did not write"
+
+
+CASES = {
+    # paths: missing, empty, of the wrong type
+    "corpus file missing": lambda env, tmp: (_prepare(tmp, str(tmp / "nope.jsonl")), r"does not exist|not found|no such"),
+    "corpus file empty": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [])), r"no article|empty|zero"),
+    "prepare --out is a file": lambda env, tmp: (_out_file(tmp, _prepare(tmp, _jsonl(tmp, [{"text": "A b."}]))),
+                                                 r"is a file"),
+    "finetune --prepared missing": lambda env, tmp: (_finetune(env, tmp, prepared=tmp / "none"), r"does not exist"),
+    "finetune --prepared is a file": lambda env, tmp: (
+        _finetune(env, tmp, prepared=Path(env["prepared"]) / "centroids.npy"), r"not a planlm artifact|does not exist"),
+    "evaluate --run missing": lambda env, tmp: (_evaluate(env, tmp, tmp / "none"), r"does not exist"),
+    "--out inside a file": lambda env, tmp: (_out_file(tmp, _finetune(env, tmp), inside=True), r"which is a file"),
+    "--config missing": lambda env, tmp: (["finetune", "--config", str(tmp / "none.yaml")], r"does not exist"),
+    "--config not YAML": lambda env, tmp: (["finetune", "--config", _write(tmp / "c.yaml", b"optim: [1, 2\n")],
+                                           r"config"),
+    # corpora
+    "invalid JSON line": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, ['{"text": "A sentence here."', ])), r"line 1"),
+    "missing text field": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"body": "A sentence."}])), r"no text field"),
+    "whitespace-only texts": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"text": "   \n\t "}, {"text": ""}])),
+                                               r"no article|empty"),
+    "text is a number": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"text": 12345}])), r"is a int, not a string"),
+    "text is an object": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"text": {"a": 1}}])), r"is a dict, not a string"),
+    "undecodable bytes only": lambda env, tmp: (_prepare(tmp, _write(tmp / "c.jsonl", b"\xff\xfe\xfa\n")), r"line 1"),
+    "zero articles after min_chars": lambda env, tmp: (
+        _prepare(tmp, _jsonl(tmp, [{"text": "Hi."}]), "--sentences.min_chars", "50"), r"no article"),
+    # nonsense numbers
+    "K <= 0": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"text": "A b."}]), "--num_actions", "0"), r"num_actions"),
+    "K above train sentences": lambda env, tmp: (
+        _prepare(tmp, _jsonl(tmp, [{"text": f"Sentence number {i} is here."} for i in range(6)]), "--num_actions",
+                 "512"), r"512"),
+    "split fractions > 1": lambda env, tmp: (
+        _prepare(tmp, _jsonl(tmp, [{"text": "A b."}]), "--split.val", "0.8", "--split.test", "0.7"), r"split|val"),
+    "lr <= 0": lambda env, tmp: (_finetune(env, tmp, "--optim.lr", "-1"), r"lr must be positive"),
+    "lr nan": lambda env, tmp: (_finetune(env, tmp, "--optim.lr", "nan"), r"optim.lr.*(finite|nan)"),
+    "planner lr inf": lambda env, tmp: (
+        ["train-planner", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--optim.lr", "inf",
+         "--planner.context_sentences", "3"], r"lr.*(finite|inf)"),
+    "batch 0": lambda env, tmp: (_finetune(env, tmp, "--optim.batch_size", "0"), r"batch_size"),
+    "context length 1": lambda env, tmp: (_finetune(env, tmp, "--windows.context_length", "1"), r"context_length"),
+    "max_steps 0": lambda env, tmp: (_finetune(env, tmp, "--optim.max_steps", "0"), r"max_steps must be positive"),
+    "pretrain max_steps 0": lambda env, tmp: (
+        ["pretrain-lm", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--preset", "tiny",
+         "--max_steps", "0"], r"max_steps must be positive"),
+    # mismatched artifacts
+    "planner of another K": lambda env, tmp: (_finetune(env, tmp, planner=env["planner_k4"]), r"num_actions"),
+    "planner of another encoder width": lambda env, tmp: (_finetune(env, tmp, planner=env["planner_d8"]),
+                                                          r"encoder_dim"),
+    "planner of another corpus, same K and width": lambda env, tmp: (
+        _finetune(env, tmp, planner=env["other_planner"]), r"was built from the prepared .*not from"),
+    "run evaluated on another corpus": lambda env, tmp: (
+        _evaluate(env, tmp, None, "--prepared", env["other"]), r"was built from the prepared .*not from"),
+    "truncated manifest.json": _truncated_manifest,
+    "empty manifest.json": _empty_manifest,
+    "edited manifest": _edited_manifest,
+    "truncated safetensors": _truncated_planner,
+    "overwritten safetensors bytes": _overwritten_planner_bytes,
+    "edited planner_config.json": _edited_planner_config,
+    "file missing inside an artifact": _missing_centroids,
+    "truncated safetensors, no hashes recorded": _unhashed_truncated_planner,
+    "edited planner_config.json, no hashes recorded": _unhashed_edited_planner_config,
+    "pickled centroids.npy, no hashes recorded": _unhashed_pickled_centroids,
+    "embeddings.npy of another size, no hashes recorded": _unhashed_swapped_embeddings,
+    "planner whose context was counted with another LM": _planner_of_another_lm,
+    "sentences.parquet from another corpus": _swap_sentences,
+    "truncated embeddings.npy": _truncated_embeddings,
+    "pickled centroids.npy": _pickle_centroids,
+    "deleted run tokenizer/": _deleted_run_tokenizer,
+    "moved run, corpus not found": _moved_run_without_corpus,
+    # outputs that must never be deleted, resumes that must not mix configs, checkpoints that are code
+    "finetune --out is its own --planner": _out_is_own_planner,
+    "finetune --out is a foreign folder": _out_is_foreign_folder,
+    "resume with a changed lr": _resume_changed_lr,
+    "malicious pickle as checkpoint": _malicious_resume,
+    # generation
+    "plan ids out of range": lambda env, tmp: (_generate(env, tmp, "--plan", "1,99"), r"not action ids"),
+    "plan not numbers": lambda env, tmp: (_generate(env, tmp, "--plan", "a,b"), r"plan"),
+    "whitespace-only prompt": lambda env, tmp: (_generate(env, tmp, "--prompt", "   "), r"prompt"),
+}
+
+
+def _snapshot(*roots: Path) -> dict:
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            st = p.lstat()
+            out[str(p)] = (p.is_dir(), st.st_size, 0 if p.is_dir() else st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(env, tmp_path, capsys, case):
+    argv, pattern = CASES[case](env, tmp_path)
+    before = _snapshot(tmp_path, env["root"])
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2, f"exit {rc}, stderr: {err[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("planlm: error: "), err[-2000:]
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+    assert "weights_only" not in lines[0] and "Traceback" not in err
+    assert _snapshot(tmp_path, env["root"]) == before, "a refused command must write nothing"
+    assert not (tmp_path / "out").exists() or case == "finetune --out is a foreign folder"
+    assert not Path("/tmp/planlm-pwned-by-a-checkpoint").exists()
+
+
+def test_at_least_25_kinds():
+    assert len(CASES) >= 25
+
+
+def test_a_moved_folder_of_runs_still_finds_its_corpus(env, tmp_path, capsys):
+    """The run records its prepared corpus relative to itself too: move both elsewhere and generation still works;
+    the run alone, away from its corpus, gets the one-line error above (case "moved run, corpus not found")."""
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for name in ("prep", "run"):
+        shutil.copytree(env["root"] / name, moved / name)
+    shutil.rmtree(moved / "run" / "logs", ignore_errors=True)  # logs are not content: not checked
+    manifest = json.loads((moved / "run" / "manifest.json").read_text())
+    assert manifest["inputs"]["prepared"]["relpath"] == "../prep"
+    # the moved copy wins over the original (still at the recorded absolute path)
+    assert resolve_input(moved / "run", manifest, "prepared", "--prepared") == moved / "prep"
+    assert main(_generate(env, tmp_path, "--json", "true", run=moved / "run")) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out.splitlines()[0])["text"] is not None
