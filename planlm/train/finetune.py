@@ -16,7 +16,7 @@ from pathlib import Path
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import needs_planner
 from planlm.train.loop import RecipeConfig
-from planlm.train.trainer import OptimConfig, TrainerConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems
 
 
 @dataclass
@@ -62,7 +62,7 @@ class FinetuneConfig:
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
-    problems = list(cfg.recipe.problems())
+    problems = list(cfg.recipe.problems()) + strategy_problems(cfg.trainer)
     if not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist; build it with `planlm prepare --out {cfg.prepared}`")
     if needs_planner(cfg.recipe.selection) and cfg.planner is None:
@@ -216,7 +216,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         save_on_train_epoch_end=True,
     )
     trainer = build_trainer(
-        cfg.trainer, work, callbacks=[checkpoint],
+        cfg.trainer, work, callbacks=[checkpoint], find_unused_parameters=module.planner_waits,
         max_epochs=cfg.optim.epochs, max_steps=total_steps, accumulate_grad_batches=cfg.optim.accumulate,
         gradient_clip_val=cfg.optim.grad_clip or None, use_distributed_sampler=False, num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=1,
