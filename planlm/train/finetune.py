@@ -202,7 +202,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps > 0:
         total_steps = min(total_steps, cfg.optim.max_steps)
-    module = PlannedLMModule(model, cfg.recipe, cfg.optim, total_steps, seed=cfg.seed, data=data)
+    module = PlannedLMModule(model, cfg.recipe, cfg.optim, total_steps, seed=cfg.seed, data=data,
+                             compile=cfg.trainer.compile)
 
     work = out.with_name(out.name + ".work")
     ckpt_dir = work / "checkpoints"

@@ -160,6 +160,7 @@ class PlannedLMModule(L.LightningModule):
         total_steps: int,
         seed: int = 0,
         data: "LoopData | None" = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.data = data
@@ -180,6 +181,12 @@ class PlannedLMModule(L.LightningModule):
             # wraps the model); while "frozen" it simply runs without autograd and so gets no gradient or update.
             model.planner.requires_grad_(self.unfreeze_at is not None and recipe.planner_in_training)
         self.planner_trainable = self.unfreeze_at == 0  # the unfreeze schedule's state, saved in checkpoints
+        if compile:
+            # In place (nn.Module.compile): parameter names, state dicts and checkpoints stay those of eager mode.
+            # The adapters' pre-hooks run inside the LM's forward, so the LM's graph holds them too.
+            model.lm.compile()
+            if model.planner is not None:
+                model.planner.compile()
 
     @property
     def planner_waits(self) -> bool:
@@ -236,9 +243,16 @@ class PlannedLMModule(L.LightningModule):
         losses["loss"] = out.loss + (r.nap_weight * nap if nap is not None and train else 0.0)
         return losses
 
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        # Counted while the batch is still on the host: an int(...) of a device tensor inside the step would make the
+        # CPU wait for the GPU (a host-device sync) every step.
+        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        batch["num_scored"] = int((batch["labels"][:, 1:] != -100).sum())
+        return batch
+
     def training_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=True)
-        tokens = int(batch["attention_mask"].sum())
+        tokens = batch["num_tokens"]
         now = time.perf_counter()
         if self._t_last is not None:
             self.log("tok_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True, on_step=True, batch_size=1)
@@ -252,7 +266,7 @@ class PlannedLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=False)
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = batch["num_scored"]
         self.log("val_loss", losses["lm_loss"], prog_bar=True, batch_size=max(n, 1), sync_dist=True)
 
     # ---- schedule hooks ----------------------------------------------------------------------------------------

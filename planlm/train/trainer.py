@@ -73,6 +73,8 @@ class TrainerConfig:
     """Show a progress bar with loss and tokens/s."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (needed for bit-exact resume checks)."""
+    compile: bool = False
+    """``torch.compile`` the models a stage trains (finetune: the LM with its adapter hooks, and the planner)."""
 
 
 def build_logger(cfg: TrainerConfig, out_dir: Path):
