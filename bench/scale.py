@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
             row = {"sentences": n, "build_corpus_s": round(time.time() - t, 1)}
             row["train-planner"] = run_stage([
                 "train-planner", "--prepared", str(prep), "--lm", str(tmp / "lm"), "--out", str(tmp / f"planner-{n}"),
-                "--max_steps", str(args.steps), "--batch_size", "32", *common,
+                "--optim.max_steps", str(args.steps), "--optim.batch_size", "32", *common,
             ])
             row["finetune"] = run_stage([
                 "finetune", "--prepared", str(prep), "--lm", str(tmp / "lm"), "--planner", str(tmp / f"planner-{n}"),
