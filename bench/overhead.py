@@ -3,6 +3,9 @@
     python bench/overhead.py                      # CPU: GPT-2-small shape, batch 8 x 128
     python bench/overhead.py --device cuda        # GPU: batch 32 x 128
     python bench/overhead.py --json               # the ratios (and ms per step) as one JSON object
+    python bench/overhead.py --prepared DIR       # batches from a prepared corpus (built there first if missing)
+    python bench/overhead.py --compile            # + compiled Fixed and compiled reference (default on a GPU)
+    python bench/overhead.py --profile            # + operators (and GPU kernels) per step, from torch.profiler
 
 One optimizer step = forward, backward and Adam step of a planned LM through the training loop's own step
 (:meth:`planlm.train.loop.PlannedLMModule.step_losses`). The LM has GPT-2-small's shape (124M parameters, randomly
@@ -14,6 +17,16 @@ round-robin with a rotating start, on the same batches; the median step time per
 to Fixed.
 The paper's code measured Uniform 1.9x, Hard/Freeze 3.9x, Soft/Unfreeze 7.2x (it re-encoded every context sentence
 with the 110M-parameter sentence encoder inside every batch).
+
+Plain Hugging Face reference, timed in the same rounds: the same ``GPT2LMHeadModel`` shape, batch and precision,
+body frozen, train mode, and ONE trainable vector added to the input of one attention output projection (the least
+a trained conditioning can cost); eager, and under ``torch.compile`` with ``--compile``. Ratios: every variant to
+Fixed, Fixed to the eager reference, compiled Fixed to the compiled reference.
+
+``--prepared DIR``: a GPU machine without spaCy runs from a prepared corpus (``planlm prepare`` output, or the one
+this bench wrote to DIR on an earlier run: it keeps the sentence splits). ``--profile`` counts, for one step of each
+variant, the operators torch dispatches (and on a GPU the kernels it launches): a proxy for the launch overhead and
+host stalls that dominate small-batch GPU steps, measurable on a CPU.
 """
 
 from __future__ import annotations
@@ -33,7 +46,9 @@ import torch
 
 from planlm.variants import VARIANTS
 
-WIKI_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki-bench.jsonl.gz"
+# ../shared/data of the repository (or of the folder holding a git worktree of it)
+WIKI_BENCH = next((p / "shared" / "data" / "wiki-bench.jsonl.gz" for p in Path(__file__).resolve().parents[2:4]
+                   if (p / "shared" / "data" / "wiki-bench.jsonl.gz").exists()), Path("../shared/data/wiki-bench.jsonl.gz"))
 # The variants of the paper's training-overhead comparison (Fixed first), under the names it used there.
 OVERHEAD_VARIANTS = {v.overhead_name: v for v in VARIANTS.values() if v.overhead_name}
 
@@ -86,6 +101,31 @@ def make_batches(corpus, tokenizer, batch_size: int, n_batches: int, planner_cfg
     return batches, statistics.median(t_collate)
 
 
+def reference_model(base, device, layer: int = 2):
+    """Plain HF: ``base`` frozen, one trainable vector added at the input of layer ``layer``'s attention projection."""
+    model = copy.deepcopy(base).requires_grad_(False).to(device)
+    vector = torch.nn.Parameter(torch.zeros(model.config.n_embd, device=device))
+    model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(lambda mod, args: (args[0] + vector,))
+    model.train()  # dropout active, as in the planned LM's training (the paper's code)
+    return model, vector
+
+
+def count_ops(step, device) -> dict:
+    """Operators dispatched (and, on a GPU, kernels launched) by one call of ``step``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+    events = prof.events()
+    out = {"aten_ops": sum(1 for e in events if e.name.startswith("aten::"))}
+    if device.type == "cuda":
+        out["kernel_launches"] = sum(1 for e in events if e.name in ("cudaLaunchKernel", "cuLaunchKernel",
+                                                                       "cudaLaunchKernelExC"))
+        out["syncs"] = sum(1 for e in events if "Synchronize" in e.name or e.name == "cudaMemcpyAsync")
+    return out
+
+
 def to_device(batch, device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
@@ -102,12 +142,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     ap.add_argument("--dtype", default="float32", help="float32, or bfloat16 autocast on a GPU")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    ap.add_argument("--prepared", type=Path, default=None,
+                    help="prepared corpus to cut batches from (built there from --data first if it does not exist)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time compiled Fixed and the compiled reference (default: on a GPU only)")
+    ap.add_argument("--profile", action="store_true", help="count operators / kernels per step of each variant")
     args = ap.parse_args(argv)
-    if not args.data.exists():
+    if args.prepared is None and not args.data.exists():
         sys.exit(f"bench/overhead.py: {args.data} not found; pass --data PATH to wiki-bench.jsonl.gz")
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from planlm.data.prepared import PreparedCorpus
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
     from planlm.train.loop import OptimConfig, PlannedLMModule
@@ -115,10 +161,15 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     batch_size = args.batch or (32 if device.type == "cuda" else 8)
-    K, D = 1024, 768
+    compile_too = device.type == "cuda" if args.compile is None else args.compile
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = build_corpus(args.data, args.articles, Path(tmp) / "prepared", K, D, seed=0)
+        folder = args.prepared or Path(tmp) / "prepared"
+        if folder.exists():
+            corpus = PreparedCorpus.load(folder)
+        else:
+            corpus = build_corpus(args.data, args.articles, folder, 1024, 768, seed=0)
+        K, D = corpus.num_actions, corpus.embedding_dim
         tokenizer = train_tokenizer(corpus.texts, vocab_size=8192)
         pcfg = PlannerConfig(num_actions=K, encoder_dim=D)  # paper: 1 layer, d 768, 2 heads, ff 2048, dropout 0
         n_batches = args.warmup + args.steps
@@ -137,48 +188,82 @@ def main(argv=None) -> dict:
         module = PlannedLMModule(model, variant.recipe, OptimConfig(), total_steps=1000)
         modules[name] = module
         optims[name] = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    steps = {}  # name: (forward -> loss, optimizer)
+    for name, module in modules.items():
+        steps[name] = (lambda batch, m=module: m.step_losses(batch, train=True)["loss"], optims[name])
+    if compile_too:
+        fixed_c = PlannedLMModule(
+            PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D, selection="fixed"),
+                      centroids=torch.from_numpy(corpus.centroids)).to(device),
+            OVERHEAD_VARIANTS["Fixed"].recipe, OptimConfig(), total_steps=1000, compile=True)
+        steps["Fixed (compiled)"] = (lambda batch: fixed_c.step_losses(batch, train=True)["loss"], torch.optim.Adam(
+            [p for p in fixed_c.parameters() if p.requires_grad], lr=1e-4))
+    for name, compiled in [("HF reference", False)] + ([("HF reference (compiled)", True)] if compile_too else []):
+        ref, vector = reference_model(base, device)
+        call = torch.compile(ref) if compiled else ref
+        steps[name] = (lambda batch, call=call: call(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                                       labels=batch["labels"]).loss, torch.optim.Adam([vector], lr=1e-4))
     del base
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    times = {name: [] for name in OVERHEAD_VARIANTS}
-    names = list(modules)
+    def one_step(name, batch):
+        forward, optim = steps[name]
+        with autocast:
+            loss = forward(batch)
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+
+    times = {name: [] for name in steps}
+    names = list(steps)
     for i, batch in enumerate(batches):
         # Round-robin, starting one variant later each round: no variant is always the first after another's step.
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            module = modules[name]
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            with autocast:
-                loss = module.step_losses(batch, train=True)["loss"]
-            loss.backward()
-            optims[name].step()
-            optims[name].zero_grad(set_to_none=True)
+            one_step(name, batch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t)
+    ops = {name: count_ops(lambda: one_step(name, batches[-1]), device) for name in names} if args.profile else {}
 
-    fixed = statistics.median(times["Fixed"])
+    ms = {n: statistics.median(t) * 1000 for n, t in times.items()}
+    ratios = {f"{n} / Fixed": ms[n] / ms["Fixed"] for n in OVERHEAD_VARIANTS}
+    ratios["Fixed / HF reference"] = ms["Fixed"] / ms["HF reference"]
+    if compile_too:
+        ratios["Fixed (compiled) / HF reference (compiled)"] = ms["Fixed (compiled)"] / ms["HF reference (compiled)"]
+        ratios["HF reference (compiled) / HF reference"] = ms["HF reference (compiled)"] / ms["HF reference"]
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "batch": f"{batch_size} x 128",
+        "precision": "bf16 autocast" if args.dtype == "bfloat16" else "fp32",
         "sentences_per_window": round(sentences_per_window, 2),
         "collate_ms": round(collate_s * 1000, 2),
-        "ms_per_step": {n: round(statistics.median(t) * 1000, 1) for n, t in times.items()},
-        "ratio_to_fixed": {n: round(statistics.median(t) / fixed, 3) for n, t in times.items()},
+        "ms_per_step": {n: round(v, 1) for n, v in ms.items()},
+        "ratio_to_fixed": {n: round(ms[n] / ms["Fixed"], 3) for n in OVERHEAD_VARIANTS},
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "timed_steps": args.steps,
     }
+    if ops:
+        result["ops_per_step"] = ops
+        result["aten_ops_vs_fixed"] = {n: ops[n]["aten_ops"] - ops["Fixed"]["aten_ops"] for n in OVERHEAD_VARIANTS}
     if args.json:
         print(json.dumps(result, indent=2))
         return result
-    print(f"device {result['device']}, batch {result['batch']}, {result['sentences_per_window']} sentences per "
-          f"window, collate (planner inputs included) {result['collate_ms']} ms, {args.steps} timed steps each")
-    print(f"{'variant':28s} {'ms/step':>9s} {'x Fixed':>8s} {'paper':>6s} {'goal':>6s}")
-    for n, v in OVERHEAD_VARIANTS.items():
-        paper = f"{v.paper_overhead:.1f}x" if v.paper_overhead else ""
-        goal = f"<={v.overhead_goal:.2f}" if v.overhead_goal else ""
-        print(f"{n:28s} {result['ms_per_step'][n]:9.1f} {result['ratio_to_fixed'][n]:8.3f} {paper:>6s} {goal:>6s}")
+    print(f"device {result['device']}, batch {result['batch']}, {result['precision']}, "
+          f"{result['sentences_per_window']} sentences per window, collate (planner inputs included) "
+          f"{result['collate_ms']} ms, {args.steps} timed steps each")
+    print(f"{'variant':28s} {'ms/step':>9s} {'x Fixed':>8s} {'paper':>6s} {'goal':>6s}" + ("  aten ops/step" if ops else ""))
+    for n in names:
+        v = OVERHEAD_VARIANTS.get(n)
+        paper = f"{v.paper_overhead:.1f}x" if v is not None and v.paper_overhead else ""
+        goal = f"<={v.overhead_goal:.2f}" if v is not None and v.overhead_goal else ""
+        extra = f"  {ops[n]['aten_ops']:14d}" if ops else ""
+        print(f"{n:28s} {ms[n]:9.1f} {ms[n] / ms['Fixed']:8.3f} {paper:>6s} {goal:>6s}{extra}")
+    for k, v in ratios.items():
+        print(f"{k:50s} {v:.3f}")
     return result
 
 

@@ -143,9 +143,13 @@ def test_mixing_schedules(env):
     sched = M(RecipeConfig(actions="schedule"))
     assert [sched.p_predicted(s) for s in (0, 5, 10)] == [0.0, 0.5, 1.0]
     m = M(RecipeConfig(actions="mix", p_predicted=0.3))
-    masks = torch.stack([m.predicted_mask(2000, s, "cpu") for s in range(3)])
+    ids = torch.arange(2000)
+    masks = torch.stack([m.predicted_mask(ids, s) for s in range(3)])
     assert abs(masks.float().mean().item() - 0.3) < 0.03
-    assert torch.equal(m.predicted_mask(50, 1, "cpu"), m.predicted_mask(50, 1, "cpu"))  # same step, same mask
+    assert not torch.equal(masks[0], masks[1])  # a new draw every step
+    assert torch.equal(m.predicted_mask(ids[:50], 1), m.predicted_mask(ids[:50], 1))  # same step, same mask
+    # keyed by global sentence id: a sentence draws the same wherever it sits in the batch (DDP slices)
+    assert torch.equal(m.predicted_mask(ids[10:20].flip(0), 2), masks[2, 10:20].flip(0))
 
 
 @pytest.mark.parametrize(

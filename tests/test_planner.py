@@ -38,6 +38,7 @@ def test_changing_sentence_k_changes_no_prediction_up_to_k(synthetic_corpus, ove
     with torch.no_grad():
         before = planner(**build(ids))
         k = lo + 2
+        build.embeddings = np.array(build.embeddings)  # a writable copy of the read-only memory map
         build.embeddings[k] += 3.0  # change sentence k's stored embedding
         after = planner(**build(ids))
     same = torch.isclose(before, after, atol=1e-6).all(1)

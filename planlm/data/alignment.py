@@ -131,25 +131,135 @@ def tokenize_articles(
 def sentence_token_counts(corpus: PreparedCorpus, tokenizer, progress: bool = True) -> np.ndarray:
     """LM tokens per global sentence, over the whole corpus (the planner's ``paper`` context counts these).
 
+    Computed once per (prepared corpus, tokenizer) and then read from the token cache (:class:`TokenCache`).
+
     Args:
         corpus: the prepared corpus.
         tokenizer: a Hugging Face fast tokenizer.
-        progress: show a progress bar.
+        progress: show a progress bar while the cache is built.
 
     Returns:
         ``(N,)`` int64, the number of tokens aligned to each sentence (gap tokens count for the next sentence).
     """
-    counts = np.zeros(len(corpus.sentence_article), dtype=np.int64)
-    article_ids = np.arange(len(corpus.texts))
-    chunk = 1024  # bounded memory: only this many articles' tokens are held at once
-    starts = range(0, len(article_ids), chunk)
-    if progress:
-        from tqdm.auto import tqdm
+    return TokenCache.load_or_build(corpus, tokenizer, progress).sentence_token_counts
 
-        starts = tqdm(starts, desc="count sentence tokens", unit="chunk")
-    for c in starts:
-        for art in tokenize_articles(corpus, tokenizer, article_ids[c : c + chunk]):
-            lo, hi = corpus.sentence_range(art.article_id)
-            if art.num_tokens:
-                counts[lo:hi] += np.bincount(art.token_sentence - lo, minlength=hi - lo)
-    return counts
+
+def aligned_articles(
+    corpus: PreparedCorpus, tokenizer, article_ids: Sequence[int], progress: bool = True
+) -> list[TokenizedArticle]:
+    """:func:`tokenize_articles`, read from the token cache: every array is a view of a memory map, so holding the
+    tokens of a whole split costs no RAM (the OS pages in what the batches touch)."""
+    return TokenCache.load_or_build(corpus, tokenizer, progress).articles(article_ids)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A short content hash of a fast tokenizer (vocabulary, merges, normalisation, pre-tokenisation, offsets)."""
+    import hashlib
+
+    check_fast_tokenizer(tokenizer)
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+class TokenCache:
+    """Every article of a prepared corpus tokenised and aligned once per tokenizer, stored next to the corpus.
+
+    Layout of ``PREPARED/tokens-<tokenizer hash>/`` (raw little-endian int64 files, read as memory maps)::
+
+        article_token_offsets.bin  (A + 1,)  article a's tokens are rows [off[a], off[a + 1]) of the token files
+        input_ids.bin, token_sentence.bin, action_slot.bin  (T,)  as in :class:`TokenizedArticle`, all articles
+        sentence_token_start.bin   (N,)      per sentence, index of its first token within its article
+        sentence_token_counts.bin  (N,)      tokens aligned to each sentence
+
+    Built article chunk by article chunk (bounded memory) into a temporary sibling and renamed into place, so a
+    concurrent builder (another DDP rank, another stage) never sees a half-written cache. A prepared folder that is
+    not writable gets the same arrays in memory instead.
+    """
+
+    FILES = ("article_token_offsets", "input_ids", "token_sentence", "action_slot", "sentence_token_start",
+             "sentence_token_counts")
+
+    def __init__(self, arrays: dict[str, np.ndarray], sentence_offsets: np.ndarray):
+        self.arrays = arrays
+        self.sentence_offsets = sentence_offsets  # (A + 1,) the corpus's article -> sentence row ranges
+        self.offsets = arrays["article_token_offsets"]
+        self.sentence_token_counts = arrays["sentence_token_counts"]
+
+    @classmethod
+    def load_or_build(cls, corpus: PreparedCorpus, tokenizer, progress: bool = True) -> "TokenCache":
+        import os
+        import shutil
+
+        folder = corpus.path / f"tokens-{tokenizer_hash(tokenizer)}"
+        if not folder.exists():
+            tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+            try:
+                tmp.mkdir()
+            except OSError:  # a read-only prepared corpus: tokenise into memory, every time
+                return cls(cls._build(corpus, tokenizer, None, progress), corpus.article_offsets)
+            cls._build(corpus, tokenizer, tmp, progress)
+            try:
+                tmp.rename(folder)
+            except OSError:  # another process finished first; its cache is the same
+                shutil.rmtree(tmp, ignore_errors=True)
+        return cls({name: _memmap(folder / f"{name}.bin") for name in cls.FILES}, corpus.article_offsets)
+
+    @classmethod
+    def _build(cls, corpus: PreparedCorpus, tokenizer, folder, progress: bool) -> dict[str, np.ndarray] | None:
+        n_articles, n_sentences = len(corpus.texts), len(corpus.sentence_article)
+        sentence_token_start = np.zeros(n_sentences, dtype=np.int64)
+        counts = np.zeros(n_sentences, dtype=np.int64)
+        lengths = np.zeros(n_articles, dtype=np.int64)
+        token_names = ("input_ids", "token_sentence", "action_slot")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in token_names}
+        sinks = {name: open(folder / f"{name}.bin", "wb") for name in token_names} if folder else {}
+        # Bounded memory: only this many articles' tokens are held at once (the tokenizer's Python offset tuples
+        # cost ~100 bytes per token, so the chunk stays small; the Rust tokenizer is as fast per token).
+        chunk = 64
+        starts = range(0, n_articles, chunk)
+        if progress and n_articles > chunk:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="tokenize and align (cached)", unit="chunk")
+        try:
+            for c in starts:
+                for art in tokenize_articles(corpus, tokenizer, range(c, min(c + chunk, n_articles)), chunk):
+                    lo, hi = corpus.sentence_range(art.article_id)
+                    lengths[art.article_id] = art.num_tokens
+                    if art.num_tokens:
+                        counts[lo:hi] = np.bincount(art.token_sentence - lo, minlength=hi - lo)
+                        sentence_token_start[lo:hi] = art.sentence_token_start
+                    for name in token_names:
+                        a = np.ascontiguousarray(getattr(art, name), dtype=np.int64)
+                        sinks[name].write(a.tobytes()) if folder else parts[name].append(a)
+        finally:
+            for f in sinks.values():
+                f.close()
+        rest = {
+            "article_token_offsets": np.r_[0, np.cumsum(lengths)].astype(np.int64),
+            "sentence_token_start": sentence_token_start,
+            "sentence_token_counts": counts,
+        }
+        if folder is None:
+            empty = np.zeros(0, dtype=np.int64)
+            return {**rest, **{n: np.concatenate(parts[n]) if parts[n] else empty for n in token_names}}
+        for name, a in rest.items():
+            a.tofile(folder / f"{name}.bin")
+        return None
+
+    def articles(self, article_ids: Sequence[int]) -> list[TokenizedArticle]:
+        """The :class:`TokenizedArticle` of each id: views, no copy."""
+        a, off, sent = self.arrays, self.offsets, self.sentence_offsets
+        out = []
+        for i in (int(x) for x in article_ids):
+            t0, t1 = int(off[i]), int(off[i + 1])
+            view = lambda name: a[name][t0:t1]  # noqa: E731
+            starts = a["sentence_token_start"][int(sent[i]) : int(sent[i + 1])]
+            out.append(TokenizedArticle(i, view("input_ids"), view("token_sentence"), view("action_slot"), starts))
+        return out
+
+
+def _memmap(path) -> np.ndarray:
+    # numpy cannot map an empty file (a corpus without tokens): an empty array reads the same
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.memmap(path, dtype=np.int64, mode="r")

@@ -38,7 +38,7 @@ class PlannerInputs:
     (the one builder, used by training, evaluation, generation and the benchmarks).
 
     Args:
-        corpus: the prepared corpus (its embeddings are read once into memory, kept in float16).
+        corpus: the prepared corpus (its embeddings are read from the memory map, only the rows a batch needs).
         context: "paper" or "causal" (as ``PlannerConfig.context``).
         context_tokens: paper mode, the LM-token budget of the context.
         context_sentences: paper mode, a sentence count instead of the token budget.
@@ -67,7 +67,9 @@ class PlannerInputs:
                 )
             if len(token_counts) != n:
                 raise PlanlmError(f"token_counts has {len(token_counts)} entries but the corpus has {n} sentences")
-        self.embeddings = torch.from_numpy(np.array(corpus.embeddings, dtype=np.float16))  # (N, d_enc)
+        # (N, d_enc) float16, memory-mapped: a copy would cost N x d_enc x 2 bytes per process (16 GB at the paper's
+        # 11M sentences, again on every DDP rank), while a batch reads a few hundred rows.
+        self.embeddings = corpus.embeddings
         self.sentence_article = corpus.sentence_article
         self.sentence_position = corpus.sentence_position.astype(np.int64)
         self.article_offsets = corpus.article_offsets  # (A + 1,)
@@ -109,6 +111,11 @@ class PlannerInputs:
             return self._paper(j)
         return self._causal(j)
 
+    def _rows(self, rows: np.ndarray) -> torch.Tensor:
+        """Embedding rows ``(..., d_enc)`` float32 for global sentence ids ``rows (...)``, gathered from the map."""
+        flat = np.asarray(self.embeddings[rows.reshape(-1)], dtype=np.float32)  # reads only these rows
+        return torch.from_numpy(flat).reshape(*rows.shape, self.embeddings.shape[1])
+
     def _paper(self, j: np.ndarray) -> dict[str, torch.Tensor]:
         start = self.context_start(j)
         lengths = j - start  # (N,)
@@ -116,7 +123,7 @@ class PlannerInputs:
         slots = np.arange(c)[None]  # (1, C)
         mask = slots < lengths[:, None]  # (N, C)
         rows = np.where(mask, start[:, None] + slots, 0)  # (N, C) global sentence ids, 0 in padding
-        emb = self.embeddings[torch.from_numpy(rows)].float()  # (N, C, d_enc)
+        emb = self._rows(rows)  # (N, C, d_enc)
         mask_t = torch.from_numpy(mask)
         emb = emb * mask_t[..., None]  # zero padding
         return {"context_embeddings": emb, "context_mask": mask_t}
@@ -132,7 +139,7 @@ class PlannerInputs:
         mask = slots < span[:, None]  # (A, S)
         first = self.article_offsets[articles]  # (A,) global id of each article's first sentence
         rows = np.where(mask, first[:, None] + slots, 0)  # (A, S)
-        emb = self.embeddings[torch.from_numpy(rows)].float()  # (A, S, d_enc)
+        emb = self._rows(rows)  # (A, S, d_enc)
         mask_t = torch.from_numpy(mask)
         return {
             "article_embeddings": emb * mask_t[..., None],

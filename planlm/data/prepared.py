@@ -9,6 +9,7 @@ Layout of a prepared directory::
     embeddings.npy       float16 (N, d_encoder), row i = sentence i
     centroids.npy        float32 (K, d_encoder), the k-means centroids (initialise policy head and adapters)
     exemplars.json       [{"action": a, "size": n, "exemplars": [sentence, ...]}, ...] nearest to each centroid
+    tokens-<hash>/       written later, once per LM tokenizer: the token cache (planlm.data.alignment.TokenCache)
 
 Sentences are sorted by (article_id, position), so an article's sentences are one contiguous row range.
 """
@@ -95,7 +96,7 @@ class PreparedCorpus:
     sentence_start: np.ndarray  # (N,) int64, character offset in the article text
     sentence_end: np.ndarray  # (N,) int64
     actions: np.ndarray  # (N,) int32, oracle action ids
-    embeddings: np.ndarray  # (N, d) float16 (memory-mapped)
+    embeddings: np.ndarray  # (N, d) float16, memory-mapped: read rows, never copy the whole matrix
     centroids: np.ndarray  # (K, d) float32
     article_offsets: np.ndarray = field(init=False)  # (A + 1,): sentences of article a are rows [off[a], off[a+1])
 

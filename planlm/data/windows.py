@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from planlm.data.alignment import TokenizedArticle, tokenize_articles
+from planlm.data.alignment import TokenizedArticle, aligned_articles
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
 
@@ -99,7 +99,7 @@ class WindowDataset(Dataset):
         ids = corpus.article_ids(split)
         if max_articles is not None:
             ids = ids[:max_articles]
-        articles = tokenize_articles(corpus, tokenizer, ids, progress=len(ids) > 1000)
+        articles = aligned_articles(corpus, tokenizer, ids, progress=len(ids) > 1000)  # memory-mapped, cached
         return cls(articles, corpus.actions, context_length, stride, score)
 
     def __len__(self) -> int:

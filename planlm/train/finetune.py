@@ -17,7 +17,7 @@ from planlm.artifacts import writes_artifact
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import needs_planner
 from planlm.train.loop import RecipeConfig
-from planlm.train.trainer import OptimConfig, TrainerConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems
 
 
 @dataclass
@@ -63,7 +63,7 @@ class FinetuneConfig:
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
-    problems = list(cfg.recipe.problems())
+    problems = list(cfg.recipe.problems()) + strategy_problems(cfg.trainer)
     if not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist; build it with `planlm prepare --out {cfg.prepared}`")
     if needs_planner(cfg.recipe.selection) and cfg.planner is None:
@@ -261,7 +261,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     total_steps = steps_per_epoch * cfg.optim.epochs
     if cfg.optim.max_steps > 0:
         total_steps = min(total_steps, cfg.optim.max_steps)
-    module = PlannedLMModule(model, cfg.recipe, cfg.optim, total_steps, seed=cfg.seed, data=data)
+    module = PlannedLMModule(model, cfg.recipe, cfg.optim, total_steps, seed=cfg.seed, data=data,
+                             compile=cfg.trainer.compile)
 
     work = out.with_name(out.name + ".work")
     ckpt_dir = work / "checkpoints"
@@ -284,6 +285,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     )
     trainer = build_trainer(
         cfg.trainer, work, callbacks=[checkpoint, validated], resume_step=resume_step,
+        find_unused_parameters=module.planner_waits,
         max_epochs=cfg.optim.epochs, max_steps=total_steps, accumulate_grad_batches=cfg.optim.accumulate,
         gradient_clip_val=cfg.optim.grad_clip or None, use_distributed_sampler=False, num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=1,

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from planlm.errors import PlanlmError
 from planlm.models.planned_lm import PlannedLM
-from planlm.models.selection import SelectionConfig, draw_predicted_mask, needs_planner
+from planlm.models.selection import SelectionConfig, needs_planner
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
 from planlm.train.trainer import OptimConfig
 
@@ -106,6 +106,11 @@ class RecipeConfig(SelectionConfig):
             out.append(f"recipe.nap_weight must be >= 0 (got {self.nap_weight})")
         if self.nap_weight > 0 and (not needs_planner(self.selection) or never):
             out.append("recipe.nap_weight > 0 trains the planner: use a planner selection and planner_unfreeze != never")
+        if self.selection == "hard" and self.nap_weight == 0 and not never:
+            out.append(
+                f"recipe.selection=hard with planner_unfreeze={self.planner_unfreeze!r} would train nothing: argmax gives "
+                "the planner no gradient; use planner_unfreeze=never, a nap_weight > 0, or soft / straight-through"
+            )
         if not needs_planner(self.selection) and self.actions != "predicted":
             out.append(f"recipe.actions={self.actions!r} means nothing for selection {self.selection!r}: leave it predicted")
         if self.selection in ("soft", "straight-through") and self.actions == "oracle":
@@ -117,6 +122,15 @@ def _own_generator() -> torch.Generator:
     # A DataLoader draws its workers' base seed when an iterator starts; from its own generator, that draw leaves
     # the global RNG (LM dropout) untouched, so where an iterator starts cannot shift a resumed run's dropout masks.
     return torch.Generator().manual_seed(0)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2**32), elementwise; every
+    intermediate stays below 2**59, so int64 never overflows."""
+    x = (x * 2654435761) % 2**32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
+    return (x >> 16) ^ x
 
 
 @dataclass
@@ -146,6 +160,7 @@ class PlannedLMModule(L.LightningModule):
         total_steps: int,
         seed: int = 0,
         data: "LoopData | None" = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.data = data
@@ -166,6 +181,19 @@ class PlannedLMModule(L.LightningModule):
             # wraps the model); while "frozen" it simply runs without autograd and so gets no gradient or update.
             model.planner.requires_grad_(self.unfreeze_at is not None and recipe.planner_in_training)
         self.planner_trainable = self.unfreeze_at == 0  # the unfreeze schedule's state, saved in checkpoints
+        if compile:
+            # In place (nn.Module.compile): parameter names, state dicts and checkpoints stay those of eager mode.
+            # The adapters' pre-hooks run inside the LM's forward, so the LM's graph holds them too.
+            model.lm.compile()
+            if model.planner is not None:
+                model.planner.compile()
+
+    @property
+    def planner_waits(self) -> bool:
+        """Whether the planner holds trainable parameters that get no gradient in some steps (frozen until a later
+        step): DDP must then search for unused parameters (Lightning's ``ddp_find_unused_parameters_true``). Those
+        parameters keep ``grad = None``, so Adam (weight decay included) leaves them exactly as they are."""
+        return bool(self.unfreeze_at) and self.recipe.planner_in_training
 
     # ---- recipe state ----------------------------------------------------------------------------------------
     def p_predicted(self, step: int) -> float:
@@ -178,10 +206,16 @@ class PlannedLMModule(L.LightningModule):
             return self.recipe.p_predicted
         return min(1.0, step / max(1, self.total_steps - 1))  # schedule: linear 0 -> 1
 
-    def predicted_mask(self, n: int, step: int, device) -> torch.Tensor:
-        # Seeded by step, not by a running generator: the mask of step k is the same after a resume.
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        return draw_predicted_mask(n, self.p_predicted(step), g, device)
+    def predicted_mask(self, sentence_ids: torch.Tensor, step: int) -> torch.Tensor:
+        """``(N,)`` bool, True where table sentence i uses the planner's action at optimizer step ``step``.
+
+        A hash of (seed, step, global sentence id), not a running generator: the mask of step k is the same after a
+        resume, and a sentence's draw does not depend on which rank's slice of the batch holds it (DDP matches one
+        process). Computed on the batch's device with integer ops only: no host-device copy or sync in the step.
+        """
+        key = _mix32(torch.tensor(self.seed * 1_000_003 + step, dtype=torch.int64))
+        u = _mix32((sentence_ids.long() + key) % 2**32).double() / 2**32  # (N,) uniform in [0, 1)
+        return u < self.p_predicted(step)
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def step_losses(self, batch: dict, train: bool) -> dict[str, torch.Tensor]:
@@ -199,7 +233,7 @@ class PlannedLMModule(L.LightningModule):
                 kwargs["planner_logits"] = logits
                 if train and r.actions != "predicted":
                     kwargs["oracle_actions"] = oracle
-                    kwargs["predicted_mask"] = self.predicted_mask(len(oracle), self.global_step, oracle.device)
+                    kwargs["predicted_mask"] = self.predicted_mask(batch["sentence_ids"], self.global_step)
                 if r.nap_weight > 0:
                     nap = F.cross_entropy(logits.float(), oracle)
         out = self.model(**kwargs)
@@ -209,9 +243,16 @@ class PlannedLMModule(L.LightningModule):
         losses["loss"] = out.loss + (r.nap_weight * nap if nap is not None and train else 0.0)
         return losses
 
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        # Counted while the batch is still on the host: an int(...) of a device tensor inside the step would make the
+        # CPU wait for the GPU (a host-device sync) every step.
+        batch["num_tokens"] = int(batch["attention_mask"].sum())
+        batch["num_scored"] = int((batch["labels"][:, 1:] != -100).sum())
+        return batch
+
     def training_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=True)
-        tokens = int(batch["attention_mask"].sum())
+        tokens = batch["num_tokens"]
         now = time.perf_counter()
         if self._t_last is not None:
             self.log("tok_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True, on_step=True, batch_size=1)
@@ -225,7 +266,7 @@ class PlannedLMModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=False)
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = batch["num_scored"]
         self.log("val_loss", losses["lm_loss"], prog_bar=True, batch_size=max(n, 1), sync_dist=True)
 
     # ---- schedule hooks ----------------------------------------------------------------------------------------

@@ -106,11 +106,17 @@ def _lm_module(model, lr: float, warmup_fraction: float):
             self.log("train/loss", loss, prog_bar=True)
             return loss
 
+        def _clock(self) -> float:
+            # CUDA kernels run asynchronously: without a sync the clock reads when the step was queued, not done.
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter()
+
         def on_train_batch_start(self, batch, batch_idx):
-            self._t0 = time.perf_counter()
+            self._t0 = self._clock()
 
         def on_train_batch_end(self, outputs, batch, batch_idx):
-            self.train_seconds += time.perf_counter() - self._t0  # forward + backward + optimizer step
+            self.train_seconds += self._clock() - self._t0  # forward + backward + optimizer step
 
         def on_validation_epoch_start(self):
             self._val = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, predicted tokens

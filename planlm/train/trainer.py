@@ -87,6 +87,8 @@ class TrainerConfig:
     log_every_n_steps steps."""
     deterministic: bool = False
     """Ask torch for deterministic algorithms (needed for bit-exact resume checks)."""
+    compile: bool = False
+    """``torch.compile`` the models a stage trains (finetune: the LM with its adapter hooks, and the planner)."""
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -243,20 +245,48 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def build_trainer(cfg: TrainerConfig, out_dir: str | Path, callbacks: list | None = None, resume_step: int | None = None,
-                  **kwargs):
+# DDP strategies with a registered "<name>_find_unused_parameters_true" twin in Lightning.
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def strategy_problems(cfg: TrainerConfig) -> list[str]:
+    """Strategies Lightning refuses on the chosen accelerator, as one-line problems (checked before any work)."""
+    if str(cfg.strategy).startswith("fsdp") and cfg.accelerator == "cpu":
+        # Lightning's FSDPStrategy runs on CUDA devices only (its CPU check fails deep inside Trainer start-up).
+        return [f"trainer.strategy={cfg.strategy!r} needs GPUs (Lightning's FSDP has no CPU support); use ddp on CPU"]
+    return []
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    out_dir: str | Path,
+    callbacks: list | None = None,
+    resume_step: int | None = None,
+    find_unused_parameters: bool = False,
+    **kwargs,
+):
     """A ``lightning.Trainer`` for ``cfg`` writing logs under ``out_dir``; ``kwargs`` go to the Trainer as they are.
-    ``resume_step``: the global step of the checkpoint the run resumes from (its logged rows before it are kept)."""
+
+    ``resume_step``: the global step of the checkpoint the run resumes from (its logged rows before it are kept).
+    ``find_unused_parameters``: some trainable parameters get no gradient in some steps (a planner that is still
+    frozen); DDP must then look for them after every forward instead of waiting for their gradients forever.
+    """
+    from planlm.errors import raise_if_problems
+
+    raise_if_problems(strategy_problems(cfg), "trainer")
     quiet_lightning()
     out_dir = Path(out_dir)
     callbacks = list(callbacks or [])
     if cfg.progress_bar:
         callbacks.append(progress_callback(cfg))
+    strategy = cfg.strategy
+    if find_unused_parameters and strategy in DDP_STRATEGIES:
+        strategy = f"{strategy}_find_unused_parameters_true"
     return pl.Trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=strategy,
         precision=cfg.precision,
         logger=build_logger(cfg, out_dir, resume_step),
         log_every_n_steps=cfg.log_every_n_steps,
