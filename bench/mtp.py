@@ -10,7 +10,9 @@ Training: one optimizer step = forward, backward (the summed loss's, or the pape
 depend on the weights) on random tokens. Step times: variants interleaved round-robin in this process, median per
 variant. Peak memory: each variant in its own child process (a process's memory high-water mark cannot be reset),
 as the growth of the peak resident set over the process's size after a warm-up step at batch 1 (which allocates the
-gradients and the optimizer state): what the step's activations and logits take. On a GPU (``--device cuda``) the
+gradients and the optimizer state): what the step's activations and logits take. The children run with glibc's
+``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB, so that freed large tensors leave the resident set at once and its peak
+is the peak of live memory. On a GPU (``--device cuda``) the
 peak comes from ``torch.cuda.max_memory_allocated`` instead.
 
 Decoding (with ``--model``): greedy decoding of ``--new-tokens`` tokens after each of a few prompts from the LM's
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -95,7 +98,11 @@ def measure_memory(args) -> dict[str, float]:
     for n, backward in VARIANTS:
         cmd = [sys.executable, __file__, "--child-memory", f"{n},{backward}", *sys.argv[1:]]
         cmd = [c for c in cmd if c != "--json"]
-        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        # A fixed mmap threshold makes glibc return every large block to the system when it is freed: without it
+        # the threshold adapts upwards and freed logits stay in the heap, so the resident high-water mark would
+        # count memory that is free (and sequential heads, which free and reallocate logits n times, look worse).
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         out[f"n={n} {backward}"] = json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
     return out
 
