@@ -2,22 +2,22 @@
 
 The model predicts the next n tokens from every position: a shared trunk, n heads that are each ONE transformer
 block on the trunk's output, a shared final norm and a shared unembedding; the loss is the sum over heads of the
-cross-entropy of token t + i from head i (section 2, eq. 2). Head 1 is the ordinary next-token head.
+cross-entropy of token t + i from head i (section 2). Head 1 is the ordinary next-token head.
 
 Where the trunk ends (our choice, stated): the trunk is the LM minus its LAST block, and head 1 IS that last block.
 So head 1 alone is exactly the unmodified Hugging Face LM (trunk + last block + final norm + unembedding): its
 logits are the LM's logits, its perplexity is the model's perplexity, and a model with n = 1 is plain next-token
 training. Heads 2..n are extra blocks of the LM's own block class (found by module path, no modeling code copied),
 built from the LM's config with layer indices after the LM's last one so that they keep their own KV-cache layers.
-An n-head model therefore has n - 1 more blocks than the LM it extends (the paper's from-scratch comparisons keep
-the trunk fixed and add the heads as well).
+An n-head model therefore has n - 1 more blocks than the LM it extends (`planlm mtp-compare` reports the parameter
+count of every model next to its perplexity).
 
 The heads attach to the LM like the action adapters do: a forward pre-hook on the LM's last block records the
 trunk output ``(B, T, H)`` and the arguments the LM passes to its blocks (attention mask, rotary embeddings, cache),
 so an extra head is called exactly as the LM calls its own blocks. Outside :meth:`MTPHeads.capturing` the hook does
 nothing and the LM is the plain LM.
 
-Memory-efficient training (section 2, "Memory-efficient implementation"): with ``backward="sequential"`` the hook
+Memory-efficient training (section 2, memory-efficient implementation): with ``backward="sequential"`` the hook
 hands the last block (head 1) a detached copy of the trunk output; every head's forward and backward then run one
 after another on it, accumulating its gradient, and one backward through the trunk follows. At most one head's
 logits ``(B, T, V)`` exist at a time, so peak memory does not grow with n.
