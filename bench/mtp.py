@@ -186,10 +186,12 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: a shared machine's cores oversubscribed by 2 threads slow small ops 10x)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     if args.child_memory:
         n, backward = args.child_memory.split(",")
         print(json.dumps(memory_child(int(n), backward, args)))
