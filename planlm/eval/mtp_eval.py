@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -127,10 +126,3 @@ def lm_variant_name(heads) -> str:
     """Report row name of an LM folder: next-token prediction or n-token prediction."""
     return "NTP (n=1)" if heads is None else f"MTP (n={heads.n_heads})"
 
-
-def probe_table(rows) -> dict[str, dict[int, float]]:
-    """``{"layer L": {distance: accuracy}}`` of probe rows, for metrics.json."""
-    out: dict[str, dict[int, float]] = {}
-    for r in rows:
-        out.setdefault(f"layer {r.layer}", {})[int(r.distance)] = float(np.round(r.accuracy, 4))
-    return out
