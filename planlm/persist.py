@@ -264,3 +264,40 @@ def load_run(run: Path, prepared: Path | None = None, device: str | None = None)
         tokenizer.pad_token = tokenizer.eos_token
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(dev).eval(), tokenizer, corpus, manifest
+
+
+# ---- multi-token prediction heads (`pretrain-lm` / `finetune` with --mtp.n_heads > 1) -------------------------------
+# Next to the model they extend (a Hugging Face folder or a planned-LM folder): ``mtp_heads.safetensors`` (heads
+# 2..n; head 1 is the LM's own last block, saved with the LM) + ``mtp_config.json`` ({"n_heads", "model_type"}).
+MTP_WEIGHTS = "mtp_heads.safetensors"
+MTP_CONFIG = "mtp_config.json"
+
+
+def save_mtp_heads(heads, directory: str | Path) -> None:
+    """Write :class:`planlm.models.mtp.MTPHeads` into ``directory`` (which the caller writes atomically)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}, str(directory / MTP_WEIGHTS))
+    meta = {"n_heads": heads.n_heads, "model_type": heads.model_type, "num_lm_layers": heads.num_lm_layers}
+    (directory / MTP_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_mtp_heads(directory: str | Path, lm):
+    """The MTP heads saved in ``directory``, attached to ``lm``; None when the folder holds none (an n = 1 model)."""
+    from safetensors.torch import load_file
+
+    from planlm.errors import PlanlmError
+    from planlm.models.mtp import MTPHeads
+
+    directory = Path(directory)
+    if not (directory / MTP_CONFIG).exists():
+        return None
+    meta = json.loads((directory / MTP_CONFIG).read_text())
+    heads = MTPHeads(lm, int(meta["n_heads"]))
+    missing, unexpected = heads.load_state_dict(load_file(str(directory / MTP_WEIGHTS)), strict=False)
+    if missing or unexpected:
+        raise PlanlmError(f"{directory}/{MTP_WEIGHTS} does not fit {meta['n_heads']} heads on this LM "
+                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return heads.eval()

@@ -114,10 +114,16 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
         problems.append(f"split must be train, val or test (got {cfg.split!r})")
     if cfg.generation:
         problems += cfg.gen.problems()
-    try:
-        read_manifest(cfg.run, "finetune")
-    except PlanlmError as e:
-        problems.append(str(e))
+    from planlm.eval.speculative import is_lm_folder
+
+    if is_lm_folder(cfg.run):  # a `planlm pretrain-lm` LM (NTP or MTP): perplexity, head accuracy, probes
+        if cfg.generation:
+            problems.append(f"{cfg.run} is an LM without a planner: --generation needs a `planlm finetune` run")
+    else:
+        try:
+            read_manifest(cfg.run, "finetune")
+        except PlanlmError as e:
+            problems.append(str(e))
     if cfg.prepared is not None and not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist")
     raise_if_problems(problems, "evaluate")
@@ -137,6 +143,8 @@ def metrics_markdown(m: dict) -> str:
     for key in ("ppl", "ppl_oracle", "ppl_strided_minus_paper", "mauve", "rouge2", "latent_ppl"):
         if key in m:
             lines.append(f"| {key} | {_fmt(m[key])} |")
+    for h in m.get("mtp_heads") or []:
+        lines.append(f"| head {h['head']} accuracy on {h['target']} | {_fmt(h['accuracy'])} ({h['tokens']} tokens) |")
     for n, v in (m.get("edit_distance") or {}).items():
         lines.append(f"| edit distance @{n} (per 128 tokens) | {_fmt(v)} |")
     if "planner" in m:
@@ -179,8 +187,13 @@ def evaluate(
     and the strided protocol are options. Planner top-1/top-5 accuracy is measured against the oracle actions of the
     evaluated sentences, and perplexity is split by whether the planner's top action was right (Appendix E).
 
+    A run with multi-token heads (``--mtp.n_heads``) also reports each head's accuracy on its own target t + i
+    (``mtp_heads`` in metrics.json); its perplexity is head 1's, i.e. the LM's. RUN may also be a `planlm pretrain-lm`
+    folder (an LM trained from scratch, NTP or MTP): perplexity with the same protocols, head accuracy, and with
+    --probes the probes of every block's output.
+
     Args:
-        run: a `planlm finetune` output folder.
+        run: a `planlm finetune` output folder (or a `planlm pretrain-lm` one).
         prepared: the prepared corpus (default: the one recorded in the run's manifest).
         out: output folder (default: RUN/evaluate).
         split: the split to evaluate on (train, val, test).
@@ -189,7 +202,7 @@ def evaluate(
         gen: generation-metric counts, lengths, sampling, featurizer, critic.
         probes: also fit the linear probes (pre-/post-merge, Figure 3) on the split's windows.
         probe: probe settings.
-        probe_windows: windows of the split the probe features come from.
+        probe_windows: windows of the split the probe features (and the MTP heads' accuracies) come from.
         variant: row name in the report (default: the paper's name of the run's recipe).
         encoder: sentence encoder for generation (default: the prepared corpus's).
         device: cpu, cuda, ... (default: a GPU when visible).
@@ -221,16 +234,25 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     from planlm.eval.nap import topk_hits
     from planlm.eval.perplexity import perplexity, planner_logits_for
     from planlm.models.selection import needs_planner
+    from planlm.eval import mtp_eval
+    from planlm.eval.speculative import is_lm_folder
 
     t0 = time.time()
     run, split, ppl = cfg.run, cfg.split, cfg.ppl
-    model, tokenizer, corpus, manifest = load_run(run, cfg.prepared, cfg.device)
+    lm_folder = is_lm_folder(run)
+    if lm_folder:
+        model, heads, tokenizer, corpus, manifest = mtp_eval.load_lm_run(run, cfg.prepared, cfg.device)
+    else:
+        from planlm.persist import load_mtp_heads
+
+        model, tokenizer, corpus, manifest = load_run(run, cfg.prepared, cfg.device)
+        heads = load_mtp_heads(run, model.lm)
     ft_config = json.loads((run / "finetune_config.json").read_text()) if (run / "finetune_config.json").exists() \
         else manifest.get("config", {})
     constant = not needs_planner(model.config.selection)
 
     metrics: dict = {
-        "variant": cfg.variant or variant_name(ft_config),
+        "variant": cfg.variant or (mtp_eval.lm_variant_name(heads) if lm_folder else variant_name(ft_config)),
         "seed": int(ft_config.get("seed", 0)),
         "selection": model.config.selection,
         "split": split,
@@ -294,6 +316,11 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
             metrics["by_planner_correct"][actions] = {"right": {"ppl": p_ok, "tokens": n_ok},
                                                      "wrong": {"ppl": p_bad, "tokens": n_bad}}
 
+    if heads is not None:
+        batches = mtp_eval.eval_batches(model, corpus, tokenizer, split, ppl.context_length, ppl.max_articles,
+                                        cfg.probe_windows, ppl.batch_size)
+        metrics["mtp_heads"] = mtp_eval.head_accuracy(model, heads, batches)
+
     samples, probe_rows = None, None
     if cfg.generation:
         from planlm.data.encoders import load_encoder
@@ -305,7 +332,7 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
         metrics.update(g.summary())
         samples = g.samples
     if cfg.probes:
-        probe_rows = _probe(model, corpus, tokenizer, split, ppl, cfg.probe, cfg.probe_windows)
+        probe_rows = _probe(model, corpus, tokenizer, split, ppl, cfg.probe, cfg.probe_windows, lm_folder)
         metrics["probes"] = {"rows": len(probe_rows), "file": "probes.json"}
     metrics["seconds"] = round(time.time() - t0, 1)
 
@@ -328,8 +355,17 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     return out
 
 
-def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeConfig, windows: int):
+def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeConfig, windows: int,
+           lm_folder: bool = False):
     """Probe features from the split's training-style windows (stride context - 1), predicted actions."""
+    if lm_folder:  # no adapters to capture: every block's output
+        from planlm.eval.mtp_eval import eval_batches, lm_probe_features
+        from planlm.eval.probes import run_probes
+
+        batches = eval_batches(model, corpus, tokenizer, split, ppl.context_length, ppl.max_articles, windows,
+                               ppl.batch_size)
+        feats = lm_probe_features(model, batches)
+        return run_probes(feats.features, feats.input_ids, feats.attention_mask, probe)
     from planlm.data.windows import WindowDataset
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.eval.probes import collect_probe_features, run_probes

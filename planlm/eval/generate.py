@@ -509,6 +509,7 @@ def generate(
     prepared: Path | None = None,
     encoder: str | None = None,
     device: str | None = None,
+    speculative: bool = False,
 ) -> list[dict]:
     """Generate text with the planner in the loop; show each sentence's action and that action's nearest exemplar.
 
@@ -527,6 +528,9 @@ def generate(
         prepared: the prepared corpus (default: the one recorded in the run's manifest).
         encoder: sentence encoder (default: the prepared corpus's); must give the same embeddings.
         device: cpu, cuda, ... (default: a GPU when visible).
+        speculative: RUN is a `planlm pretrain-lm` LM with multi-token heads: self-speculative decoding (heads 2..n
+            draft, head 1 verifies; same output as plain greedy decoding, head 1's distribution when sampling),
+            reporting the tokens accepted per forward pass. An LM folder without it decodes plainly.
 
     Returns:
         The generations as JSON-ready dicts.
@@ -541,7 +545,13 @@ def generate(
     except PlanlmError as e:
         problems.append(str(e))
         forced = None
+    from planlm.eval.speculative import generate_lm, is_lm_folder
+
+    if not is_lm_folder(run) and speculative:
+        problems.append("--speculative true needs a `planlm pretrain-lm` LM folder with MTP heads (--mtp.n_heads)")
     raise_if_problems(problems, "generate")
+    if is_lm_folder(run):  # an LM without planner (NTP or MTP): plain or self-speculative decoding
+        return generate_lm(Path(run), prompt, sampling, num_samples, json, speculative, device)
     model, tokenizer, corpus, _ = load_run(run, prepared, device)
     enc = None
     if needs_planner(model.config.selection):

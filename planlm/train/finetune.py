@@ -15,6 +15,7 @@ from pathlib import Path
 
 from planlm.artifacts import writes_artifact
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.models.mtp import MTPConfig
 from planlm.models.selection import needs_planner
 from planlm.train.loop import RecipeConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems
@@ -58,12 +59,15 @@ class FinetuneConfig:
     windows: WindowConfig = field(default_factory=WindowConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    mtp: MTPConfig = field(default_factory=lambda: MTPConfig(init="copy"))
     checkpoint_every: int = 200
     seed: int = 0
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
-    problems = list(cfg.recipe.problems()) + strategy_problems(cfg.trainer)
+    from planlm.train.pretrain_lm import mtp_problems
+
+    problems = list(cfg.recipe.problems()) + strategy_problems(cfg.trainer) + mtp_problems(cfg.mtp, cfg.trainer)
     if not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist; build it with `planlm prepare --out {cfg.prepared}`")
     if needs_planner(cfg.recipe.selection) and cfg.planner is None:
@@ -119,6 +123,7 @@ def finetune(
     windows: WindowConfig = WindowConfig(),
     adapters: AdapterConfig = AdapterConfig(),
     trainer: TrainerConfig = TrainerConfig(),
+    mtp: MTPConfig = MTPConfig(init="copy"),
     checkpoint_every: int = 200,
     seed: int = 0,
     resume: bool = False,
@@ -141,6 +146,9 @@ def finetune(
         windows: window length and stride, data limits.
         adapters: conditioned layers, optional zero gate.
         trainer: devices, strategy (ddp, fsdp), precision, logger.
+        mtp: multi-token prediction heads added to the LM (Gloeckle et al. 2024): ``--mtp.n_heads 4`` trains heads
+            2..n (blocks initialised as copies of the LM's last block, head 1) on the trunk, frozen with the LM
+            unless ``--recipe.train_lm true``; saved as ``mtp_heads.safetensors`` in OUT.
         checkpoint_every: save a resumable checkpoint every this many optimizer steps.
         seed: seed of initialisation, data order and action mixing.
         resume: continue exactly from the last checkpoint in OUT.work/checkpoints.
@@ -151,7 +159,7 @@ def finetune(
     """
     cfg = FinetuneConfig(
         prepared=Path(prepared), lm=str(lm), planner=Path(planner) if planner else None, recipe=recipe, optim=optim,
-        windows=windows, adapters=adapters, trainer=trainer, checkpoint_every=checkpoint_every, seed=seed,
+        windows=windows, adapters=adapters, trainer=trainer, mtp=mtp, checkpoint_every=checkpoint_every, seed=seed,
     )
     out = Path(out)
     validate_finetune(cfg, out)
@@ -241,6 +249,11 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         check_planner_fits(planner, corpus, cfg.planner)
         check_planner_inputs(cfg, corpus)
     model = build_planned_lm(cfg, corpus, lm_model, planner)
+    heads = None
+    if cfg.mtp.n_heads > 1:
+        from planlm.models.mtp import MTPHeads
+
+        heads = MTPHeads(lm_model, cfg.mtp.n_heads, init=cfg.mtp.init)
 
     w = cfg.windows
     train = WindowDataset.from_corpus(corpus, tokenizer, "train", w.context_length, w.stride, max_articles=w.max_train_articles)
@@ -262,7 +275,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     if cfg.optim.max_steps > 0:
         total_steps = min(total_steps, cfg.optim.max_steps)
     module = PlannedLMModule(model, cfg.recipe, cfg.optim, total_steps, seed=cfg.seed, data=data,
-                             compile=cfg.trainer.compile)
+                             compile=cfg.trainer.compile, heads=heads, mtp=cfg.mtp)
 
     work = out.with_name(out.name + ".work")
     ckpt_dir = work / "checkpoints"
@@ -302,10 +315,14 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     counts = {
         "train_windows": len(train), "val_windows": len(val), "optimizer_steps": int(trainer.global_step),
         "adapter_parameters": model.adapter_parameters(),
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_parameters": sum(p.numel() for p in module.parameters() if p.requires_grad),  # + MTP heads
     }
     with atomic_dir(out, force=True) as tmp:
         save_planned_lm(model, tmp)
+        if heads is not None:
+            from planlm.persist import save_mtp_heads
+
+            save_mtp_heads(heads, tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         write_json_atomic(tmp / "finetune_config.json", dataclasses.asdict(cfg))
         if (work / "logs").exists():

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from planlm.errors import PlanlmError
+from planlm.models.mtp import MTPConfig
 from planlm.models.planned_lm import PlannedLM
 from planlm.models.selection import SelectionConfig, needs_planner
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
@@ -161,9 +162,16 @@ class PlannedLMModule(L.LightningModule):
         seed: int = 0,
         data: "LoopData | None" = None,
         compile: bool = False,
+        heads: torch.nn.Module | None = None,
+        mtp: MTPConfig = MTPConfig(),
     ):
         super().__init__()
         self.data = data
+        # Multi-token heads 2..n on the planned LM's trunk (planlm.models.mtp), or None; trained even while the LM
+        # (trunk and head 1) is frozen.
+        self.heads, self.mtp = heads, mtp
+        if heads is not None:
+            heads.train()
         if needs_planner(recipe.selection) and model.planner is None:
             raise PlanlmError(f"selection {recipe.selection!r} needs a planner: pass --planner DIR (planlm train-planner)")
         self.model, self.recipe, self.optim = model, recipe, optim
@@ -236,11 +244,15 @@ class PlannedLMModule(L.LightningModule):
                     kwargs["predicted_mask"] = self.predicted_mask(batch["sentence_ids"], self.global_step)
                 if r.nap_weight > 0:
                     nap = F.cross_entropy(logits.float(), oracle)
-        out = self.model(**kwargs)
-        losses = {"lm_loss": out.loss}
+        nap_term = r.nap_weight * nap if nap is not None and train else 0.0
+        if self.heads is not None:
+            losses = self.mtp_losses(kwargs, train)
+        else:
+            out = self.model(**kwargs)
+            losses = {"lm_loss": out.loss, "loss": out.loss}
         if nap is not None:
             losses["nap_loss"] = nap
-        losses["loss"] = out.loss + (r.nap_weight * nap if nap is not None and train else 0.0)
+        losses["loss"] = losses["loss"] + nap_term
         return losses
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
@@ -250,6 +262,15 @@ class PlannedLMModule(L.LightningModule):
         batch["num_scored"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch
 
+    def mtp_losses(self, kwargs: dict, train: bool) -> dict[str, torch.Tensor]:
+        """Multi-token loss (sum over heads); with the sequential backward, "loss" is the trunk's backward term."""
+        labels = kwargs.pop("labels")
+        sequential = train and self.mtp.backward == "sequential"
+        out = self.heads.losses(lambda: self.model(**kwargs, use_cache=False).logits, labels,
+                                "sequential" if sequential else "naive", params=self.parameters())
+        loss = out.trunk_loss if sequential else out.loss
+        return {"lm_loss": out.head_losses[0], "mtp_loss": out.loss, "loss": loss}
+
     def training_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=True)
         tokens = batch["num_tokens"]
@@ -258,7 +279,11 @@ class PlannedLMModule(L.LightningModule):
             self.log("tok_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True, on_step=True, batch_size=1)
         self._t_last = now
         bs = batch["input_ids"].shape[0]
-        self.log("train_loss", losses["loss"], prog_bar=True, on_step=True, batch_size=bs)
+        # with the MTP sequential backward "loss" is only the backward's surrogate: log the objective itself
+        shown = losses["loss"] if "mtp_loss" not in losses else losses["mtp_loss"]
+        self.log("train_loss", shown, prog_bar=True, on_step=True, batch_size=bs)
+        if "mtp_loss" in losses:
+            self.log("train_lm_loss", losses["lm_loss"], on_step=True, batch_size=bs)
         if "nap_loss" in losses:
             self.log("train_nap_loss", losses["nap_loss"], on_step=True, batch_size=bs)
         self.log("planner_trainable", float(self.planner_trainable), on_step=True, batch_size=bs)
@@ -309,7 +334,7 @@ class PlannedLMModule(L.LightningModule):
     def configure_optimizers(self):
         # The planner's parameters are in the optimizer from the start; while frozen they get no gradient, no update.
         planner = {id(p) for p in self.model.planner.parameters()} if self.model.planner is not None else set()
-        trained = [p for p in self.model.parameters() if p.requires_grad]
+        trained = [p for p in self.parameters() if p.requires_grad]  # the planned LM's and the MTP heads'
         planner_lr = self.optim.lr if self.optim.planner_lr is None else self.optim.planner_lr
         groups = [
             {"params": [p for p in trained if id(p) not in planner]},

@@ -22,6 +22,7 @@ import numpy as np
 from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest, writes_artifact
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, check_finite, check_max_steps, raise_if_problems
+from planlm.models.mtp import MTPConfig
 from planlm.presets import load_presets
 from planlm.train.trainer import TrainerConfig
 
@@ -84,7 +85,7 @@ def blocks(stream: np.ndarray, block_size: int, keep_tail: bool) -> list[np.ndar
     return out
 
 
-def _lm_module(model, lr: float, warmup_fraction: float):
+def _lm_module(model, lr: float, warmup_fraction: float, heads=None, mtp: MTPConfig = MTPConfig()):
     import lightning as L
     import torch
 
@@ -94,6 +95,7 @@ def _lm_module(model, lr: float, warmup_fraction: float):
         def __init__(self):
             super().__init__()
             self.model = model
+            self.heads = heads  # multi-token heads 2..n (planlm.models.mtp), or None: next-token prediction
             self.train_tokens = 0
             self.train_seconds = 0.0
             self._t0 = 0.0
@@ -101,10 +103,18 @@ def _lm_module(model, lr: float, warmup_fraction: float):
             self.validated_at_step = -1
 
         def training_step(self, batch, batch_idx):
-            loss = self.model(input_ids=batch, labels=batch).loss
             self.train_tokens += batch.numel()
-            self.log("train/loss", loss, prog_bar=True)
-            return loss
+            if self.heads is None:
+                loss = self.model(input_ids=batch, labels=batch).loss
+                self.log("train/loss", loss, prog_bar=True)
+                return loss
+            # Multi-token prediction: sum over heads of CE(token t + i); head 1's term is the next-token loss.
+            out = self.heads.losses(lambda: self.model(input_ids=batch, use_cache=False).logits, batch, mtp.backward)
+            self.log("train/loss", out.head_losses[0], prog_bar=True)
+            self.log("train/mtp_loss", out.loss)
+            # sequential: the heads' backwards already ran; Lightning's backward of trunk_loss applies their
+            # gradients and runs the one trunk backward
+            return out.trunk_loss if mtp.backward == "sequential" else out.loss
 
         def _clock(self) -> float:
             # CUDA kernels run asynchronously: without a sync the clock reads when the step was queued, not done.
@@ -137,8 +147,8 @@ def _lm_module(model, lr: float, warmup_fraction: float):
         def configure_optimizers(self):
             from transformers import get_cosine_schedule_with_warmup
 
-            decay = [p for p in self.model.parameters() if p.dim() >= 2]  # matrices; not biases, norms
-            rest = [p for p in self.model.parameters() if p.dim() < 2]
+            decay = [p for p in self.parameters() if p.dim() >= 2]  # matrices; not biases, norms (heads' too)
+            rest = [p for p in self.parameters() if p.dim() < 2]
             opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                                     lr=lr, betas=(0.9, 0.95))
             total = int(self.trainer.estimated_stepping_batches)
@@ -149,9 +159,10 @@ def _lm_module(model, lr: float, warmup_fraction: float):
 
 
 def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, block_size: int | None,
-                         batch_size: int | None, lr: float | None, epochs: int | None, max_steps: int = -1) -> None:
+                         batch_size: int | None, lr: float | None, epochs: int | None, max_steps: int = -1,
+                         mtp: MTPConfig = MTPConfig(), trainer: TrainerConfig = TrainerConfig()) -> None:
     """Raise one error listing every problem with the arguments of :func:`pretrain_lm`."""
-    problems = []
+    problems = mtp_problems(mtp, trainer)
     try:
         read_manifest(prepared, "prepare")
     except PlanlmError as e:
@@ -174,6 +185,21 @@ def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, 
     raise_if_problems(problems, STAGE)
 
 
+def mtp_problems(mtp: MTPConfig, trainer: TrainerConfig) -> list[str]:
+    """Problems of an MTP config under a trainer config (shared by pretrain-lm and finetune)."""
+    problems = mtp.problems()
+    if mtp.n_heads > 1 and mtp.backward == "sequential":
+        # The heads' backwards run inside the training step, before a loss scaler scales anything, and the
+        # surrogate backward that applies their gradients is not tried under DDP's gradient reduction.
+        if trainer.precision.startswith("16"):
+            problems.append("mtp.backward=sequential does not support fp16 loss scaling: use --trainer.precision "
+                            "bf16-mixed or 32-true, or --mtp.backward naive")
+        if str(trainer.devices) not in ("1", "auto") or trainer.num_nodes != 1 or trainer.strategy not in ("auto",):
+            problems.append("mtp.backward=sequential runs on one device: use --mtp.backward naive for multi-device "
+                            "training")
+    return problems
+
+
 @writes_artifact()
 def pretrain_lm(
     prepared: str = "runs/prepared",
@@ -187,6 +213,7 @@ def pretrain_lm(
     max_steps: int = -1,
     seed: int = 0,
     trainer: TrainerConfig = TrainerConfig(),
+    mtp: MTPConfig = MTPConfig(),
     force: bool = False,
 ) -> dict:
     """Train a byte-level BPE tokenizer and a GPT-2 from scratch on the train split (offline, no pretrained LM).
@@ -206,18 +233,23 @@ def pretrain_lm(
         max_steps: stop after this many optimizer steps (-1: no limit); the cosine schedule spans them.
         seed: seed of initialisation and shuffling.
         trainer: devices, precision, logging.
+        mtp: multi-token prediction (Gloeckle et al. 2024): ``--mtp.n_heads 4`` trains heads 2..n (one block each,
+            after the LM's own last block, head 1) on the sum of their losses; saved next to the LM
+            (``mtp_heads.safetensors``). The LM folder itself stays an ordinary next-token LM (head 1).
         force: rebuild ``out`` even when it exists.
 
     Returns:
         ``{"val_loss", "val_perplexity", "val_loss_initial", "tokens_per_second", ...}``.
     """
-    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs, max_steps)
+    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs, max_steps, mtp, trainer)
     p = PRESETS[preset]
     block_size, batch_size = block_size or p.block_size, batch_size or p.batch_size
     lr, epochs = lr or p.lr, epochs or p.epochs
     config = {"prepared": str(prepared), "preset": preset, "shape": p, "vocab_size": vocab_size,
               "block_size": block_size, "batch_size": batch_size, "lr": lr, "epochs": epochs, "max_steps": max_steps,
               "seed": seed, "prepared_id": read_manifest(prepared, "prepare").get("id")}
+    if mtp.n_heads > 1:  # n = 1 keeps the config (and so the reuse fingerprint) of plain next-token runs
+        config["mtp"] = mtp
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -248,7 +280,12 @@ def pretrain_lm(
         resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
-    module = _lm_module(model, lr, p.warmup_fraction)
+    heads = None
+    if mtp.n_heads > 1:
+        from planlm.models.mtp import MTPHeads
+
+        heads = MTPHeads(model, mtp.n_heads, init=mtp.init)
+    module = _lm_module(model, lr, p.warmup_fraction, heads, mtp)
     to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
     gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_blocks, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=to_tensor)
@@ -277,12 +314,17 @@ def pretrain_lm(
         if trainer.is_global_zero:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            if heads is not None:
+                from planlm.persist import save_mtp_heads
+
+                save_mtp_heads(heads, tmp)
             write_manifest(
                 tmp, STAGE, config, inputs={"prepared": prepared},
                 counts={"train_tokens": int(sum(len(b) for b in train_blocks)),
                         "val_tokens": int(sum(len(b) for b in val_blocks)),
                         "trained_tokens": module.train_tokens, "steps": trainer.global_step,
-                        "parameters": sum(q.numel() for q in model.parameters()), "vocab_size": len(tokenizer)},
+                        "parameters": sum(q.numel() for q in module.parameters()), "vocab_size": len(tokenizer),
+                        "mtp_heads": mtp.n_heads},
                 metrics=metrics,
             )
     print(f"pretrain-lm {preset}: val perplexity {metrics['val_perplexity']:.2f} "
