@@ -13,6 +13,7 @@ import sys
 from planlm.errors import PlanlmError
 from planlm.eval.evaluate import evaluate
 from planlm.eval.generate import generate
+from planlm.myopia import myopia_dp, myopia_lm
 from planlm.prepare import actions_show, prepare
 from planlm.report import report
 from planlm.run import run
@@ -31,6 +32,7 @@ COMMANDS: dict = {
     "generate": generate,
     "report": report,
     "run": run,
+    "myopia": {"dp": myopia_dp, "lm": myopia_lm},
 }
 
 

@@ -89,3 +89,87 @@ def test_unsupported_architecture_is_one_clear_error():
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
     with pytest.raises(PlanlmError, match="ATTENTION_MODULES"):
         make_myopic(bert)
+
+
+# ---------------------------------------------------------------------------------------------- D_p and the stage
+
+
+def test_dp_targets_follow_the_definition():
+    from planlm.data.synthetic import dp_batch
+
+    b = dp_batch(3, p=0.5, length=20, generator=torch.Generator().manual_seed(0))
+    x, z = b.inputs[..., 0], b.inputs[..., 1].bool()
+    assert torch.equal(z, b.z) and b.inputs.shape == (3, 20, 2)
+    for t in range(20):
+        window = sum(torch.sin(10 * x[:, t - i]) for i in range(1, 11) if t - i >= 0) if t else torch.zeros(3)
+        torch.testing.assert_close(b.targets[:, t], torch.where(z[:, t], window, x[:, t]))
+    assert 0 < z.float().mean() < 1
+    assert dp_batch(64, p=0.0).z.sum() == 0 and dp_batch(64, p=1.0).z.all()
+
+
+def test_gap_statistics_recovers_a_known_gap():
+    import numpy as np
+
+    from planlm.myopia import gap_statistics
+
+    rng = np.random.default_rng(0)
+    vanilla = rng.normal(3.0, 0.5, (2, 30, 16))  # (S, W, P)
+    vanilla[:, -1, 10:] = np.nan  # a short last window
+    gap = 0.1 + 0.01 * np.arange(16)  # grows with position
+    myopic = vanilla + gap + rng.normal(0, 0.05, vanilla.shape)
+    stats = gap_statistics(vanilla, myopic, articles=np.repeat(np.arange(10), 3), n_boot=300)
+    assert stats["gap_ci"][0] <= stats["gap"] <= stats["gap_ci"][1]
+    assert abs(stats["gap"] - np.nanmean(myopic - vanilla)) < 0.01
+    assert stats["slope_ci"][0] > 0.005 and abs(stats["slope"] - 0.01) < 0.003
+    assert stats["articles"] == 10 and stats["tokens"] == 30 * 16 - 6
+    np.testing.assert_allclose(stats["per_position"], gap, atol=0.03)
+
+
+def test_myopia_dp_writes_table_plot_and_manifest(tmp_path):
+    from planlm.artifacts import read_manifest
+    from planlm.myopia import DpConfig, myopia_dp
+
+    dp = DpConfig(length=16, n_layer=1, n_head=2, n_embd=16, steps=6, batch_size=4, eval_sequences=8, eval_every=3)
+    result = myopia_dp(out=str(tmp_path / "dp"), dp=dp, seeds=[0, 1])
+    assert [(r["kind"], r["seed"]) for r in result["runs"]] == [("vanilla", 0), ("myopic", 0), ("vanilla", 1),
+                                                                ("myopic", 1)]
+    assert result["gap"] == pytest.approx(result["myopic_loss"] - result["vanilla_loss"])
+    assert len(result["runs"][0]["curve"]) == 2 and len(result["runs"][0]["per_position"]) == 16
+    for name in ("myopia.json", "myopia.md", "myopia.png"):
+        assert (tmp_path / "dp" / name).stat().st_size > 0
+    assert read_manifest(tmp_path / "dp", "myopia")["metrics"]["gap"] == pytest.approx(result["gap"])
+
+
+def test_myopia_lm_on_a_prepared_corpus(tmp_path):
+    from helpers import synthetic_prepared
+    from planlm.myopia import LMBudget, MyopiaProbeConfig, myopia_lm
+    from planlm.train.trainer import TrainerConfig
+
+    synthetic_prepared(tmp_path / "prepared", n_articles=20)
+    result = myopia_lm(
+        prepared=str(tmp_path / "prepared"), out=str(tmp_path / "lm"),
+        budget=LMBudget(preset="tiny", vocab_size=300, block_size=32, max_steps=4), seeds=[0, 1],
+        probes=MyopiaProbeConfig(distances=[1, 2], max_windows=8, max_iter=5), bootstrap=200,
+        trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"),
+    )
+    assert {(r["kind"], r["seed"]) for r in result["runs"]} == {(k, s) for k in ("vanilla", "myopic") for s in (0, 1)}
+    assert all(r["steps"] == 4 for r in result["runs"])  # the same budget for both
+    assert result["gap_ci"][0] <= result["gap"] <= result["gap_ci"][1] and len(result["per_position"]) == 31
+    assert {p["distance"] for p in result["probes"]["myopic"]} == {1, 2}
+    out = tmp_path / "lm"
+    assert (out / "myopia.png").exists() and "Myopia gap" in (out / "myopia.md").read_text()
+    # the saved LMs are plain HF folders: no myopic attention left in their configs
+    assert "myopic" not in (out / "lm" / "myopic-seed0" / "config.json").read_text()
+
+
+def test_myopia_lm_bad_arguments_fail_before_any_work(tmp_path):
+    from planlm.errors import PlanlmError
+    from planlm.myopia import LMBudget, myopia_lm
+
+    with pytest.raises(PlanlmError) as e:
+        myopia_lm(prepared=str(tmp_path / "missing"), out=str(tmp_path / "o"), budget=LMBudget(preset="huge"),
+                  seeds=[1, 1], split="train")
+    message = str(e.value)
+    for part in ("planlm prepare", "huge", "distinct", "split"):
+        assert part in message
+    assert not (tmp_path / "o").exists()

@@ -167,3 +167,21 @@ class Myopia:
 def make_myopic(model: nn.Module) -> Myopia:
     """Make every attention layer of ``model`` myopic (in place); returns the handle whose ``remove()`` undoes it."""
     return Myopia(model)
+
+
+class SequenceRegressor(nn.Module):
+    """A GPT-2 trunk between linear input and output layers: ``(B, T, d_in)`` -> ``(B, T)`` (the D_p model)."""
+
+    def __init__(self, d_in: int = 2, n_layer: int = 2, n_head: int = 4, n_embd: int = 128, n_positions: int = 64):
+        super().__init__()
+        from transformers import GPT2Config, GPT2Model
+
+        self.inp = nn.Linear(d_in, n_embd)
+        self.trunk = GPT2Model(GPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=n_positions,
+                                          vocab_size=1, bos_token_id=0, eos_token_id=0, resid_pdrop=0.0,
+                                          embd_pdrop=0.0, attn_pdrop=0.0))
+        self.out = nn.Linear(n_embd, 1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        hidden = self.trunk(inputs_embeds=self.inp(inputs), use_cache=False).last_hidden_state  # (B, T, n_embd)
+        return self.out(hidden).squeeze(-1)  # (B, T)

@@ -180,6 +180,7 @@ def pretrain_lm(
     epochs: int | None = None,
     max_steps: int = -1,
     seed: int = 0,
+    myopic: bool = False,
     trainer: TrainerConfig = TrainerConfig(),
     force: bool = False,
 ) -> dict:
@@ -199,6 +200,8 @@ def pretrain_lm(
         epochs: passes over the train tokens (default: the preset's).
         max_steps: stop after this many optimizer steps (-1: no limit); the cosine schedule spans them.
         seed: seed of initialisation and shuffling.
+        myopic: myopic training (Wu et al. 2024): the loss at a position sends no gradient into earlier positions'
+            hidden states, so the LM cannot learn to pre-cache (planlm/models/myopic.py). The saved LM is ordinary.
         trainer: devices, precision, logging.
         force: rebuild ``out`` even when it exists.
 
@@ -212,6 +215,8 @@ def pretrain_lm(
     config = {"prepared": str(prepared), "preset": preset, "shape": p, "vocab_size": vocab_size,
               "block_size": block_size, "batch_size": batch_size, "lr": lr, "epochs": epochs, "max_steps": max_steps,
               "seed": seed, "prepared_id": read_manifest(prepared, "prepare").get("id")}
+    if myopic:  # only when set, so that vanilla configs (and their reusable artifacts) are unchanged
+        config["myopic"] = True
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -242,6 +247,11 @@ def pretrain_lm(
         resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
+    myopia = None
+    if myopic:
+        from planlm.models.myopic import make_myopic
+
+        myopia = make_myopic(model)
     module = _lm_module(model, lr, p.warmup_fraction)
     to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
     gen = torch.Generator().manual_seed(seed)
@@ -268,6 +278,8 @@ def pretrain_lm(
             "tokens_per_second": module.train_tokens / max(module.train_seconds, 1e-9),
             "train_seconds": module.train_seconds,
         }
+        if myopia is not None:
+            myopia.remove()  # the saved folder is a plain GPT-2 (myopia shapes training only; the forward is the same)
         if trainer.is_global_zero:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -279,6 +291,6 @@ def pretrain_lm(
                         "parameters": sum(q.numel() for q in model.parameters()), "vocab_size": len(tokenizer)},
                 metrics=metrics,
             )
-    print(f"pretrain-lm {preset}: val perplexity {metrics['val_perplexity']:.2f} "
+    print(f"pretrain-lm {preset}{' (myopic)' if myopic else ''}: val perplexity {metrics['val_perplexity']:.2f} "
           f"(initial {math.exp(metrics['val_loss_initial']):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
     return metrics
