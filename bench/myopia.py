@@ -49,8 +49,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--length", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant (after 2 warm-up steps)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steady timings on a shared machine)")
     ap.add_argument("--json", action="store_true", help="print the results as one JSON object")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from planlm.models.myopic import make_myopic
 

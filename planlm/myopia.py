@@ -42,6 +42,8 @@ class DpConfig:
     """Probability that a position's target is the sum of the ten earlier sines (z_t = 1)."""
     length: int = 64
     """Sequence length (paper: 64)."""
+    frequency: float = 10.0
+    """The sines' frequency (paper: 10). Lower is a departure that a CPU learns in fewer steps."""
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 128
@@ -79,10 +81,11 @@ def train_dp(cfg: DpConfig, myopic: bool, seed: int) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     data = torch.Generator().manual_seed(10_000 + seed)  # training data: per seed, the same for vanilla and myopic
-    held_out = dp_batch(cfg.eval_sequences, cfg.p, cfg.length, generator=torch.Generator().manual_seed(12345))
+    held_out = dp_batch(cfg.eval_sequences, cfg.p, cfg.length, frequency=cfg.frequency,
+                        generator=torch.Generator().manual_seed(12345))
     curve, t0 = [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
-        batch = dp_batch(cfg.batch_size, cfg.p, cfg.length, generator=data)
+        batch = dp_batch(cfg.batch_size, cfg.p, cfg.length, frequency=cfg.frequency, generator=data)
         loss = torch.nn.functional.huber_loss(model(batch.inputs), batch.targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -90,6 +93,8 @@ def train_dp(cfg: DpConfig, myopic: bool, seed: int) -> dict:
         schedule.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             curve.append({"step": step, **{k: v for k, v in _dp_eval(model, held_out).items() if k != "per_position"}})
+            print(f"myopia dp: {KINDS[myopic]} seed {seed} step {step}: held-out loss {curve[-1]['loss']:.4f} "
+                  f"(sum positions {curve[-1]['loss_sum_positions']:.4f})", flush=True)
     seconds = time.perf_counter() - t0
     return {"kind": KINDS[myopic], "seed": seed, **_dp_eval(model, held_out), "curve": curve, "seconds": seconds}
 
@@ -129,6 +134,8 @@ def myopia_dp(
             problems.append(f"dp.{name} must be positive (got {getattr(dp, name)})")
     if dp.n_embd % max(dp.n_head, 1):
         problems.append(f"dp.n_embd {dp.n_embd} is not divisible by dp.n_head {dp.n_head}")
+    if dp.frequency <= 0:
+        problems.append(f"dp.frequency must be positive (got {dp.frequency})")
     if dp.lr <= 0:
         problems.append(f"dp.lr must be positive (got {dp.lr})")
     problems += _seed_problems(seeds)
@@ -147,7 +154,8 @@ def myopia_dp(
         "gap_per_seed": gaps.tolist(),
         **{f"{k}_loss": float(np.mean([by[k, s]["loss"] for s in seeds])) for k in KINDS},
     }
-    lines = [f"# Myopia gap on D_p (p = {dp.p}, length {dp.length}, {dp.n_layer} layers x {dp.n_embd}, "
+    lines = [f"# Myopia gap on D_p (p = {dp.p}, frequency {dp.frequency:g}, length {dp.length}, "
+             f"{dp.n_layer} layers x {dp.n_embd}, "
              f"{dp.steps} steps of {dp.batch_size}; Huber loss on {dp.eval_sequences} held-out sequences)", "",
              "| seed | model | loss | loss at z=1 (sum) | loss at z=0 (copy) |", "|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['kind']} | {r['loss']:.4f} | {r['loss_sum_positions']:.4f} | "
@@ -293,7 +301,7 @@ def gap_statistics(vanilla: np.ndarray, myopic: np.ndarray, articles: np.ndarray
         "gap": float(gap), "gap_ci": ci(boot_joint), "gap_ci_articles": ci(boot_articles),
         "gap_per_seed": (art_sum.sum(1) / art_count.sum()).tolist(),
         "per_position": per_pos.tolist(),
-        "per_position_ci": [np.percentile(boot_pos, 2.5, axis=0).tolist(), np.percentile(boot_pos, 97.5, axis=0).tolist()],
+        "per_position_ci": [np.percentile(boot_pos, q, axis=0).tolist() for q in (2.5, 97.5)],
         "slope": slope(per_pos), "slope_ci": ci(boot_slope),
         "articles": int(a), "tokens": int(present.sum()), "bootstrap": n_boot,
     }

@@ -70,7 +70,8 @@ def test_weights_receive_gradient_from_every_position(arch):
     make_myopic(lm)
     myopic = grads()
     last = f".{lm.config.num_hidden_layers - 1}."
-    attention = [n for n in myopic if last in n and any(k in n for k in ("c_attn", "query_key_value", "k_proj", "v_proj"))]
+    key_value = ("c_attn", "query_key_value", "k_proj", "v_proj")
+    attention = [n for n in myopic if last in n and any(k in n for k in key_value)]
     assert attention
     for n in attention:
         torch.testing.assert_close(myopic[n], vanilla[n], atol=1e-6, rtol=1e-5)
@@ -173,3 +174,29 @@ def test_myopia_lm_bad_arguments_fail_before_any_work(tmp_path):
     for part in ("planlm prepare", "huge", "distinct", "split"):
         assert part in message
     assert not (tmp_path / "o").exists()
+
+
+def test_finetune_myopic_changes_training_not_the_recipe(tmp_path):
+    """`finetune --myopic true` trains the same recipe with myopic gradients: same start, different weights."""
+    from safetensors.torch import load_file
+
+    from finetune_env import cli_args
+    from helpers import synthetic_prepared, tiny_lm
+    from planlm.artifacts import read_manifest
+    from planlm.cli import main
+
+    corpus = synthetic_prepared(tmp_path / "prep", n_articles=10)
+    env = {"prepared": str(tmp_path / "prep"), "lm": tiny_lm(tmp_path / "lm", corpus.texts, dropout=0.0),
+           "planner": ""}
+    weights = {}
+    for name, extra in (("vanilla", []), ("myopic", ["--myopic", "true"])):
+        args = cli_args(env, tmp_path / name, "--optim.max_steps", "3", "--recipe.selection", "fixed",
+                        "--recipe.train_lm", "true", *extra)
+        i = args.index("--planner")
+        del args[i: i + 2]
+        assert main(args) == 0
+        files = sorted((tmp_path / name).rglob("*.safetensors"))
+        weights[name] = {k: v for f in files for k, v in load_file(f).items()}
+    assert read_manifest(tmp_path / "myopic", "finetune")["config"]["myopic"] is True
+    assert weights["vanilla"].keys() == weights["myopic"].keys()
+    assert any(not torch.allclose(weights["vanilla"][k], weights["myopic"][k]) for k in weights["vanilla"])
