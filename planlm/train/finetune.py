@@ -250,7 +250,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     if cfg.myopic:
         from planlm.models.myopic import make_myopic
 
-        make_myopic(lm_model)  # before the adapters hook in: they see only the live pass
+        make_myopic(lm_model)  # its detached pass stops before the output projection: adapters see the live one
     model = build_planned_lm(cfg, corpus, lm_model, planner)
 
     w = cfg.windows
