@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, read_manifest, reusable, write_json_atomic, write_manifest
+from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_json_atomic, write_manifest
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.train.trainer import TrainerConfig
 
@@ -106,6 +106,24 @@ def _bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> list[floa
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
+def validate_myopia_dp(dp: DpConfig, seeds: list[int]) -> None:
+    """Raise one error listing every problem with the arguments of :func:`myopia_dp`."""
+    problems = []
+    if not 0.0 <= dp.p <= 1.0:
+        problems.append(f"dp.p must be in [0, 1] (got {dp.p})")
+    for name in ("length", "n_layer", "n_head", "n_embd", "steps", "batch_size", "eval_sequences", "eval_every"):
+        if getattr(dp, name) < 1:
+            problems.append(f"dp.{name} must be positive (got {getattr(dp, name)})")
+    if dp.n_embd % max(dp.n_head, 1):
+        problems.append(f"dp.n_embd {dp.n_embd} is not divisible by dp.n_head {dp.n_head}")
+    if dp.frequency <= 0:
+        problems.append(f"dp.frequency must be positive (got {dp.frequency})")
+    if dp.lr <= 0:
+        problems.append(f"dp.lr must be positive (got {dp.lr})")
+    problems += _seed_problems(seeds)
+    raise_if_problems(problems, "myopia dp")
+
+
 def myopia_dp(
     out: str = "runs/myopia-dp",
     dp: DpConfig = DpConfig(),
@@ -126,23 +144,9 @@ def myopia_dp(
     Returns:
         ``{"gap", "gap_ci", "runs": [...]}``.
     """
-    problems = []
-    if not 0.0 <= dp.p <= 1.0:
-        problems.append(f"dp.p must be in [0, 1] (got {dp.p})")
-    for name in ("length", "n_layer", "n_head", "n_embd", "steps", "batch_size", "eval_sequences", "eval_every"):
-        if getattr(dp, name) < 1:
-            problems.append(f"dp.{name} must be positive (got {getattr(dp, name)})")
-    if dp.n_embd % max(dp.n_head, 1):
-        problems.append(f"dp.n_embd {dp.n_embd} is not divisible by dp.n_head {dp.n_head}")
-    if dp.frequency <= 0:
-        problems.append(f"dp.frequency must be positive (got {dp.frequency})")
-    if dp.lr <= 0:
-        problems.append(f"dp.lr must be positive (got {dp.lr})")
-    problems += _seed_problems(seeds)
-    raise_if_problems(problems, "myopia dp")
+    validate_myopia_dp(dp, seeds)
     config = {"task": "dp", "dp": asdict(dp), "seeds": list(seeds)}
-    if reusable(out, STAGE, config, force):
-        print(f"{out} is up to date (same config); pass --force true to rerun")
+    if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
     runs = [train_dp(dp, myopic, seed) for seed in seeds for myopic in (False, True)]
@@ -162,7 +166,7 @@ def myopia_dp(
               f"{r['loss_copy_positions']:.4f} |" for r in runs]
     lines += ["", f"Myopia gap (myopic - vanilla): **{result['gap']:.4f}**" + _ci_text(result["gap_ci"])
               + f"; per seed {', '.join(f'{g:.4f}' for g in gaps)}.", ""]
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=True) as tmp:
         _plot_dp(runs, tmp / "myopia.png")
         _write_result(tmp, result, lines, config, inputs=None,
                       metrics={k: result[k] for k in ("gap", "gap_ci", "vanilla_loss", "myopic_loss")})
@@ -327,6 +331,30 @@ def _hidden_state_probes(lm, windows: list[np.ndarray], cfg: MyopiaProbeConfig, 
     return rows_to_json(rows)
 
 
+def validate_myopia_lm(prepared: str, out: str, budget: LMBudget, seeds: list[int], probes: MyopiaProbeConfig,
+                       split: str, bootstrap: int) -> None:
+    """Raise one error listing every problem with the arguments of :func:`myopia_lm`."""
+    from planlm.train.pretrain_lm import PRESETS
+
+    problems = []
+    try:
+        read_manifest(prepared, "prepare")
+    except PlanlmError as e:
+        problems.append(f"{e} (build it with `planlm prepare --out {prepared}`)")
+    if budget.preset not in PRESETS:
+        problems.append(f"unknown budget.preset {budget.preset!r}; use one of {', '.join(PRESETS)}")
+    if split not in ("test", "val"):
+        problems.append(f"split must be test or val (got {split!r})")
+    if bootstrap < 100:
+        problems.append(f"bootstrap must be at least 100 (got {bootstrap})")
+    if any(d < 1 for d in probes.distances) or not probes.distances:
+        problems.append(f"probes.distances must be positive token distances (got {probes.distances})")
+    if Path(out).resolve() == Path(prepared).resolve():
+        problems.append("--out must differ from --prepared")
+    problems += _seed_problems(seeds)
+    raise_if_problems(problems, "myopia lm")
+
+
 def myopia_lm(
     prepared: str = "runs/prepared",
     out: str = "runs/myopia-lm",
@@ -362,34 +390,17 @@ def myopia_lm(
     """
     from planlm.train.pretrain_lm import PRESETS, pretrain_lm
 
-    problems = []
-    try:
-        read_manifest(prepared, "prepare")
-    except PlanlmError as e:
-        problems.append(f"{e} (build it with `planlm prepare --out {prepared}`)")
-    if budget.preset not in PRESETS:
-        problems.append(f"unknown budget.preset {budget.preset!r}; use one of {', '.join(PRESETS)}")
-    if split not in ("test", "val"):
-        problems.append(f"split must be test or val (got {split!r})")
-    if bootstrap < 100:
-        problems.append(f"bootstrap must be at least 100 (got {bootstrap})")
-    if any(d < 1 for d in probes.distances) or not probes.distances:
-        problems.append(f"probes.distances must be positive token distances (got {probes.distances})")
-    if Path(out).resolve() == Path(prepared).resolve():
-        problems.append("--out must differ from --prepared")
-    problems += _seed_problems(seeds)
-    raise_if_problems(problems, "myopia lm")
+    validate_myopia_lm(prepared, out, budget, seeds, probes, split, bootstrap)
     config = {"task": "lm", "prepared": str(prepared), "prepared_id": read_manifest(prepared, "prepare").get("id"),
               "budget": asdict(budget), "seeds": list(seeds), "probes": asdict(probes), "split": split,
               "bootstrap": bootstrap}
-    if reusable(out, STAGE, config, force):
-        print(f"{out} is up to date (same config); pass --force true to rerun")
+    if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
     from planlm.persist import load_lm
 
     block_size = budget.block_size or PRESETS[budget.preset].block_size
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=True) as tmp:
         trained, losses, probe_rows, windows, articles = {}, {k: [] for k in KINDS}, {}, None, None
         for seed in seeds:
             for kind in KINDS:
