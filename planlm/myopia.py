@@ -209,14 +209,6 @@ class MyopiaProbeConfig:
     enabled: bool = True
 
 
-@dataclass
-class TokenLosses:
-    """Per-token losses of one LM on the evaluation windows."""
-
-    losses: np.ndarray
-    """``(W, T - 1)`` float64 loss of the token predicted at each position (NaN past a short window's end)."""
-
-
 def _windows(prepared: str, lm_dir: Path, split: str, block_size: int):
     """Evaluation windows of ``split``: each article (+ eos) cut into ``block_size`` blocks, tail kept."""
     from planlm.data.prepared import PreparedCorpus
@@ -312,7 +304,8 @@ def gap_statistics(vanilla: np.ndarray, myopic: np.ndarray, articles: np.ndarray
 
 
 def _hidden_state_probes(lm, windows: list[np.ndarray], cfg: MyopiaProbeConfig, block_size: int) -> list[dict]:
-    """Probe rows (planlm/eval/probes.py) on the hidden state after each layer; kind "post" = after the layer."""
+    """Probe rows (planlm/eval/probes.py) on the hidden state after each layer (kind "post": what the layer passes
+    on; HF applies the final norm to the last layer's)."""
     import torch
 
     from planlm.eval.probes import ProbeConfig, rows_to_json, run_probes
@@ -418,6 +411,7 @@ def myopia_lm(
                         raise PlanlmError(f"{prepared} has no {split} articles to score; use --split val")
                 lm, _ = load_lm(str(lm_dir))
                 losses[kind].append(token_losses(lm.eval(), windows))
+                trained[kind, seed]["eval_loss"] = float(np.nanmean(losses[kind][-1]))  # token-weighted
                 if probes.enabled and seed == seeds[0]:
                     probe_rows[kind] = _hidden_state_probes(lm, windows, probes, block_size)
         stats = gap_statistics(np.stack(losses["vanilla"]), np.stack(losses["myopic"]), articles, n_boot=bootstrap)
@@ -466,8 +460,8 @@ def _lm_markdown(r: dict, budget: LMBudget, split: str) -> list[str]:
         per_seed.setdefault(run["seed"], {})[run["kind"]] = run
     for i, (seed, kinds) in enumerate(per_seed.items()):
         for kind in KINDS:
-            lines.append(f"| {seed} | {kind} | {kinds[kind]['val_loss']:.4f} | "
-                         + ("" if kind == "vanilla" else f"gap {r['gap_per_seed'][i]:+.4f}") + " |")
+            gap = "" if kind == "vanilla" else f" (gap {r['gap_per_seed'][i]:+.4f})"
+            lines.append(f"| {seed} | {kind} | {kinds[kind]['val_loss']:.4f} | {kinds[kind]['eval_loss']:.4f}{gap} |")
     pp = np.array(r["per_position"])
     q = max(1, len(pp) // 4)
     lines += [

@@ -155,6 +155,8 @@ def test_myopia_lm_on_a_prepared_corpus(tmp_path):
     )
     assert {(r["kind"], r["seed"]) for r in result["runs"]} == {(k, s) for k in ("vanilla", "myopic") for s in (0, 1)}
     assert all(r["steps"] == 4 for r in result["runs"])  # the same budget for both
+    by = {(r["kind"], r["seed"]): r["eval_loss"] for r in result["runs"]}
+    assert result["gap"] == pytest.approx(sum(by["myopic", s] - by["vanilla", s] for s in (0, 1)) / 2)
     assert result["gap_ci"][0] <= result["gap"] <= result["gap_ci"][1] and len(result["per_position"]) == 31
     assert {p["distance"] for p in result["probes"]["myopic"]} == {1, 2}
     out = tmp_path / "lm"
