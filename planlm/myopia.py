@@ -531,6 +531,8 @@ def _plot_lm(r: dict, path: Path) -> None:
                        for d in distances]
                 ax.plot(distances, acc, style, marker="o", color=plt.get_cmap("viridis")(i / max(1, len(layers) - 1)),
                         label=f"{kind} layer {layer}")
+        base = [np.mean([p["baseline"] for p in r["probes"]["vanilla"] if p["distance"] == d]) for d in distances]
+        ax.plot(distances, base, "k:", label="majority baseline")
         ax.set(title="future-token probes (hidden states)", xlabel="distance d (tokens ahead)",
                ylabel="held-out accuracy", xticks=distances)
         ax.legend(fontsize=6)
