@@ -14,6 +14,7 @@ from planlm.errors import PlanlmError
 from planlm.eval.evaluate import evaluate
 from planlm.eval.generate import generate
 from planlm.mtp_compare import mtp_compare
+from planlm.myopia import myopia_dp, myopia_lm
 from planlm.prepare import actions_show, prepare
 from planlm.report import report
 from planlm.run import run
@@ -33,6 +34,7 @@ COMMANDS: dict = {
     "report": report,
     "run": run,
     "mtp-compare": mtp_compare,
+    "myopia": {"dp": myopia_dp, "lm": myopia_lm},
 }
 
 

@@ -62,6 +62,9 @@ class FinetuneConfig:
     mtp: MTPConfig = field(default_factory=lambda: MTPConfig(init="copy"))
     checkpoint_every: int = 200
     seed: int = 0
+    myopic: bool = False
+    """Myopic training of the LM (Wu et al. 2024): no gradient from a position's loss into earlier positions'
+    hidden states (planlm/models/myopic.py)."""
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
@@ -126,6 +129,7 @@ def finetune(
     mtp: MTPConfig = MTPConfig(init="copy"),
     checkpoint_every: int = 200,
     seed: int = 0,
+    myopic: bool = False,
     resume: bool = False,
     force: bool = False,
 ) -> Path:
@@ -151,6 +155,8 @@ def finetune(
             unless ``--recipe.train_lm true``; saved as ``mtp_heads.safetensors`` in OUT.
         checkpoint_every: save a resumable checkpoint every this many optimizer steps.
         seed: seed of initialisation, data order and action mixing.
+        myopic: myopic training (Wu et al. 2024): the loss at a position sends no gradient into the hidden states of
+            earlier positions, so neither the LM nor the adapters can pre-cache for later tokens.
         resume: continue exactly from the last checkpoint in OUT.work/checkpoints.
         force: retrain even if OUT already holds a planned LM trained with this config.
 
@@ -160,6 +166,7 @@ def finetune(
     cfg = FinetuneConfig(
         prepared=Path(prepared), lm=str(lm), planner=Path(planner) if planner else None, recipe=recipe, optim=optim,
         windows=windows, adapters=adapters, trainer=trainer, mtp=mtp, checkpoint_every=checkpoint_every, seed=seed,
+        myopic=myopic,
     )
     out = Path(out)
     validate_finetune(cfg, out)
@@ -248,6 +255,10 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         planner = load_planner(cfg.planner)
         check_planner_fits(planner, corpus, cfg.planner)
         check_planner_inputs(cfg, corpus)
+    if cfg.myopic:
+        from planlm.models.myopic import make_myopic
+
+        make_myopic(lm_model)  # its detached pass stops before the output projection: adapters see the live one
     model = build_planned_lm(cfg, corpus, lm_model, planner)
     heads = None
     if cfg.mtp.n_heads > 1:

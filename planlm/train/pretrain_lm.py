@@ -212,6 +212,7 @@ def pretrain_lm(
     epochs: int | None = None,
     max_steps: int = -1,
     seed: int = 0,
+    myopic: bool = False,
     trainer: TrainerConfig = TrainerConfig(),
     mtp: MTPConfig = MTPConfig(),
     force: bool = False,
@@ -232,6 +233,8 @@ def pretrain_lm(
         epochs: passes over the train tokens (default: the preset's).
         max_steps: stop after this many optimizer steps (-1: no limit); the cosine schedule spans them.
         seed: seed of initialisation and shuffling.
+        myopic: myopic training (Wu et al. 2024): the loss at a position sends no gradient into earlier positions'
+            hidden states, so the LM cannot learn to pre-cache (planlm/models/myopic.py). The saved LM is ordinary.
         trainer: devices, precision, logging.
         mtp: multi-token prediction (Gloeckle et al. 2024): ``--mtp.n_heads 4`` trains heads 2..n (one block each,
             after the LM's own last block, head 1) on the sum of their losses; saved next to the LM
@@ -250,6 +253,8 @@ def pretrain_lm(
               "seed": seed, "prepared_id": read_manifest(prepared, "prepare").get("id")}
     if mtp.n_heads > 1:  # n = 1 keeps the config (and so the reuse fingerprint) of plain next-token runs
         config["mtp"] = mtp
+    if myopic:  # only when set, so that vanilla configs (and their reusable artifacts) are unchanged
+        config["myopic"] = True
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -285,6 +290,11 @@ def pretrain_lm(
         from planlm.models.mtp import MTPHeads
 
         heads = MTPHeads(model, mtp.n_heads, init=mtp.init)
+    myopia = None
+    if myopic:
+        from planlm.models.myopic import make_myopic
+
+        myopia = make_myopic(model)
     module = _lm_module(model, lr, p.warmup_fraction, heads, mtp)
     to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
     gen = torch.Generator().manual_seed(seed)
@@ -311,6 +321,8 @@ def pretrain_lm(
             "tokens_per_second": module.train_tokens / max(module.train_seconds, 1e-9),
             "train_seconds": module.train_seconds,
         }
+        if myopia is not None:
+            myopia.remove()  # the saved folder is a plain GPT-2 (myopia shapes training only; the forward is the same)
         if trainer.is_global_zero:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -327,6 +339,6 @@ def pretrain_lm(
                         "mtp_heads": mtp.n_heads},
                 metrics=metrics,
             )
-    print(f"pretrain-lm {preset}: val perplexity {metrics['val_perplexity']:.2f} "
+    print(f"pretrain-lm {preset}{' (myopic)' if myopic else ''}: val perplexity {metrics['val_perplexity']:.2f} "
           f"(initial {math.exp(metrics['val_loss_initial']):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
     return metrics
