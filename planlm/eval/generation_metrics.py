@@ -168,7 +168,9 @@ def sentence_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tok
         if not rest:
             continue
         end = cut + rest[min(new_tokens, len(rest)) - 1][1]
-        out.append({"prefix": text[:cut], "true": text[cut:end], "oracle_action": int(corpus.actions[lo + i])})
+        nxt = text[int(corpus.sentence_start[lo + i]) : int(corpus.sentence_end[lo + i])]
+        out.append({"prefix": text[:cut], "true": text[cut:end], "oracle_action": int(corpus.actions[lo + i]),
+                    "true_sentence": nxt})
         if len(out) == count:
             break
     return out
@@ -297,7 +299,8 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
             first = next((s for s in g.sentences if s.generated), None)
             right = first is not None and first.action == p["oracle_action"]
             by_first["right" if right else "wrong"].append(
-                (rouge2_f1([g.text], [t]), edit_distances([gt], [tt], [n]).mean.get(str(n))))
+                (rouge2_f1([g.text], [t]), edit_distances([gt], [tt], [n]).mean.get(str(n)),
+                 rouge2_f1([first.text if first else ""], [p["true_sentence"]])))
             samples.append({"kind": "continuation", "length": n, "prefix": p["prefix"], "generated": g.text,
                             "true": t, "first_action": None if first is None else first.action,
                             "oracle_action": p["oracle_action"], "actions": asdict(gt), "true_actions": asdict(tt)})
@@ -307,9 +310,10 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
                                                progress)).mauve
 
     def split(rows):
-        edit = [e for _, e in rows if e is not None]
-        return {"texts": len(rows), "rouge2": float(np.mean([r for r, _ in rows])) if rows else None,
-                "edit_distance": float(np.mean(edit)) if edit else None}
+        edit = [e for _, e, _ in rows if e is not None]
+        return {"texts": len(rows), "rouge2": float(np.mean([r for r, _, _ in rows])) if rows else None,
+                "edit_distance": float(np.mean(edit)) if edit else None,
+                "rouge2_first_sentence": float(np.mean([f for _, _, f in rows])) if rows else None}
 
     common = {"featurizer": feat[2], "sampling": sampling}
     return GenerationMetrics(
