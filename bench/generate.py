@@ -119,7 +119,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     batch = args.batch or (32 if str(args.device).startswith("cuda") else 8)
 
-    from planlm.eval.generate import PlannedGenerator, SamplingConfig
+    from planlm.eval.generator import PlannedGenerator, SamplingConfig
 
     model, tok, corpus, encoder = run_setup(args) if args.run else synthetic_setup(args)
     prompt_ids = torch.tensor([tok(args.prompt, add_special_tokens=False)["input_ids"]] * batch, device=args.device)

@@ -12,7 +12,8 @@ from generate_env import ENCODER, build_env
 from planlm.cli import main
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
-from planlm.eval.generate import PlannedGenerator, SamplingConfig, parse_plan
+from planlm.eval.generate import parse_plan
+from planlm.eval.generator import PlannedGenerator, SamplingConfig
 
 
 @pytest.fixture(scope="module")

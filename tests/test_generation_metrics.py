@@ -11,7 +11,7 @@ import torch
 from generate_env import ENCODER, build_env
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
-from planlm.eval.generate import Generation, PlannedGenerator
+from planlm.eval.generator import Generation, PlannedGenerator
 from planlm.eval.generation_metrics import (
     GenerationMetricsConfig,
     action_trace,
