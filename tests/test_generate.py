@@ -200,11 +200,16 @@ def test_generated_sentences_are_the_splitters_on_many_texts(generator, temperat
 
 
 def test_a_batch_gives_each_text_what_it_gives_alone(generator):
-    s = SamplingConfig(max_new_tokens=60, temperature=1.0, seed=7)
-    batch = generator.generate(["", "The Moon is big.", ""], [None, [1], None], s, after_plan="planner")
-    alone = generator.generate_one("The Moon is big.", [1], SamplingConfig(60, 1.0, 1.0, seed=8), after_plan="planner")
-    assert batch[1].token_ids == alone.token_ids and batch[1].plan == alone.plan
-    assert batch[0].token_ids != batch[2].token_ids  # seeds 7 and 9
+    """Per-text seeds, padding, stale-column masking and dropping finished texts from the cache change nothing: the
+    planned text stops early (its plan ends) and leaves the batch while the others go on."""
+    # text 1 is test_forced_plan_is_exactly_the_plan_used's first sentence (seed 3, action 3), then stops
+    s = SamplingConfig(max_new_tokens=250, temperature=1.5, seed=2)
+    batch = generator.generate(["", "", ""], [None, [3], None], s)
+    assert batch[1].stop_reason == "plan" and batch[0].new_tokens > batch[1].new_tokens
+    for i, plan in enumerate([None, [3]]):
+        alone = generator.generate_one("", plan, SamplingConfig(250, 1.5, 1.0, seed=2 + i))
+        assert batch[i].token_ids == alone.token_ids and batch[i].plan == alone.plan
+    assert batch[0].token_ids != batch[2].token_ids  # seeds 2 and 4
 
 
 def test_the_whole_position_range_is_reachable(env, generator):

@@ -613,7 +613,7 @@ class PlannedGenerator:
         last = max(st.last_token_before(span[1]), cur.token_start)
         keep = st.retractions.get(last, 0) >= MAX_RETRACTIONS
         if not keep or (st.plan and st.planned >= len(st.plan) and after_plan == "stop"):
-            st.truncate(last + 1)
+            st.truncate(max(last + 1, st.prompt_tokens))
         cur.text, cur.token_end, cur.finished = st.text[span[0]:span[1]], last + 1, True
         st.ends.append(span[1])
         if st.plan and st.planned >= len(st.plan) and after_plan == "stop":
