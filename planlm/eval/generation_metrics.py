@@ -176,14 +176,16 @@ def sentence_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tok
     return out
 
 
-def real_beginnings(corpus, tokenizer, count: int, n_tokens: int) -> list[tuple[str, bool]]:
-    """The first ``count`` test articles cut to their first ``n_tokens`` tokens, with whether the whole article fit."""
+def real_beginnings(corpus, tokenizer, count: int, n_tokens: int) -> list[tuple[str, bool, str]]:
+    """The first ``count`` test articles cut to their first ``n_tokens`` tokens, with whether the whole article fit
+    and its split; a corpus with fewer test articles is topped up with val articles (recorded in the protocol)."""
     out = []
-    for a in corpus.article_ids("test")[:count]:
-        text = corpus.texts[int(a)]
-        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        if offsets:
-            out.append((text[: offsets[min(n_tokens, len(offsets)) - 1][1]], len(offsets) <= n_tokens))
+    for split in ("test", "val"):
+        for a in corpus.article_ids(split)[: count - len(out)]:
+            text = corpus.texts[int(a)]
+            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if offsets:
+                out.append((text[: offsets[min(n_tokens, len(offsets)) - 1][1]], len(offsets) <= n_tokens, split))
     return out
 
 
@@ -255,8 +257,8 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
     real = real_beginnings(corpus, tok, config.unconditional, config.unconditional_tokens)
     if not pairs or len(real) < 2:
         raise PlanlmError(
-            f"{corpus.path} has {len(pairs)} test articles with two sentences or more and {len(real)} test articles "
-            "(2 needed for MAUVE); prepare more test articles"
+            f"{corpus.path} has {len(pairs)} test articles with two sentences or more and {len(real)} test and val "
+            "articles (2 needed for MAUVE); prepare more test articles"
         )
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
 
@@ -267,13 +269,13 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
                 "true": None, "stop": g.stop_reason, "actions": asdict(action_trace(g.text, generator))}
                for g in uncond]
     feat = featurizer_model(generator, config.featurizer)
-    mauve = mauve_score(featurize([t for t, _ in real], feat, generator, config.mauve_max_tokens, progress),
+    mauve = mauve_score(featurize([t for t, _, _ in real], feat, generator, config.mauve_max_tokens, progress),
                         featurize([g.text for g in uncond], feat, generator, config.mauve_max_tokens, progress)).mauve
     generated_seqs = [s["actions"]["actions"] for s in samples]
     keep = [i for i, q in enumerate(generated_seqs) if q]
     if not keep:
         raise PlanlmError("no unconditional sample holds a sentence; raise --gen.unconditional_tokens")
-    real_traces = [action_trace(t, generator).actions for t, _ in real]
+    real_traces = [action_trace(t, generator).actions for t, _, _ in real]
     real_keep = [i for i, q in enumerate(real_traces) if q]
     latent = latent_perplexity(
         article_action_sequences(corpus, "train"), article_action_sequences(corpus, "val"),
@@ -322,8 +324,9 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
         edit_distance=edits, edit_distance_mean=float(np.mean(list(edits.values()))) if edits else None,
         edit_distance_pairs=pairs_at, mauve_continuation=mauve_cont,
         by_first_action={"right": split(by_first["right"]), "wrong": split(by_first["wrong"])},
-        mauve_protocol={**common, "generated": len(uncond), "real": len(real), "tokens": config.unconditional_tokens,
-                        "max_tokens": config.mauve_max_tokens, "real_texts": "test articles cut to the same length"},
+        mauve_protocol={**common, "generated": len(uncond), "tokens": config.unconditional_tokens,
+                        "real": {sp: sum(r[2] == sp for r in real) for sp in ("test", "val")},
+                        "max_tokens": config.mauve_max_tokens, "real_texts": "article beginnings, same length"},
         latent_ppl_protocol={"critic": config.critic, "delta_grid": list(DELTA_GRID), "scored": len(keep),
                              "tokens": config.unconditional_tokens, "fitted_on": "train oracle actions",
                              "delta_chosen_on": "val", "bos_eos": "real article boundaries only"},
