@@ -3,16 +3,17 @@
     python bench/generate.py --run runs/finetune          # a fine-tuned planned LM (its corpus's encoder)
     python bench/generate.py                              # self-contained: a small GPT-2 trained briefly on
                                                           # wiki-bench text, MiniLM, a paper-size planner (K=1024)
-    python bench/generate.py --device cuda --tokens 512
+    python bench/generate.py --device cuda --tokens 512 --batch 32 --json
 
-Three decoders of the same LM and the same sampling settings (temperature 1, top-p 0.95), each run ``--samples``
-times after one warm-up, tokens per second over all of them:
+Three decoders of the same LM, the same batch of ``--batch`` texts (B = 8 on a CPU, 32 on a GPU) and the same
+sampling settings (temperature 1, top-p 0.95), each run ``--samples`` times after one warm-up, new tokens per second
+over all of them:
 
-- ``hf``: ``lm.generate`` (KV cache, the LM without adapters);
+- ``hf``: ``lm.generate`` on the batch (KV cache, the LM without adapters);
 - ``planned-fixed``: planlm's decoding loop with the adapters on and ``fixed`` selection (no planner, no splitting):
   the cost of the loop itself and the adapter hooks;
-- ``planned``: the planner in the loop (sentence splitting after sentence-final punctuation, sentence embedding,
-  planner call and the re-feed of the sentence's last token at every sentence end).
+- ``planned``: the planner in the loop (the incremental sentence tracker, sentence embedding, one planner call per
+  step for every text that ended a sentence, and the re-feed of each finished sentence's last token).
 
 The self-contained setup's LM is trained for ``--train-steps`` steps (batches of 8 x 64 tokens) so that it writes
 sentence ends at a realistic rate (re-planning is the cost being measured; a random LM almost never ends a
@@ -31,7 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-WIKI_BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wiki-bench.jsonl.gz"
+# the shared data folder next to the checkout (or next to a folder of worktrees)
+WIKI_BENCH = next((p / "shared" / "data" / "wiki-bench.jsonl.gz" for p in Path(__file__).resolve().parents
+                   if (p / "shared" / "data" / "wiki-bench.jsonl.gz").exists()), Path("shared/data/wiki-bench.jsonl.gz"))
 
 
 def synthetic_setup(args):
@@ -102,7 +105,9 @@ def main() -> None:
     p.add_argument("--run", help="a `planlm finetune` folder (default: the self-contained setup)")
     p.add_argument("--encoder", help="sentence encoder for --run (default: its corpus's)")
     p.add_argument("--tokens", type=int, default=256, help="new tokens per sample")
-    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--samples", type=int, default=2, help="timed batches per decoder")
+    p.add_argument("--batch", type=int, default=0, help="texts per batch (default: 8 on a CPU, 32 on a GPU)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--prompt", default="The Moon is Earth's only natural satellite.")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -112,11 +117,12 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    batch = args.batch or (32 if str(args.device).startswith("cuda") else 8)
 
-    from planlm.eval.generate import PlannedGenerator, SamplingConfig
+    from planlm.eval.generator import PlannedGenerator, SamplingConfig
 
     model, tok, corpus, encoder = run_setup(args) if args.run else synthetic_setup(args)
-    prompt_ids = torch.tensor([tok(args.prompt, add_special_tokens=False)["input_ids"]], device=args.device)
+    prompt_ids = torch.tensor([tok(args.prompt, add_special_tokens=False)["input_ids"]] * batch, device=args.device)
 
     def sampling(i):
         return SamplingConfig(max_new_tokens=args.tokens, temperature=1.0, top_p=0.95, seed=100 + i)
@@ -127,29 +133,40 @@ def main() -> None:
             out = model.lm.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), do_sample=True,
                                     top_p=0.95, top_k=0, temperature=1.0, max_new_tokens=args.tokens,
                                     pad_token_id=tok.pad_token_id)
-        return out.shape[1] - prompt_ids.shape[1]
+        return (out.shape[1] - prompt_ids.shape[1]) * batch
 
     planned_gen = PlannedGenerator(model, tok, corpus, encoder)
     sentences = []
 
     def planned(i):
-        g = planned_gen.generate_one(args.prompt, sampling=sampling(i))
+        gs = planned_gen.generate([args.prompt] * batch, None, sampling(i * batch), after_plan="planner")
         if i >= 0:
-            sentences.append(len([s for s in g.sentences if s.generated]))
-        return g.new_tokens
+            sentences.extend(len([s for s in g.sentences if s.generated]) for g in gs)
+        return sum(g.new_tokens for g in gs)
 
     selection = model.config.selection
     rows = [("hf", *time_it(hf, args.samples)), ("planned", *time_it(planned, args.samples))]
     model.config.selection = "fixed"  # the same loop and adapters, no planner and no sentence work
     fixed_gen = PlannedGenerator(model, tok, corpus, encoder)
-    rows.insert(1, ("planned-fixed", *time_it(lambda i: fixed_gen.generate_one(args.prompt, sampling=sampling(i))
-                                               .new_tokens, args.samples)))
+    rows.insert(1, ("planned-fixed", *time_it(lambda i: sum(
+        g.new_tokens for g in fixed_gen.generate([args.prompt] * batch, None, sampling(i * batch))), args.samples)))
     model.config.selection = selection
 
     base = rows[0][2] / rows[0][1]
     n_params = sum(p.numel() for p in model.lm.parameters())
+    result = {
+        "device": str(args.device), "threads": torch.get_num_threads(), "lm_parameters": n_params, "batch": batch,
+        "samples": args.samples, "new_tokens": args.tokens, "sentences_per_text": float(np.mean(sentences)),
+        "tokens_per_s": {name: tokens / seconds for name, seconds, tokens in rows},
+    }
+    result["ratio_planned_vs_hf"] = result["tokens_per_s"]["planned"] / base
+    result["ratio_planned_fixed_vs_hf"] = result["tokens_per_s"]["planned-fixed"] / base
+    if args.json:
+        print(json.dumps(result))
+        return
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, LM {n_params / 1e6:.1f} M parameters, "
-          f"{args.samples} samples x {args.tokens} new tokens, planned: {np.mean(sentences):.1f} sentences per sample")
+          f"{args.samples} batches of {batch} x {args.tokens} new tokens, planned: {np.mean(sentences):.1f} sentences "
+          "per text")
     print(f"{'decoder':<15} {'tokens':>7} {'seconds':>8} {'tokens/s':>9} {'vs hf':>6}")
     for name, seconds, tokens in rows:
         rate = tokens / seconds

@@ -86,15 +86,16 @@ def test_evaluate_with_generation_metrics_and_probes(env):
     out = env["root"] / "eval-gen"
     args = ["evaluate", "--run", str(env["run"]), "--out", str(out), "--ppl.actions", "[predicted]", *PPL,
             "--generation", "true", "--encoder", ENCODER, "--gen.continuations", "3", "--gen.unconditional", "2",
-            "--gen.prefix_tokens", "16", "--gen.max_new_tokens", "32", "--gen.edit_lengths", "[8, 16]",
+            "--gen.prefix_tokens", "16", "--gen.unconditional_tokens", "32", "--gen.lengths", "[8, 16]",
             "--probes", "true", "--probe.distances", "[1, 2]", "--probe.max_iter", "5", "--probe_windows", "8"]
     assert main(args) == 0
     m = read(out)
-    for key in ("mauve", "rouge2", "latent_ppl", "edit_distance", "mauve_unconditional", "latent_delta"):
+    for key in ("mauve", "rouge2", "latent_ppl", "edit_distance", "mauve_protocol", "latent_delta",
+                "latent_ppl_protocol", "rouge2_protocol", "edit_distance_protocol", "edit_distance_mean"):
         assert key in m
     assert set(m["edit_distance"]) <= {"8", "16"}
     lines = (out / "generations.jsonl").read_text().splitlines()
-    assert len(lines) == 5 and json.loads(lines[0])["kind"] == "continuation"
+    assert len(lines) == 2 + 3 * 2 and json.loads(lines[0])["kind"] == "unconditional"
     rows = json.loads((out / "probes.json").read_text())
     assert {r["distance"] for r in rows} == {1, 2} and {r["kind"] for r in rows} == {"pre", "post"}
     assert (out / "probes.png").exists()

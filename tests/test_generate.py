@@ -12,7 +12,8 @@ from generate_env import ENCODER, build_env
 from planlm.cli import main
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
-from planlm.eval.generate import PlannedGenerator, SamplingConfig, parse_plan
+from planlm.eval.generate import parse_plan
+from planlm.eval.generator import PlannedGenerator, SamplingConfig
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +35,10 @@ class ConditioningRecorder:
 
     def hook(self, module, args, kwargs):
         adapters = self.model.adapters
-        past = kwargs.get("past_key_values")
-        start = past.get_seq_length() if past is not None else 0
+        positions = kwargs["position_ids"][0]  # (T,) the generator passes every fed position explicitly
         slot = adapters._token_slot[0]  # (T,)
         for p in range(slot.shape[0]):
-            self.rows[start + p] = adapters._weights[slot[p]].detach().clone()  # (K,)
+            self.rows[int(positions[p])] = adapters._weights[slot[p]].detach().clone()  # (K,)
 
     def close(self):
         self.handle.remove()
@@ -78,7 +78,8 @@ def test_forced_plan_is_exactly_the_plan_used(env, generator):
 def test_planner_takes_over_and_reads_the_finished_sentences(env, generator):
     corpus, model = env["corpus"], env["model"]
     plan = [2]
-    g = generator.generate_one("The Moon is big.", plan, SamplingConfig(max_new_tokens=200, temperature=0.7, seed=3),
+    # the tiny LM writes long sentences: the longest generation its 256 positions allow, a seed that ends several
+    g = generator.generate_one("The Moon is big.", plan, SamplingConfig(max_new_tokens=240, temperature=0.7, seed=5),
                                after_plan="planner")
     sources = [s.source for s in g.sentences]
     assert sources[0] == "prompt" and sources[1] == "plan" and sources.count("planner") >= 2
@@ -154,3 +155,67 @@ def test_cli_help_and_bad_inputs(env, capsys, tmp_path):
     assert "is a `prepare` artifact" in capsys.readouterr().err
     assert main(["generate", "--run", str(env["run"]), "--plan", "1,x"]) == 2
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_sentence_tracker_is_split_sentences_on_growing_and_cut_back_texts():
+    """SentenceTracker (incremental) == split_sentences (whole text) after every change, on random texts built from
+    the pieces that trouble a splitter: "scur." + "5an", abbreviations, decimals, quotes, line breaks, runs of
+    punctuation, sentences starting inside a run ("end.The"), cut backs, min_chars / max_chars."""
+    import random
+
+    from planlm.data.sentences import SentenceTracker, split_sentences
+
+    pieces = ["The", " cat", ".", " It", "5an", " sat", "!", "?", "..", " ", "  ", "\n", "\n\n", "U.S.", " Dr.", " 3.5",
+              "-", " --", '"', " (", ")", '."', " \u201c", "\u201d", "end.The", " e.g.", "!!", " a", "...", "'s", ";",
+              "\u2014", "\u00e9", "\t"]
+    for seed in range(60):
+        rng = random.Random(seed)
+        min_chars, max_chars = [(1, None), (3, None), (1, 20)][seed % 3]
+        tracker, text = SentenceTracker(min_chars, max_chars), ""
+        for _ in range(60):
+            if rng.random() < 0.07 and text:
+                text = text[: rng.randrange(len(text))]
+            else:
+                text += rng.choice(pieces)
+            assert tracker.spans(text) == split_sentences([text], min_chars=min_chars, max_chars=max_chars)[0], \
+                (seed, text)
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.5])
+def test_generated_sentences_are_the_splitters_on_many_texts(generator, temperature):
+    """Batched unconditional and prompted texts over many seeds: the generator's sentences are exactly the splitter's
+    sentences of the whole text, and each generated text is the decode of its tokens."""
+    from planlm.data.sentences import split_sentences
+
+    tok = generator.tokenizer
+    prompts = [""] * 6 + ["The Moon is big.", "The Moon is Earth's only natural satellite. It orbits"] * 2
+    for seed in (0, 100):
+        gs = generator.generate(prompts, None, SamplingConfig(max_new_tokens=120, temperature=temperature, seed=seed),
+                                after_plan="planner")
+        for g in gs:
+            full = g.prompt + g.text
+            assert g.text == tok.decode(g.token_ids[g.prompt_tokens:])
+            assert [full[s:e] for s, e in split_sentences([full])[0]] == [s.text for s in g.sentences]
+            assert all(a.token_end == b.token_start for a, b in zip(g.sentences, g.sentences[1:]))
+
+
+def test_a_batch_gives_each_text_what_it_gives_alone(generator):
+    """Per-text seeds, padding, stale-column masking and dropping finished texts from the cache change nothing: the
+    planned text stops early (its plan ends) and leaves the batch while the others go on."""
+    # text 1 is test_forced_plan_is_exactly_the_plan_used's first sentence (seed 3, action 3), then stops
+    s = SamplingConfig(max_new_tokens=250, temperature=1.5, seed=2)
+    batch = generator.generate(["", "", ""], [None, [3], None], s)
+    assert batch[1].stop_reason == "plan" and batch[0].new_tokens > batch[1].new_tokens
+    for i, plan in enumerate([None, [3]]):
+        alone = generator.generate_one("", plan, SamplingConfig(250, 1.5, 1.0, seed=2 + i))
+        assert batch[i].token_ids == alone.token_ids and batch[i].plan == alone.plan
+    assert batch[0].token_ids != batch[2].token_ids  # seeds 2 and 4
+
+
+def test_the_whole_position_range_is_reachable(env, generator):
+    """The last sampled token is never fed: a 256-position LM generates 256 new tokens from BOS."""
+    n = env["model"].lm.config.n_positions
+    g = generator.generate_one("", sampling=SamplingConfig(max_new_tokens=n, temperature=1.0, seed=1))
+    assert g.stop_reason in ("length", "eos") and g.new_tokens <= n
+    with pytest.raises(PlanlmError, match="positions"):
+        generator.generate_one("", sampling=SamplingConfig(max_new_tokens=n + 1))

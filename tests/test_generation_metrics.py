@@ -11,10 +11,15 @@ import torch
 from generate_env import ENCODER, build_env
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
-from planlm.eval.generate import Generation, PlannedGenerator
-from planlm.eval.generation_metrics import GenerationMetricsConfig, action_trace, generation_metrics, real_prefixes
+from planlm.eval.generator import Generation, PlannedGenerator
+from planlm.eval.generation_metrics import (
+    GenerationMetricsConfig,
+    action_trace,
+    generation_metrics,
+    sentence_prefixes,
+)
 
-SMALL = dict(continuations=3, unconditional=2, prefix_tokens=16, max_new_tokens=40, edit_lengths=[8, 16, 32])
+SMALL = dict(continuations=3, unconditional=3, unconditional_tokens=40, prefix_tokens=16, lengths=[8, 16, 32])
 
 
 @pytest.fixture(scope="module")
@@ -24,41 +29,52 @@ def generator(tmp_path_factory):
 
 
 class Parrot(PlannedGenerator):
-    """A perfect generator: continues each real prefix with its true continuation."""
+    """A perfect generator: continues each real prefix with its true continuation (cut to the asked length)."""
 
     def __init__(self, base: PlannedGenerator, truth: dict[str, str]):
         self.__dict__.update(base.__dict__)
         self.truth = truth
 
-    def generate_one(self, prompt="", plan=None, sampling=None, after_plan="stop", use_cache=True) -> Generation:
-        return Generation(prompt=prompt, text=self.truth[prompt], sentences=[], token_ids=[], prompt_tokens=0)
+    def generate(self, prompts, plans=None, sampling=None, after_plan="stop", use_cache=True) -> list[Generation]:
+        from planlm.eval.generation_metrics import _cut
+
+        return [Generation(prompt=p, text=_cut(self.truth.get(p, "The Moon."), self.tokenizer, sampling.max_new_tokens),
+                           sentences=[], token_ids=[], prompt_tokens=0, stop_reason="length") for p in prompts]
 
 
 def test_end_to_end_on_a_tiny_setup(generator):
     m = generation_metrics(generator, GenerationMetricsConfig(**SMALL), progress=False)
-    assert 0.0 <= m.mauve <= 1.0 and m.mauve_unconditional is not None and 0.0 <= m.rouge2 <= 1.0
+    assert 0.0 <= m.mauve <= 1.0 and 0.0 <= m.rouge2 <= 1.0
+    assert m.rouge2 == pytest.approx(np.mean(list(m.rouge2_by_length.values())))
     assert set(m.edit_distance) <= {"8", "16", "32"} and "8" in m.edit_distance
-    assert all(v >= 0 for v in m.edit_distance.values()) and m.edit_distance_pairs["8"] == 3
+    assert m.edit_distance_mean == pytest.approx(np.mean(list(m.edit_distance.values())))
+    assert all(v >= 0 for v in m.edit_distance.values()) and 1 <= m.edit_distance_pairs["8"] <= 3
     assert math.isfinite(m.latent_ppl) and m.latent_ppl > 1 and m.latent_delta > 0
+    assert m.mauve_protocol["featurizer"] == str(generator.model.config.base_lm)  # a fixed model, not the planned LM
+    assert m.mauve_protocol["generated"] == 3 and m.latent_ppl_protocol["critic"] == "bigram"
+    assert m.rouge2_protocol["lengths"] == [8, 16, 32]
+    assert m.by_first_action["right"]["texts"] + m.by_first_action["wrong"]["texts"] == 3 * 3
     kinds = [s["kind"] for s in m.samples]
-    assert kinds == ["continuation"] * 3 + ["unconditional"] * 2
+    assert kinds == ["unconditional"] * 3 + ["continuation"] * 9
     for s in m.samples:
         assert len(s["actions"]["actions"]) == len(s["actions"]["sentence_ends"])
         assert all(0 <= a < generator.corpus.num_actions for a in s["actions"]["actions"])
-    # continuations are of real prefixes of test articles, the true text is what follows them
+    # prefixes are real test articles' first sentences; the true text is what follows them
     test_texts = [generator.corpus.texts[a] for a in generator.corpus.article_ids("test")]
-    for s in m.samples[:3]:
-        assert any(t.startswith(s["prefix"] + s["true"]) for t in test_texts)
+    spans = [generator.corpus.sentence_end[slice(*generator.corpus.sentence_range(int(a)))]
+             for a in generator.corpus.article_ids("test")]
+    for s in m.samples[3:]:
+        i = next(i for i, t in enumerate(test_texts) if t.startswith(s["prefix"] + s["true"]))
+        assert len(s["prefix"]) in spans[i]  # the prefix ends where a sentence ends
 
 
 def test_a_perfect_generator_scores_perfectly(generator):
-    cfg = GenerationMetricsConfig(**{**SMALL, "unconditional": 0, "featurizer": "encoder"})
-    pairs = real_prefixes(generator.corpus, generator.tokenizer, 3, cfg.prefix_tokens, cfg.max_new_tokens)
-    m = generation_metrics(Parrot(generator, dict(pairs)), cfg, progress=False)
+    cfg = GenerationMetricsConfig(**{**SMALL, "featurizer": "encoder"})
+    pairs = sentence_prefixes(generator.corpus, generator.tokenizer, 3, cfg.prefix_tokens, max(cfg.lengths))
+    m = generation_metrics(Parrot(generator, {p["prefix"]: p["true"] for p in pairs}), cfg, progress=False)
     # (MAUVE is not asserted: mauve-text gives identical sets of 3 texts 0.75 or 1 depending on its quantisation)
     assert m.rouge2 == pytest.approx(1.0)
     assert all(v == 0.0 for v in m.edit_distance.values())
-    assert m.latent_ppl == pytest.approx(m.latent_ppl_real)  # scored exactly like real text
 
 
 def test_action_trace_of_a_known_text(generator):
@@ -73,12 +89,13 @@ def test_action_trace_of_a_known_text(generator):
 
 
 def test_bad_config_is_listed(generator):
-    bad = GenerationMetricsConfig(continuations=1, unconditional=1, featurizer="gpt", critic="lstm", edit_lengths=[])
+    bad = GenerationMetricsConfig(continuations=0, unconditional=1, featurizer="", critic="lstm", lengths=[],
+                                  preset="huge")
     with pytest.raises(PlanlmError) as e:
         generation_metrics(generator, bad, progress=False)
     msg = str(e.value)
-    for word in ("continuations", "unconditional", "featurizer", "critic", "edit_lengths"):
+    for word in ("continuations", "unconditional", "featurizer", "critic", "lengths", "preset"):
         assert word in msg
-    with pytest.raises(PlanlmError, match="prefix_tokens"):
-        generation_metrics(generator, GenerationMetricsConfig(**{**SMALL, "prefix_tokens": 10_000}), progress=False)
+    paper = GenerationMetricsConfig(preset="paper").resolved()
+    assert (paper.unconditional, paper.unconditional_tokens, paper.lengths) == (5000, 1024, [128, 256, 512, 1024])
     assert torch.get_num_threads() == 1

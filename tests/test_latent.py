@@ -11,16 +11,26 @@ from planlm.eval.latent import BigramCritic, latent_perplexity
 def test_bigram_perplexity_of_known_sequence():
     # K = 2; train transitions: <bos>->0 (x2), 0->1, 1-><eos>, 0-><eos>
     critic = BigramCritic.fit([[0, 1], [0]], num_actions=2, delta=1.0)
-    # with delta 1 and K + 1 = 3 next symbols:
-    # P(0|<bos>) = (2+1)/(2+3), P(1|0) = (1+1)/(2+3), P(<eos>|1) = (1+1)/(1+3)
-    expected = (3 / 5) * (2 / 5) * (2 / 4)
-    assert critic.log_prob([0, 1]) == pytest.approx(math.log(expected))
+    # with delta 1 over the original code's vocabulary of K + 2 = 4 symbols (the actions, <bos>, <eos>):
+    # P(0|<bos>) = (2+1)/(2+4), P(1|0) = (1+1)/(2+4), P(<eos>|1) = (1+1)/(1+4)
+    expected = (3 / 6) * (2 / 6) * (2 / 5)
+    assert critic.log_prob([0, 1]) == (pytest.approx(math.log(expected)), 3)
     assert critic.perplexity([[0, 1]]) == pytest.approx(expected ** (-1 / 3))  # 2 actions + <eos>
-    # an unseen transition is smoothed, not infinite: P(1|<bos>) = 1/5, P(<eos>|1) = 2/4
-    assert critic.perplexity([[1]]) == pytest.approx(((1 / 5) * (2 / 4)) ** (-1 / 2))
-    # per-action perplexity pools log-probs over sequences
+    # an unseen transition is smoothed, not infinite: P(1|<bos>) = 1/6, P(<eos>|1) = 2/5
+    assert critic.perplexity([[1]]) == pytest.approx(((1 / 6) * (2 / 5)) ** (-1 / 2))
+    # per-symbol perplexity pools log-probs over sequences
     both = critic.perplexity([[0, 1], [1]])
-    assert both == pytest.approx((expected * (1 / 5) * (2 / 4)) ** (-1 / 5))
+    assert both == pytest.approx((expected * (1 / 6) * (2 / 5)) ** (-1 / 5))
+
+
+def test_bos_and_eos_only_at_real_boundaries():
+    critic = BigramCritic.fit([[0, 1], [0]], num_actions=2, delta=1.0)
+    # a sample cut at a length: <bos> a_1 a_2, no <eos>
+    assert critic.log_prob([0, 1], eos=False) == (pytest.approx(math.log((3 / 6) * (2 / 6))), 2)
+    # a text that starts mid-article but ends one: a_1 a_2 <eos>
+    assert critic.log_prob([0, 1], bos=False) == (pytest.approx(math.log((2 / 6) * (2 / 5))), 2)
+    assert critic.perplexity([[0, 1], [1]], eos=[False, True]) == pytest.approx(
+        ((3 / 6) * (2 / 6) * (1 / 6) * (2 / 5)) ** (-1 / 4))
 
 
 def test_small_delta_on_deterministic_chain():

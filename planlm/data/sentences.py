@@ -27,6 +27,21 @@ from tqdm.auto import tqdm
 from planlm.errors import PlanlmError
 
 _NONSPACE_RUN = re.compile(r"[^\n]+")
+_LINE_BREAK = re.compile(r"\n")
+_FIRST_NONSPACE = re.compile(r"\S+")
+
+
+@functools.lru_cache(maxsize=1)
+def sentence_end_chars() -> frozenset[str]:
+    """The sentencizer's sentence-final characters (each a single character) and the line break (rule 2)."""
+    from spacy.pipeline.sentencizer import Sentencizer
+
+    return frozenset(Sentencizer.default_punct_chars) | {"\n"}
+
+
+@functools.lru_cache(maxsize=1)
+def _ends_regex() -> re.Pattern:
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(sentence_end_chars())) + "]")
 
 
 @dataclass
@@ -92,19 +107,86 @@ def split_sentences(
     out: list[list[tuple[int, int]]] = []
     docs = nlp.pipe(texts, n_process=n_process, batch_size=batch_size)
     for text, doc in tqdm(zip(texts, docs), total=len(texts), desc="split sentences", unit=" art", disable=not progress):
-        spans: list[tuple[int, int]] = []
-        for sent in doc.sents:
-            # Rule 2: cut at line breaks; rule 3: each piece without outer whitespace.
-            for m in _NONSPACE_RUN.finditer(text, sent.start_char, sent.end_char):
-                start, end = _strip(text, m.start(), m.end())
-                if end - start < max(1, min_chars):
-                    continue
-                if max_chars is None or end - start <= max_chars:
-                    spans.append((start, end))
-                else:
-                    spans.extend(_cut(text, start, end, max_chars))
-        out.append(spans)
+        out.append(_doc_spans(text, doc, min_chars, max_chars))
     return out
+
+
+def _doc_spans(text: str, doc, min_chars: int, max_chars: int | None) -> list[tuple[int, int]]:
+    """Rules 2-4 over the sentencizer's sentences of ``doc`` (the spaCy doc of ``text``)."""
+    return [span for sent in doc.sents for span in _pieces(text, sent.start_char, sent.end_char, min_chars, max_chars)]
+
+
+def _pieces(text: str, start: int, end: int, min_chars: int, max_chars: int | None) -> list[tuple[int, int]]:
+    """The sentences of one sentencizer sentence ``text[start:end]``: cut at line breaks (rule 2), stripped (rule 3),
+    short ones dropped, long ones cut (rule 4)."""
+    spans: list[tuple[int, int]] = []
+    for m in _NONSPACE_RUN.finditer(text, start, end):
+        s, e = _strip(text, m.start(), m.end())
+        if e - s < max(1, min_chars):
+            continue
+        if max_chars is None or e - s <= max_chars:
+            spans.append((s, e))
+        else:
+            spans.extend(_cut(text, s, e, max_chars))
+    return spans
+
+
+class SentenceTracker:
+    """:func:`split_sentences` of ONE growing text (generation), recomputed only from the last settled reset point.
+
+    ``spans(text)`` returns exactly ``split_sentences([text], min_chars=..., max_chars=...)[0]``; the text may grow
+    or be cut back between calls (never edited in the middle). Why a suffix suffices, by how spaCy works:
+
+    - spaCy's tokenizer cuts the text at whitespace first and tokenises every run of non-whitespace on its own, so
+      the tokens of complete runs (runs followed by whitespace) never change when text is appended;
+    - the sentencizer decides "a sentence starts at token t" from the tokens up to t only, with one bit of state
+      (a sentence-final character seen since the last start), reset at every sentence start;
+    - so at a *reset point* -- the first non-whitespace character of a sentencizer sentence, or of a line, preceded
+      by whitespace, whose run is complete -- the analysis of ``text[p:]`` equals that of the whole text from ``p``
+      on, and no sentence crosses ``p``. Sentences before the last reset point are final and kept.
+
+    A window without a sentence-final character or a line break is one sentencizer sentence and is not sent
+    through spaCy at all, so the per-token cost is a regex scan of the window (the current sentence, typically)
+    plus one spaCy call over it while a sentence end is pending.
+    """
+
+    def __init__(self, min_chars: int = 1, max_chars: int | None = None):
+        self.min_chars, self.max_chars = min_chars, max_chars
+        self._final: list[tuple[int, int]] = []  # sentences before the last reset point
+        self._resets: list[tuple[int, int, int]] = [(0, 0, 0)]  # (offset, len(_final) there, length it needs)
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        while len(self._resets) > 1 and len(text) < self._resets[-1][2]:  # cut back before a reset point settled
+            self._resets.pop()
+        a, n, _ = self._resets[-1]
+        del self._final[n:]
+        window = text[a:]
+        if _ends_regex().search(window) is None:  # no sentence-final character, no line break: one sentencizer sentence
+            return self._final + [(a + s, a + e) for s, e in
+                                  _pieces(window, 0, len(window), self.min_chars, self.max_chars)]
+        doc = _nlp()(window)
+        found = [(a + s, a + e) for s, e in _doc_spans(window, doc, self.min_chars, self.max_chars)]
+        reset = _last_reset_point(window, doc)
+        if reset is not None:
+            p, needs = reset
+            self._final.extend(sp for sp in found if sp[0] < a + p)
+            self._resets.append((a + p, len(self._final), a + needs))
+        return self._final + [sp for sp in found if sp[0] >= self._resets[-1][0]]
+
+
+def _last_reset_point(window: str, doc) -> tuple[int, int] | None:
+    """The last reset point ``p > 0`` of ``window`` whose run of non-whitespace is complete, with the length the
+    text must keep for it to stay one (its run plus the whitespace after it); None if there is none."""
+    starts = [s.start_char for s in doc.sents] + [m.end() for m in _LINE_BREAK.finditer(window)]
+    best = None
+    for c in starts:
+        m = _FIRST_NONSPACE.search(window, c)
+        if m is None or m.start() == 0 or not window[m.start() - 1].isspace():
+            continue
+        p, run_end = m.start(), m.end()
+        if run_end < len(window) and (best is None or p > best[0]):  # whitespace follows: the run is complete
+            best = (p, run_end + 1)
+    return best
 
 
 def _strip(text: str, start: int, end: int) -> tuple[int, int]:

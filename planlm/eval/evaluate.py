@@ -140,13 +140,17 @@ def _fmt(v, digits: int = 3) -> str:
 def metrics_markdown(m: dict) -> str:
     """``metrics.md``: the headline numbers and every perplexity as tables."""
     lines = [f"# {m['variant']} (seed {m['seed']})", "", "| metric | value |", "|---|---|"]
-    for key in ("ppl", "ppl_oracle", "ppl_strided_minus_paper", "mauve", "rouge2", "latent_ppl"):
+    for key in ("ppl", "ppl_oracle", "ppl_strided_minus_paper", "mauve", "mauve_continuation", "latent_ppl", "rouge2",
+                "edit_distance_mean"):
         if key in m:
             lines.append(f"| {key} | {_fmt(m[key])} |")
     for h in m.get("mtp_heads") or []:
         lines.append(f"| head {h['head']} accuracy on {h['target']} | {_fmt(h['accuracy'])} ({h['tokens']} tokens) |")
     for n, v in (m.get("edit_distance") or {}).items():
         lines.append(f"| edit distance @{n} (per 128 tokens) | {_fmt(v)} |")
+    for key in ("mauve_protocol", "latent_ppl_protocol", "rouge2_protocol", "edit_distance_protocol"):
+        if key in m:
+            lines.append(f"| {key} | {json.dumps(m[key])} |")
     if "planner" in m:
         p = m["planner"]
         lines.append(f"| planner top-1 / top-5 vs oracle | {_fmt(p['top1'])} / {_fmt(p['top5'])} ({p['sentences']} "
@@ -324,8 +328,8 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     samples, probe_rows = None, None
     if cfg.generation:
         from planlm.data.encoders import load_encoder
-        from planlm.eval.generate import PlannedGenerator
         from planlm.eval.generation_metrics import generation_metrics
+        from planlm.eval.generator import PlannedGenerator
 
         enc = load_encoder(cfg.encoder or corpus.encoder, device=cfg.device)
         g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc), cfg.gen)

@@ -1,26 +1,28 @@
-"""Generation metrics end to end (DESIGN.md 1.7; the paper's Appendix B), on top of :mod:`planlm.eval.metrics`,
-:mod:`planlm.eval.latent` and planner-in-the-loop generation (:mod:`planlm.eval.generate`).
+"""Generation metrics as the paper's Appendix B defines them (DESIGN.md 1.7), on top of :mod:`planlm.eval.metrics`,
+:mod:`planlm.eval.latent` and the batched planner-in-the-loop generator (:mod:`planlm.eval.generator`).
 
-Protocol:
+Protocol (every setting is recorded next to the numbers it produced, ``*_protocol`` in ``metrics.json``):
 
-1. **Samples.** ``unconditional`` texts generated from the BOS token, and ``continuations`` of real prefixes: the
-   first ``prefix_tokens`` tokens of test articles (the first test articles long enough, in article order), each
-   continued for ``max_new_tokens`` tokens with the planner in the loop. The true continuation is the article's next
-   ``max_new_tokens`` tokens (shorter when the article ends). Paper: 1024-token continuations; the CPU defaults are
-   small. Prefix + continuation must fit the LM's positions (GPT-2: 1024).
-2. **MAUVE** (mauve-text) of the generated continuations against the true ones (``mauve``) and, when there are
-   unconditional samples, of those against the true article beginnings of the same length (``mauve_unconditional``).
-   Features: the LM's last hidden state (``featurizer="lm"``, the planned LM's base LM without adapters) or the
-   corpus's sentence encoder (``"encoder"``); texts cut at 256 LM tokens either way.
-3. **ROUGE-2 F1** of each generated continuation against the true continuation of its prefix (mean).
-4. **Action sequences.** Every text (generated or true) is split into sentences with the corpus's splitter, each
-   sentence embedded with the corpus's encoder and given its nearest centroid -- the same procedure for both sides,
-   so the comparison does not depend on the planner's own choices. Sentence ends are counted in LM tokens of the
-   continuation. Edit distance (rapidfuzz Levenshtein) at 128/256/512/1024 tokens, normalised per 128 tokens.
-5. **Latent perplexity**: a bigram critic (or an HMM, ``critic="hmm"``) fitted on the oracle action sequences of the
-   train articles, delta chosen on the val articles, scoring the action sequences of all generated texts
-   (continuations and unconditional samples); the true continuations are scored too (``latent_ppl_real``: what a
-   perfect generator would get).
+1. **Unconditional samples** -- ``unconditional`` texts of ``unconditional_tokens`` tokens generated from the BOS
+   token with the planner in the loop (paper: 5,000 of 1,024 tokens).
+2. **MAUVE** (``mauve``) of those samples against real test articles cut to the same number of tokens, both
+   featurised by ONE fixed model (``featurizer``): a local Hugging Face causal LM (name or path; the paper:
+   gpt2-large), ``base`` = the run's base LM as it was before fine-tuning (the same model for every variant
+   fine-tuned from it; never the evaluated, adapted model), or ``encoder`` = the corpus's sentence encoder. Texts are
+   cut at ``mauve_max_tokens`` (256) tokens before featurising, as in the paper. ``mauve_continuation`` (an extra
+   column, not the paper's) compares the longest continuations with their true ones.
+3. **Latent perplexity** (``latent_ppl``) of the unconditional samples only: every text (generated or real) is split
+   into sentences with the corpus's splitter and each sentence embedded with the corpus's encoder and given its
+   nearest centroid -- one procedure for both sides. The critic (``critic``: ``bigram``, the original code's, default;
+   ``hmm``) is fitted on the train articles' oracle action sequences, delta chosen on val. <bos> / <eos> only at real
+   article boundaries: a sample starts one (<bos>) and ends one only when it stopped at the EOS token.
+   ``latent_ppl_real`` scores real test articles cut to the same length the same way.
+4. **ROUGE-2 and action edit distance** of continuations of real prefixes t_1..t_i that end at a sentence boundary
+   (the test article's first sentences, as many as fit in ``prefix_tokens`` tokens), continued for each of
+   ``lengths`` tokens (paper: 128, 256, 512, 1,024) and compared with the article's true next tokens. Edit distance
+   per 128 tokens; Table 1's ``rouge2`` and ``edit_distance_mean`` are the means over the lengths.
+5. **Appendix E**: the same two numbers split by whether the planner's action for the first generated sentence was
+   the oracle one (the action of the article's true next sentence).
 """
 
 from __future__ import annotations
@@ -33,69 +35,93 @@ import numpy as np
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.metrics import EDIT_DISTANCE_LENGTHS, MAUVE_MAX_TOKENS, ActionTrace
 
-FEATURIZERS = ("lm", "encoder")
+CRITICS = ("bigram", "hmm")
+PRESETS = {
+    # The paper's sizes. It does not say how many prefixes it continued; 1,000 = its perplexity's test articles.
+    "paper": {"unconditional": 5000, "unconditional_tokens": 1024, "continuations": 1000,
+              "lengths": list(EDIT_DISTANCE_LENGTHS)},
+}
 
 
 @dataclass
 class GenerationMetricsConfig:
-    """What to generate and how to score it (the paper's Appendix B; small CPU defaults)."""
+    """What to generate and how to score it (the paper's Appendix B; small CPU defaults, ``preset: paper``)."""
 
+    preset: Literal["paper"] | None = None
+    """paper: 5,000 unconditional samples of 1,024 tokens, 1,000 continuations at 128/256/512/1,024 tokens (sets
+    unconditional, unconditional_tokens, continuations, lengths)."""
+    unconditional: int = 16
+    """Texts generated from the BOS token (MAUVE, latent perplexity; paper: 5,000)."""
+    unconditional_tokens: int = 128
+    """Tokens per unconditional sample and per real text they are compared with (paper: 1,024)."""
     continuations: int = 8
-    """Test-article prefixes to continue."""
-    unconditional: int = 8
-    """Texts generated from the BOS token (0 = none)."""
+    """Real prefixes to continue (ROUGE-2, edit distance)."""
+    lengths: list[int] = field(default_factory=lambda: [32, 64])
+    """Continuation lengths in tokens (paper: 128, 256, 512, 1,024)."""
     prefix_tokens: int = 64
-    """Tokens of each real prefix."""
-    max_new_tokens: int = 256
-    """Tokens per generated text and per true continuation (paper: 1024)."""
+    """A prefix is its article's first sentences, as many as fit in this many tokens (at least one)."""
     temperature: float = 1.0
     """Token sampling temperature (0 = greedy)."""
     top_p: float = 1.0
     """Nucleus sampling threshold (1 = pure sampling)."""
     seed: int = 0
-    """Seed of sample i is seed + i."""
-    featurizer: Literal["lm", "encoder"] = "lm"
-    """MAUVE features: lm (the LM's last hidden state) | encoder (the corpus's sentence encoder)."""
+    """Seed of text i of a set is seed + i."""
+    batch_size: int = 8
+    """Texts generated in parallel."""
+    featurizer: str = "base"
+    """MAUVE features: base (the run's base LM before fine-tuning) | encoder | a local HF causal LM name or path."""
     mauve_max_tokens: int = MAUVE_MAX_TOKENS
-    """Texts are cut at this many LM tokens before featurizing (paper: 256)."""
-    edit_lengths: list[int] = field(default_factory=lambda: list(EDIT_DISTANCE_LENGTHS))
-    """Prefix lengths in tokens for the action edit distance (paper: 128, 256, 512, 1024)."""
+    """Texts are cut at this many tokens before featurizing (paper: 256)."""
     critic: Literal["bigram", "hmm"] = "bigram"
-    """Latent-perplexity critic: bigram (paper) | hmm."""
+    """Latent-perplexity critic: bigram (the original code's; default) | hmm (the paper's description)."""
+
+    def resolved(self) -> "GenerationMetricsConfig":
+        """The config with its preset's values filled in."""
+        if self.preset is None or self.preset not in PRESETS:
+            return self
+        return GenerationMetricsConfig(**{**asdict(self), **PRESETS[self.preset]})
 
     def problems(self) -> list[str]:
         out = []
-        if self.continuations < 2:
-            out.append(f"continuations must be at least 2 (MAUVE compares sets; got {self.continuations})")
-        if self.unconditional < 0 or self.unconditional == 1:
-            out.append(f"unconditional must be 0 or at least 2 (got {self.unconditional})")
-        if self.prefix_tokens < 1:
-            out.append(f"prefix_tokens must be positive (got {self.prefix_tokens})")
-        if self.max_new_tokens < 1:
-            out.append(f"max_new_tokens must be positive (got {self.max_new_tokens})")
-        if self.featurizer not in FEATURIZERS:
-            out.append(f"featurizer must be one of {', '.join(FEATURIZERS)} (got {self.featurizer!r})")
-        if self.critic not in ("bigram", "hmm"):
-            out.append(f"critic must be bigram or hmm (got {self.critic!r})")
-        if not self.edit_lengths or any(n < 1 for n in self.edit_lengths):
-            out.append(f"edit_lengths must be positive token counts (got {self.edit_lengths})")
+        if self.preset is not None and self.preset not in PRESETS:
+            out.append(f"preset must be one of {', '.join(PRESETS)} or null (got {self.preset!r})")
+        if self.unconditional < 2:
+            out.append(f"unconditional must be at least 2 (MAUVE compares sets; got {self.unconditional})")
+        if self.continuations < 1:
+            out.append(f"continuations must be positive (got {self.continuations})")
+        for name in ("unconditional_tokens", "prefix_tokens", "batch_size", "mauve_max_tokens"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be positive (got {getattr(self, name)})")
+        if not self.lengths or any(n < 1 for n in self.lengths):
+            out.append(f"lengths must be positive token counts (got {self.lengths})")
+        if not self.featurizer:
+            out.append("featurizer must be base, encoder or a local causal LM name or path")
+        if self.critic not in CRITICS:
+            out.append(f"critic must be one of {', '.join(CRITICS)} (got {self.critic!r})")
         return out
 
 
 @dataclass
 class GenerationMetrics:
-    """The numbers (the keys ``metrics.json`` stores) and the texts they were computed on."""
+    """The numbers (the keys ``metrics.json`` stores), each with its protocol, and the texts they came from."""
 
     mauve: float
-    rouge2: float
-    edit_distance: dict[str, float]
-    edit_distance_pairs: dict[str, int]
     latent_ppl: float
     latent_delta: float
     latent_ppl_real: float | None
-    mauve_unconditional: float | None = None
+    rouge2: float
+    rouge2_by_length: dict[str, float]
+    edit_distance: dict[str, float]
+    edit_distance_mean: float | None
+    edit_distance_pairs: dict[str, int]
+    mauve_continuation: float | None
+    by_first_action: dict
+    mauve_protocol: dict = field(default_factory=dict)
+    latent_ppl_protocol: dict = field(default_factory=dict)
+    rouge2_protocol: dict = field(default_factory=dict)
+    edit_distance_protocol: dict = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list, repr=False)
-    """One dict per text: kind (continuation | unconditional), prefix, generated, true, actions, true_actions."""
+    """One dict per text: kind (unconditional | continuation), length, prefix, generated, true, actions, ..."""
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -122,20 +148,44 @@ def action_trace(text: str, generator) -> ActionTrace:
     return ActionTrace([int(a) for a in actions[keep]], [int(e) for e in token_ends[keep]])
 
 
-def real_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tokens: int) -> list[tuple[str, str]]:
-    """``(prefix, true continuation)`` texts of the first ``count`` test articles longer than ``prefix_tokens``."""
+def sentence_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tokens: int) -> list[dict]:
+    """Real prefixes ending at a sentence boundary: of each of the first ``count`` test articles that have text after
+    their first sentence, its first sentences t_1..t_i (the most that fit in ``prefix_tokens`` tokens, at least one),
+    the true next ``new_tokens`` tokens, and the oracle action of sentence i + 1."""
     out = []
     for a in corpus.article_ids("test"):
-        text = corpus.texts[int(a)]
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
-        if len(offsets) <= prefix_tokens:
+        a = int(a)
+        lo, hi = corpus.sentence_range(a)
+        if hi - lo < 2:
             continue
-        cut = offsets[prefix_tokens][0]  # the prefix ends where its next token starts (GPT-2: before its space)
-        end = offsets[min(prefix_tokens + new_tokens, len(offsets)) - 1][1]
-        out.append((text[:cut], text[cut:end]))
+        text = corpus.texts[a]
+        i = 1
+        while lo + i + 1 < hi and len(tokenizer(text[: int(corpus.sentence_end[lo + i])],
+                                                  add_special_tokens=False)["input_ids"]) <= prefix_tokens:
+            i += 1
+        cut = int(corpus.sentence_end[lo + i - 1])
+        rest = tokenizer(text[cut:], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if not rest:
+            continue
+        end = cut + rest[min(new_tokens, len(rest)) - 1][1]
+        nxt = text[int(corpus.sentence_start[lo + i]) : int(corpus.sentence_end[lo + i])]
+        out.append({"prefix": text[:cut], "true": text[cut:end], "oracle_action": int(corpus.actions[lo + i]),
+                    "true_sentence": nxt})
         if len(out) == count:
             break
+    return out
+
+
+def real_beginnings(corpus, tokenizer, count: int, n_tokens: int) -> list[tuple[str, bool, str]]:
+    """The first ``count`` test articles cut to their first ``n_tokens`` tokens, with whether the whole article fit
+    and its split; a corpus with fewer test articles is topped up with val articles (recorded in the protocol)."""
+    out = []
+    for split in ("test", "val"):
+        for a in corpus.article_ids(split)[: count - len(out)]:
+            text = corpus.texts[int(a)]
+            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            if offsets:
+                out.append((text[: offsets[min(n_tokens, len(offsets)) - 1][1]], len(offsets) <= n_tokens, split))
     return out
 
 
@@ -149,13 +199,40 @@ def article_action_sequences(corpus, split: str) -> list[list[int]]:
     return seqs
 
 
-def featurize(texts: list[str], generator, featurizer: str, max_tokens: int, progress: bool) -> np.ndarray:
+def featurizer_model(generator, featurizer: str, device=None):
+    """The ONE model MAUVE features come from, and the name recorded with the number: ``(model, tokenizer, name)``;
+    model None for the sentence encoder."""
+    from planlm.persist import load_lm
+
+    if featurizer == "encoder":
+        return None, generator.tokenizer, f"encoder:{generator.encoder.name}"
+    name = generator.model.config.base_lm if featurizer == "base" else featurizer
+    if not name:
+        raise PlanlmError("this planned LM records no base LM; pass --gen.featurizer MODEL (a local causal LM) or encoder")
+    lm, tokenizer = load_lm(name)
+    return lm.to(generator.device).eval(), tokenizer, str(name)
+
+
+def featurize(texts: list[str], feat, generator, max_tokens: int, progress: bool) -> np.ndarray:
     from planlm.eval.metrics import cut_to_tokens, lm_features
 
-    if featurizer == "lm":
-        # The base LM's own states: outside `adapters.conditioned(...)` the hooks add nothing.
-        return lm_features(generator.model.lm, generator.tokenizer, texts, max_tokens=max_tokens, progress=progress)
+    model, tokenizer, _ = feat
+    if model is not None:
+        return lm_features(model, tokenizer, texts, max_tokens=max_tokens, progress=progress)
     return generator.encoder.encode(cut_to_tokens(texts, generator.tokenizer, max_tokens))
+
+
+def _generate(generator, prompts: list[str], tokens: int, config: GenerationMetricsConfig, seed: int, progress: bool,
+              desc: str):
+    from tqdm.auto import tqdm
+
+    from planlm.eval.generator import SamplingConfig
+
+    out = []
+    for first in tqdm(range(0, len(prompts), config.batch_size), desc=desc, disable=not progress):
+        s = SamplingConfig(tokens, config.temperature, config.top_p, seed + first)
+        out += generator.generate(prompts[first : first + config.batch_size], None, s, after_plan="planner")
+    return out
 
 
 def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMetricsConfig(),
@@ -163,71 +240,107 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
     """Generate and score (see the module docstring).
 
     Args:
-        generator: a :class:`planlm.eval.generate.PlannedGenerator` (model, tokenizer, corpus, encoder).
-        config: counts, lengths, sampling, featurizer, critic.
+        generator: a :class:`planlm.eval.generator.PlannedGenerator` (model, tokenizer, corpus, encoder).
+        config: counts, lengths, sampling, featurizer, critic (``preset: paper`` for the paper's sizes).
         progress: show progress bars.
     """
-    from tqdm.auto import tqdm
-
-    from planlm.eval.generate import SamplingConfig
-    from planlm.eval.latent import latent_perplexity
+    from planlm.eval.latent import DELTA_GRID, latent_perplexity
     from planlm.eval.metrics import edit_distances, mauve_score, rouge2_f1
 
     raise_if_problems(config.problems(), "generation metrics")
+    config = config.resolved()
     if generator.encoder is None:
         raise PlanlmError("generation metrics assign actions with the corpus's sentence encoder; pass one (--encoder)")
     corpus, tok = generator.corpus, generator.tokenizer
-    pairs = real_prefixes(corpus, tok, config.continuations, config.prefix_tokens, config.max_new_tokens)
-    if len(pairs) < 2:
+    longest = max(config.lengths)
+    pairs = sentence_prefixes(corpus, tok, config.continuations, config.prefix_tokens, longest)
+    real = real_beginnings(corpus, tok, config.unconditional, config.unconditional_tokens)
+    if not pairs or len(real) < 2:
         raise PlanlmError(
-            f"only {len(pairs)} test articles of {corpus.path} are longer than prefix_tokens={config.prefix_tokens}; "
-            "lower --gen.prefix_tokens or prepare more test articles"
+            f"{corpus.path} has {len(pairs)} test articles with two sentences or more and {len(real)} test and val "
+            "articles (2 needed for MAUVE); prepare more test articles"
         )
+    sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
 
-    def sampling(i: int) -> SamplingConfig:
-        return SamplingConfig(config.max_new_tokens, config.temperature, config.top_p, config.seed + i)
-
-    samples = []
-    for i, (prefix, true) in enumerate(tqdm(pairs, desc="continuations", disable=not progress)):
-        g = generator.generate_one(prefix, sampling=sampling(i))
-        samples.append({"kind": "continuation", "prefix": prefix, "generated": g.text, "true": true})
-    for i in tqdm(range(config.unconditional), desc="unconditional", disable=not progress):
-        g = generator.generate_one("", sampling=sampling(len(pairs) + i))
-        samples.append({"kind": "unconditional", "prefix": "", "generated": g.text, "true": None})
-    for s in tqdm(samples, desc="action sequences", disable=not progress):
-        s["actions"] = asdict(action_trace(s["generated"], generator))
-        if s["true"] is not None:
-            s["true_actions"] = asdict(action_trace(s["true"], generator))
-
-    conts = [s for s in samples if s["kind"] == "continuation"]
-    gen_texts, true_texts = [s["generated"] for s in conts], [s["true"] for s in conts]
-    mauve = mauve_score(
-        featurize(true_texts, generator, config.featurizer, config.mauve_max_tokens, progress),
-        featurize(gen_texts, generator, config.featurizer, config.mauve_max_tokens, progress),
-    ).mauve
-    mauve_unconditional = None
-    uncond = [s["generated"] for s in samples if s["kind"] == "unconditional"]
-    if uncond:
-        # Real counterpart: the beginnings of test articles, as long as the samples (cut to 256 tokens anyway).
-        starts = [p + t for p, t in real_prefixes(corpus, tok, len(uncond), 1, config.max_new_tokens - 1)]
-        if len(starts) >= 2:
-            mauve_unconditional = mauve_score(
-                featurize(starts, generator, config.featurizer, config.mauve_max_tokens, progress),
-                featurize(uncond, generator, config.featurizer, config.mauve_max_tokens, progress),
-            ).mauve
-    rouge2 = rouge2_f1(gen_texts, true_texts)
-    edits = edit_distances([ActionTrace(**s["actions"]) for s in conts],
-                           [ActionTrace(**s["true_actions"]) for s in conts], config.edit_lengths)
-    generated_seqs = [s["actions"]["actions"] for s in samples if s["actions"]["actions"]]
-    true_seqs = [s["true_actions"]["actions"] for s in conts if s["true_actions"]["actions"]]
-    if not generated_seqs:
-        raise PlanlmError("no generated text holds a sentence; raise --gen.max_new_tokens")
+    # 1-3: unconditional samples, MAUVE against real beginnings, latent perplexity
+    uncond = _generate(generator, [""] * config.unconditional, config.unconditional_tokens, config, config.seed,
+                       progress, "unconditional")
+    samples = [{"kind": "unconditional", "length": config.unconditional_tokens, "prefix": "", "generated": g.text,
+                "true": None, "stop": g.stop_reason, "actions": asdict(action_trace(g.text, generator))}
+               for g in uncond]
+    feat = featurizer_model(generator, config.featurizer)
+    mauve = mauve_score(featurize([t for t, _, _ in real], feat, generator, config.mauve_max_tokens, progress),
+                        featurize([g.text for g in uncond], feat, generator, config.mauve_max_tokens, progress)).mauve
+    generated_seqs = [s["actions"]["actions"] for s in samples]
+    keep = [i for i, q in enumerate(generated_seqs) if q]
+    if not keep:
+        raise PlanlmError("no unconditional sample holds a sentence; raise --gen.unconditional_tokens")
+    real_traces = [action_trace(t, generator).actions for t, _, _ in real]
+    real_keep = [i for i, q in enumerate(real_traces) if q]
     latent = latent_perplexity(
-        article_action_sequences(corpus, "train"), article_action_sequences(corpus, "val"), generated_seqs,
-        corpus.num_actions, critic=config.critic, real_test=true_seqs or None, seed=config.seed,
+        article_action_sequences(corpus, "train"), article_action_sequences(corpus, "val"),
+        [generated_seqs[i] for i in keep], corpus.num_actions, critic=config.critic,
+        real_test=[real_traces[i] for i in real_keep] or None, seed=config.seed,
+        generated_eos=[uncond[i].stop_reason == "eos" for i in keep], real_eos=[real[i][1] for i in real_keep],
     )
+
+    # 4-5: continuations of real prefixes at every length
+    rouge, edits, pairs_at, by_first = {}, {}, {}, {"right": [], "wrong": []}
+    mauve_cont = None
+    for n in config.lengths:
+        gens = _generate(generator, [p["prefix"] for p in pairs], n, config, config.seed + config.unconditional,
+                         progress, f"continuations of {n} tokens")
+        trues = [_cut(p["true"], tok, n) for p in pairs]
+        gen_traces = [action_trace(g.text, generator) for g in gens]
+        true_traces = [action_trace(t, generator) for t in trues]
+        rouge[str(n)] = rouge2_f1([g.text for g in gens], trues)
+        e = edit_distances(gen_traces, true_traces, [n])
+        edits.update(e.mean)
+        pairs_at.update(e.pairs)
+        for p, g, t, gt, tt in zip(pairs, gens, trues, gen_traces, true_traces):
+            first = next((s for s in g.sentences if s.generated), None)
+            right = first is not None and first.action == p["oracle_action"]
+            by_first["right" if right else "wrong"].append(
+                (rouge2_f1([g.text], [t]), edit_distances([gt], [tt], [n]).mean.get(str(n)),
+                 rouge2_f1([first.text if first else ""], [p["true_sentence"]])))
+            samples.append({"kind": "continuation", "length": n, "prefix": p["prefix"], "generated": g.text,
+                            "true": t, "first_action": None if first is None else first.action,
+                            "oracle_action": p["oracle_action"], "actions": asdict(gt), "true_actions": asdict(tt)})
+        if n == longest and len(gens) >= 2:
+            mauve_cont = mauve_score(featurize(trues, feat, generator, config.mauve_max_tokens, progress),
+                                     featurize([g.text for g in gens], feat, generator, config.mauve_max_tokens,
+                                               progress)).mauve
+
+    def split(rows):
+        edit = [e for _, e, _ in rows if e is not None]
+        return {"texts": len(rows), "rouge2": float(np.mean([r for r, _, _ in rows])) if rows else None,
+                "edit_distance": float(np.mean(edit)) if edit else None,
+                "rouge2_first_sentence": float(np.mean([f for _, _, f in rows])) if rows else None}
+
+    common = {"featurizer": feat[2], "sampling": sampling}
     return GenerationMetrics(
-        mauve=float(mauve), rouge2=float(rouge2), edit_distance=edits.mean, edit_distance_pairs=edits.pairs,
-        latent_ppl=latent.latent_ppl, latent_delta=latent.delta, latent_ppl_real=latent.real_test_ppl,
-        mauve_unconditional=mauve_unconditional, samples=samples,
+        mauve=float(mauve), latent_ppl=latent.latent_ppl, latent_delta=latent.delta,
+        latent_ppl_real=latent.real_test_ppl, rouge2=float(np.mean(list(rouge.values()))), rouge2_by_length=rouge,
+        edit_distance=edits, edit_distance_mean=float(np.mean(list(edits.values()))) if edits else None,
+        edit_distance_pairs=pairs_at, mauve_continuation=mauve_cont,
+        by_first_action={"right": split(by_first["right"]), "wrong": split(by_first["wrong"])},
+        mauve_protocol={**common, "generated": len(uncond), "tokens": config.unconditional_tokens,
+                        "real": {sp: sum(r[2] == sp for r in real) for sp in ("test", "val")},
+                        "max_tokens": config.mauve_max_tokens, "real_texts": "article beginnings, same length"},
+        latent_ppl_protocol={"critic": config.critic, "delta_grid": list(DELTA_GRID), "scored": len(keep),
+                             "tokens": config.unconditional_tokens, "fitted_on": "train oracle actions",
+                             "delta_chosen_on": "val", "bos_eos": "real article boundaries only"},
+        rouge2_protocol={"continuations": len(pairs), "lengths": list(config.lengths),
+                         "prefix_tokens": config.prefix_tokens, "prefix": "ends at a sentence boundary",
+                         "table": "mean over lengths", "sampling": sampling},
+        edit_distance_protocol={"continuations": len(pairs), "lengths": list(config.lengths), "per_tokens": 128,
+                                "table": "edit_distance_mean = mean over lengths",
+                                "actions": "nearest centroid of the splitter's sentences, both sides"},
+        samples=samples,
     )
+
+
+def _cut(text: str, tokenizer, n_tokens: int) -> str:
+    """``text`` cut to its first ``n_tokens`` tokens (on the text's own offsets, so nothing is re-decoded)."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text if len(offsets) <= n_tokens else text[: offsets[n_tokens - 1][1]]

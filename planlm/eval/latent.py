@@ -4,12 +4,14 @@ DESIGN.md section 1.7 / the paper's Appendix B. A critic is fitted on the action
 its smoothing is chosen on real val sequences, and it scores the action sequences of generated texts. Lower is
 better: generated text whose writing actions follow each other as in real text.
 
-- ``bigram`` (default): P(a_j | a_{j-1}) over the K actions plus <bos> (as the previous symbol of the first
-  sentence) and <eos> (as the symbol after the last one), with add-delta smoothing:
-  ``P(b | a) = (c(a, b) + delta) / (c(a) + delta * (K + 1))``. Perplexity per action, <eos> included:
-  ``exp(-sum log P / sum (len + 1))``. delta is chosen on val from a grid and reported.
-- ``hmm`` (option): an hmmlearn ``CategoricalHMM`` over the K actions plus <eos>, its emission probabilities
-  smoothed by add-delta (delta chosen on val the same way).
+- ``bigram`` (default; the original code's critic, which produced the paper's numbers): P(a_j | a_{j-1}) over a
+  vocabulary of K + 2 symbols, the K actions plus <bos> and <eos>, with add-delta smoothing over that vocabulary:
+  ``P(b | a) = (c(a, b) + delta) / (c(a) + delta * (K + 2))``. <bos> / <eos> mark real article boundaries only: a
+  sequence that does not start (end) at an article's start (end) gets none (``bos`` / ``eos`` flags). Perplexity per
+  predicted symbol: ``exp(-sum log P / number of predictions)``. delta is chosen on val from ``DELTA_GRID`` and
+  reported.
+- ``hmm`` (option; the paper's text describes an HMM critic, Deng et al. 2022): an hmmlearn ``CategoricalHMM`` over
+  the K actions plus <eos>, its emission probabilities smoothed by add-delta (delta chosen on val the same way).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from planlm.errors import raise_if_problems
 
+# The original code's grid is not published with it; this is planlm's, log-spaced over four decades plus 0.05 / 0.5.
 DELTA_GRID = (1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5, 1.0)
 
 
@@ -58,19 +61,24 @@ class BigramCritic:
         uni = (c.sum(0) + 1.0) / (c.sum() + k)  # (K,)
         return (c + alpha * uni[None]) / (c.sum(1, keepdims=True) + alpha)
 
-    def log_prob(self, sequence: Sequence[int]) -> float:
-        """Natural-log probability of ``<bos> sequence <eos>`` (len + 1 predictions)."""
+    def log_prob(self, sequence: Sequence[int], bos: bool = True, eos: bool = True) -> tuple[float, int]:
+        """Natural-log probability of ``[<bos>] sequence [<eos>]`` and the number of predicted symbols."""
         k, d = self.num_actions, self.delta
         symbols = np.asarray(sequence, dtype=np.int64)
-        prev, nxt = np.r_[k, symbols], np.r_[symbols, k]
+        prev, nxt = (np.r_[k, symbols], np.r_[symbols, k]) if bos else (symbols[:-1], symbols[1:])
+        if bos and not eos:
+            prev, nxt = prev[:-1], nxt[:-1]
+        elif eos and not bos:
+            prev, nxt = np.r_[prev, symbols[-1:]], np.r_[nxt, k]
         totals = self.counts.sum(1)  # (K + 1,)
-        p = (self.counts[prev, nxt] + d) / (totals[prev] + d * (k + 1))
-        return float(np.log(p).sum())
+        p = (self.counts[prev, nxt] + d) / (totals[prev] + d * (k + 2))  # vocabulary: K actions, <bos>, <eos>
+        return float(np.log(p).sum()), len(nxt)
 
-    def perplexity(self, sequences: Sequence[Sequence[int]]) -> float:
-        """Perplexity per action, <eos> included, over all ``sequences`` together."""
-        total = sum(self.log_prob(s) for s in sequences)
-        return math.exp(-total / sum(len(s) + 1 for s in sequences))
+    def perplexity(self, sequences: Sequence[Sequence[int]], bos: bool = True, eos: bool | Sequence[bool] = True) -> float:
+        """Perplexity per predicted symbol over all ``sequences`` together (``eos``: one flag, or one per sequence)."""
+        ends = [eos] * len(sequences) if isinstance(eos, bool) else list(eos)
+        scored = [self.log_prob(s, bos, e) for s, e in zip(sequences, ends) if len(s)]
+        return math.exp(-sum(lp for lp, _ in scored) / max(1, sum(n for _, n in scored)))
 
 
 @dataclass
@@ -152,6 +160,8 @@ def latent_perplexity(
     hmm_states: int = 16,
     real_test: Sequence[Sequence[int]] | None = None,
     seed: int = 0,
+    generated_eos: bool | Sequence[bool] = True,
+    real_eos: bool | Sequence[bool] = True,
 ) -> LatentPerplexity:
     """Fit a critic on real ``train`` action sequences, choose delta on ``val``, score ``generated``.
 
@@ -165,6 +175,9 @@ def latent_perplexity(
         hmm_states: hidden states of the HMM critic.
         real_test: optional real sequences scored by the same critic, as a reference point.
         seed: HMM initialisation seed.
+        generated_eos: whether each generated sequence ends its text (EOS): False for samples cut at a length, which
+            get no <eos> (bigram critic only; the HMM always scores <eos>).
+        real_eos: the same for ``real_test``.
     """
     validate_latent(train, val, generated, num_actions, deltas, critic)
     if critic == "bigram":
@@ -178,6 +191,8 @@ def latent_perplexity(
     best = min(deltas, key=lambda d: val_ppl[str(d)])
     model.delta = float(best)
     return LatentPerplexity(
-        latent_ppl=model.perplexity(generated), delta=float(best), critic=critic, val_ppl=val_ppl,
-        real_test_ppl=model.perplexity(real_test) if real_test else None,
+        latent_ppl=model.perplexity(generated, eos=generated_eos) if critic == "bigram" else model.perplexity(generated),
+        delta=float(best), critic=critic, val_ppl=val_ppl,
+        real_test_ppl=(model.perplexity(real_test, eos=real_eos) if critic == "bigram" else model.perplexity(real_test))
+        if real_test else None,
     )
