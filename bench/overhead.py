@@ -84,6 +84,20 @@ def build_corpus(data: Path, n_articles: int, work: Path, num_actions: int, dim:
     return PreparedCorpus.load(work)
 
 
+def bench_corpus(args, tmp: str):
+    """The benches' corpus and BPE tokenizer: ``--prepared DIR`` when it exists (a GPU machine without spaCy), else
+    one built from ``--data`` (K = 1024, 768-d random embeddings) in ``tmp``."""
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.train.pretrain_lm import train_tokenizer
+
+    folder = args.prepared or Path(tmp) / "prepared"
+    if folder.exists():
+        corpus = PreparedCorpus.load(folder)
+    else:
+        corpus = build_corpus(args.data, args.articles, folder, 1024, 768, seed=0)
+    return corpus, train_tokenizer(corpus.texts, vocab_size=8192)
+
+
 def make_batches(corpus, tokenizer, batch_size: int, n_batches: int, planner_cfg):
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.windows import WindowDataset
@@ -153,24 +167,17 @@ def main(argv=None) -> dict:
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from planlm.data.prepared import PreparedCorpus
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
     from planlm.train.loop import OptimConfig, PlannedLMModule
-    from planlm.train.pretrain_lm import train_tokenizer
 
     device = torch.device(args.device)
     batch_size = args.batch or (32 if device.type == "cuda" else 8)
     compile_too = device.type == "cuda" if args.compile is None else args.compile
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.prepared or Path(tmp) / "prepared"
-        if folder.exists():
-            corpus = PreparedCorpus.load(folder)
-        else:
-            corpus = build_corpus(args.data, args.articles, folder, 1024, 768, seed=0)
+        corpus, tokenizer = bench_corpus(args, tmp)
         K, D = corpus.num_actions, corpus.embedding_dim
-        tokenizer = train_tokenizer(corpus.texts, vocab_size=8192)
         pcfg = PlannerConfig(num_actions=K, encoder_dim=D)  # paper: 1 layer, d 768, 2 heads, ff 2048, dropout 0
         n_batches = args.warmup + args.steps
         batches, collate_s = make_batches(corpus, tokenizer, batch_size, n_batches, pcfg)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import WIKI_BENCH, build_corpus  # noqa: E402
+from overhead import WIKI_BENCH, bench_corpus  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -42,23 +42,16 @@ def main(argv=None) -> dict:
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from planlm.data.prepared import PreparedCorpus
     from planlm.data.windows import WindowDataset, collate_windows
     from planlm.eval.perplexity import perplexity, score_windows
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
-    from planlm.train.pretrain_lm import train_tokenizer
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.prepared or Path(tmp) / "prepared"
-        if folder.exists():
-            corpus = PreparedCorpus.load(folder)
-        else:
-            corpus = build_corpus(args.data, args.articles, folder, 1024, 768, seed=0)
+        corpus, tokenizer = bench_corpus(args, tmp)
         K, D = corpus.num_actions, corpus.embedding_dim
-        tokenizer = train_tokenizer(corpus.texts, vocab_size=8192)
         lm = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer)))  # GPT-2 small shape
         planner = Planner(PlannerConfig(num_actions=K, encoder_dim=D), centroids=torch.from_numpy(corpus.centroids))
         model = PlannedLM(lm, PlannedLMConfig(num_actions=K, action_dim=D, selection="soft"),
