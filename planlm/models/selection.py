@@ -77,6 +77,25 @@ def draw_predicted_mask(
     return (torch.rand(num_sentences, generator=generator) < p_predicted).to(device)
 
 
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2**32), elementwise; every
+    intermediate stays below 2**59, so int64 never overflows."""
+    x = (x * 2654435761) % 2**32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
+    x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
+    return (x >> 16) ^ x
+
+
+def keyed_predicted_mask(sentence_ids: torch.Tensor, p_predicted: float, key: int) -> torch.Tensor:
+    """``(N,)`` bool, True with probability ``p_predicted``, a hash of (``key``, global sentence id) rather than a
+    running generator: the same sentence draws the same under the same key on any DDP rank and after a resume.
+    Integer ops on ``sentence_ids``' device only, so no host-device copy or sync (the training loop's mask)."""
+    k = _mix32(torch.tensor(key % 2**32, dtype=torch.int64, device=sentence_ids.device))
+    u = _mix32((sentence_ids.long() + k) % 2**32).double() / 2**32  # (N,) uniform in [0, 1)
+    return u < p_predicted
+
+
 class _StraightThrough(torch.autograd.Function):
     """Forward: onehot(argmax) of the soft weights, exactly; backward: the gradient passes to the soft weights."""
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from planlm.errors import PlanlmError
 from planlm.models.mtp import MTPConfig
 from planlm.models.planned_lm import PlannedLM
-from planlm.models.selection import SelectionConfig, needs_planner
+from planlm.models.selection import SelectionConfig, keyed_predicted_mask, needs_planner
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
 from planlm.train.trainer import OptimConfig
 
@@ -125,15 +125,6 @@ def _own_generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (two multiply-xorshift rounds) of int64 values in [0, 2**32), elementwise; every
-    intermediate stays below 2**59, so int64 never overflows."""
-    x = (x * 2654435761) % 2**32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
-    x = (((x >> 16) ^ x) * 0x45D9F3B) % 2**32
-    return (x >> 16) ^ x
-
-
 @dataclass
 class LoopData:
     """The windows a run trains and validates on, and how they become batches."""
@@ -221,9 +212,7 @@ class PlannedLMModule(L.LightningModule):
         resume, and a sentence's draw does not depend on which rank's slice of the batch holds it (DDP matches one
         process). Computed on the batch's device with integer ops only: no host-device copy or sync in the step.
         """
-        key = _mix32(torch.tensor(self.seed * 1_000_003 + step, dtype=torch.int64))
-        u = _mix32((sentence_ids.long() + key) % 2**32).double() / 2**32  # (N,) uniform in [0, 1)
-        return u < self.p_predicted(step)
+        return keyed_predicted_mask(sentence_ids, self.p_predicted(step), key=self.seed * 1_000_003 + step)
 
     # ---- one step ----------------------------------------------------------------------------------------------
     def step_losses(self, batch: dict, train: bool) -> dict[str, torch.Tensor]:
