@@ -18,7 +18,8 @@ from pathlib import Path
 
 from planlm.errors import raise_if_problems
 from planlm.eval.probes import ProbeConfig
-from planlm.train.trainer import TrainerConfig
+from planlm.train.pretrain_lm import PRESET_OPTIM, pretrain_lm
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
 
 def _decode_rows(lm_dir: Path, prompts: int, prompt_tokens: int, new_tokens: int) -> dict:
@@ -76,9 +77,7 @@ def mtp_compare(
     preset: str = "small-cpu",
     vocab_size: int = 8192,
     block_size: int | None = None,
-    batch_size: int | None = None,
-    epochs: int | None = None,
-    max_steps: int = -1,
+    optim: OptimConfig = PRESET_OPTIM,
     backward: str = "sequential",
     context_length: int = 128,
     eval_max_tokens: int | None = 20000,
@@ -100,9 +99,8 @@ def mtp_compare(
         preset: `planlm pretrain-lm` preset (same for every n).
         vocab_size: BPE vocabulary size.
         block_size: training sequence length (default: the preset's).
-        batch_size: blocks per step (default: the preset's).
-        epochs: pretraining epochs (default: the preset's); the same token budget for every n.
-        max_steps: cap on optimizer steps (-1 = the epochs).
+        optim: `planlm pretrain-lm --optim` (lr, batch_size, epochs, max_steps, ...; unset values: the preset's), the
+            same token budget for every n.
         backward: sequential (the paper's memory-efficient order) or naive.
         context_length: evaluation windows (strided protocol, stride context_length - 1).
         eval_max_tokens: scored tokens per perplexity at most.
@@ -120,7 +118,6 @@ def mtp_compare(
     """
     from planlm.eval.evaluate import PerplexityConfig, evaluate
     from planlm.models.mtp import MTPConfig
-    from planlm.train.pretrain_lm import pretrain_lm
 
     problems = [f"n_heads must be positive (got {n})" for n in n_heads if n < 1]
     problems += [] if n_heads else ["n_heads is empty"]
@@ -133,8 +130,8 @@ def mtp_compare(
         lm_dir = out / f"lm-n{n}"
         t0 = time.time()
         m = pretrain_lm(str(prepared), out=str(lm_dir), preset=preset, vocab_size=vocab_size, block_size=block_size,
-                        batch_size=batch_size, epochs=epochs, max_steps=max_steps, seed=seed, trainer=trainer,
-                        mtp=MTPConfig(n_heads=n, backward=backward), force=force)
+                        optim=optim, seed=seed, trainer=trainer, mtp=MTPConfig(n_heads=n, backward=backward),
+                        force=force)
         train_s = time.time() - t0
         manifest = json.loads((lm_dir / "manifest.json").read_text())
         ev = evaluate(lm_dir, out=out / f"eval-n{n}", split="test",

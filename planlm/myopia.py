@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_json_atomic, write_manifest
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.train.trainer import TrainerConfig
+from planlm.train.pretrain_lm import PRESET_OPTIM, PRESETS, blocks, pretrain_lm, resolve_optim, token_stream
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "myopia"
 KINDS = ("vanilla", "myopic")
@@ -185,11 +186,8 @@ class LMBudget:
     preset: str = "small-cpu"
     vocab_size: int = 8192
     block_size: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    epochs: int | None = None
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1: the preset's epochs)."""
+    optim: OptimConfig = field(default_factory=lambda: PRESET_OPTIM)  # the very object: the preset's section
+    """`pretrain-lm --optim` (lr, batch_size, epochs, max_steps: -1 = the epochs, ...); unset values: the preset's."""
 
 
 @dataclass
@@ -213,7 +211,6 @@ def _windows(prepared: str, lm_dir: Path, split: str, block_size: int):
     """Evaluation windows of ``split``: each article (+ eos) cut into ``block_size`` blocks, tail kept."""
     from planlm.data.prepared import PreparedCorpus
     from planlm.persist import load_tokenizer
-    from planlm.train.pretrain_lm import blocks, token_stream
 
     corpus = PreparedCorpus.load(prepared)
     tokenizer = load_tokenizer(str(lm_dir))
@@ -327,8 +324,6 @@ def _hidden_state_probes(lm, windows: list[np.ndarray], cfg: MyopiaProbeConfig, 
 def validate_myopia_lm(prepared: str, out: str, budget: LMBudget, seeds: list[int], probes: MyopiaProbeConfig,
                        split: str, bootstrap: int) -> None:
     """Raise one error listing every problem with the arguments of :func:`myopia_lm`."""
-    from planlm.train.pretrain_lm import PRESETS
-
     problems = []
     try:
         read_manifest(prepared, "prepare")
@@ -336,6 +331,7 @@ def validate_myopia_lm(prepared: str, out: str, budget: LMBudget, seeds: list[in
         problems.append(f"{e} (build it with `planlm prepare --out {prepared}`)")
     if budget.preset not in PRESETS:
         problems.append(f"unknown budget.preset {budget.preset!r}; use one of {', '.join(PRESETS)}")
+    problems += [f"budget.{p}" for p in budget.optim.problems()]
     if split not in ("test", "val"):
         problems.append(f"split must be test or val (got {split!r})")
     if bootstrap < 100:
@@ -381,9 +377,8 @@ def myopia_lm(
     Returns:
         The content of myopia.json.
     """
-    from planlm.train.pretrain_lm import PRESETS, pretrain_lm
-
     validate_myopia_lm(prepared, out, budget, seeds, probes, split, bootstrap)
+    budget = replace(budget, optim=resolve_optim(budget.preset, budget.optim))  # the config records the real values
     config = {"task": "lm", "prepared": str(prepared), "prepared_id": read_manifest(prepared, "prepare").get("id"),
               "budget": asdict(budget), "seeds": list(seeds), "probes": asdict(probes), "split": split,
               "bootstrap": bootstrap}
@@ -400,8 +395,8 @@ def myopia_lm(
                 lm_dir = tmp / "lm" / f"{kind}-seed{seed}"
                 metrics = pretrain_lm(
                     str(prepared), out=str(lm_dir), preset=budget.preset, vocab_size=budget.vocab_size,
-                    block_size=budget.block_size, batch_size=budget.batch_size, lr=budget.lr, epochs=budget.epochs,
-                    max_steps=budget.max_steps, seed=seed, myopic=kind == "myopic", trainer=trainer,
+                    block_size=budget.block_size, optim=budget.optim, seed=seed, myopic=kind == "myopic",
+                    trainer=trainer,
                 )
                 trained[kind, seed] = {"kind": kind, "seed": seed, **metrics,
                                        **read_manifest(lm_dir, "pretrain-lm")["counts"]}

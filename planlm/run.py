@@ -139,7 +139,7 @@ def run(
     from planlm.report import report
     from planlm.train.finetune import WindowConfig, finetune
     from planlm.train.planner import train_planner
-    from planlm.train.pretrain_lm import pretrain_lm
+    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
 
     p = PRESETS[preset]
     out = Path(out)
@@ -159,8 +159,9 @@ def run(
         encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset, force=force,
     )
     if lm is None:
+        optim = lm_optim(p.lm_preset, max_steps=p.lm_max_steps, **({"epochs": p.lm_epochs} if p.lm_epochs else {}))
         timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=str(out / "lm"), preset=p.lm_preset,
-              epochs=p.lm_epochs, max_steps=p.lm_max_steps, seed=seed, trainer=trainer, force=force)
+              optim=optim, seed=seed, trainer=trainer, force=force)
         lm = str(out / "lm")
     planner_dir = out / "planner"
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,

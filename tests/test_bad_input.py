@@ -313,7 +313,7 @@ CASES = {
     "max_steps 0": lambda env, tmp: (_finetune(env, tmp, "--optim.max_steps", "0"), r"max_steps must be positive"),
     "pretrain max_steps 0": lambda env, tmp: (
         ["pretrain-lm", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--preset", "tiny",
-         "--max_steps", "0"], r"max_steps must be positive"),
+         "--optim.max_steps", "0"], r"max_steps must be positive"),
     # mismatched artifacts
     "planner of another K": lambda env, tmp: (_finetune(env, tmp, planner=env["planner_k4"]), r"num_actions"),
     "planner of another encoder width": lambda env, tmp: (_finetune(env, tmp, planner=env["planner_d8"]),

@@ -83,7 +83,7 @@ def test_prepare_killed_mid_write(env, tmp_path):
 def test_pretrain_lm_killed_mid_training(env, tmp_path):
     out = tmp_path / "lm"
     _killed_mid_write_then_rerun(out, ["pretrain-lm", "--prepared", env["prepared"], "--out", out, "--preset", "tiny",
-                                       "--vocab_size", "300", "--max_steps", "6", *QUIET])
+                                       "--vocab_size", "300", "--optim.max_steps", "6", *QUIET])
 
 
 def test_train_planner_killed_mid_training(env, tmp_path):

@@ -174,13 +174,14 @@ def test_speculative_sampling_keeps_head_ones_distribution():
 @pytest.fixture(scope="module")
 def mtp_lm(tmp_path_factory):
     from helpers import synthetic_prepared
-    from planlm.train.pretrain_lm import pretrain_lm
+    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
     from planlm.train.trainer import TrainerConfig
 
     root = tmp_path_factory.mktemp("mtp")
     corpus = synthetic_prepared(root / "prepared", n_articles=20)
     out = root / "lm"
-    metrics = pretrain_lm(str(corpus.path), out=str(out), preset="tiny", vocab_size=300, max_steps=6,
+    metrics = pretrain_lm(str(corpus.path), out=str(out), preset="tiny", vocab_size=300,
+                          optim=lm_optim("tiny", max_steps=6),
                           trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"),
                           mtp=MTPConfig(n_heads=3))
     return corpus, out, metrics
@@ -250,12 +251,13 @@ def test_finetune_adds_heads_to_a_frozen_pretrained_lm(tmp_path):
 def test_sequential_and_naive_training_runs_match(tmp_path):
     """Through Lightning (which zeroes .grad between the training step and its backward) both orders train alike."""
     from helpers import synthetic_prepared
-    from planlm.train.pretrain_lm import pretrain_lm
+    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
     from planlm.train.trainer import TrainerConfig
 
     corpus = synthetic_prepared(tmp_path / "prepared", n_articles=12)
     quiet = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
-    runs = {b: pretrain_lm(str(corpus.path), out=str(tmp_path / b), preset="tiny", vocab_size=300, max_steps=4,
+    runs = {b: pretrain_lm(str(corpus.path), out=str(tmp_path / b), preset="tiny", vocab_size=300,
+                           optim=lm_optim("tiny", max_steps=4),
                            trainer=quiet, mtp=MTPConfig(n_heads=2, backward=b)) for b in ("naive", "sequential")}
     assert runs["sequential"]["val_loss"] == pytest.approx(runs["naive"]["val_loss"], rel=1e-5)
     assert runs["sequential"]["val_loss"] < runs["sequential"]["val_loss_initial"]
@@ -266,10 +268,12 @@ def test_mtp_compare_runs_the_stages_and_writes_the_table(tmp_path):
     from helpers import synthetic_prepared
     from planlm.eval.probes import ProbeConfig
     from planlm.mtp_compare import mtp_compare
+    from planlm.train.pretrain_lm import lm_optim
     from planlm.train.trainer import TrainerConfig
 
     corpus = synthetic_prepared(tmp_path / "prepared", n_articles=16)
-    out = mtp_compare(prepared=corpus.path, out=tmp_path / "cmp", n_heads=[1, 2], preset="tiny", max_steps=2,
+    out = mtp_compare(prepared=corpus.path, out=tmp_path / "cmp", n_heads=[1, 2], preset="tiny",
+                      optim=lm_optim("tiny", max_steps=2),
                       context_length=32, eval_max_tokens=300, probe_windows=8, decode_prompts=1, decode_tokens=6,
                       probe=ProbeConfig(distances=[1, 2], vocab_size=20, max_positions=300, max_iter=5),
                       trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))

@@ -144,12 +144,14 @@ def test_myopia_dp_writes_table_plot_and_manifest(tmp_path):
 def test_myopia_lm_on_a_prepared_corpus(tmp_path):
     from helpers import synthetic_prepared
     from planlm.myopia import LMBudget, MyopiaProbeConfig, myopia_lm
+    from planlm.train.pretrain_lm import lm_optim
     from planlm.train.trainer import TrainerConfig
 
     synthetic_prepared(tmp_path / "prepared", n_articles=20)
     result = myopia_lm(
         prepared=str(tmp_path / "prepared"), out=str(tmp_path / "lm"),
-        budget=LMBudget(preset="tiny", vocab_size=300, block_size=32, max_steps=4), seeds=[0, 1],
+        budget=LMBudget(preset="tiny", vocab_size=300, block_size=32, optim=lm_optim("tiny", max_steps=4)),
+        seeds=[0, 1],
         probes=MyopiaProbeConfig(distances=[1, 2], max_windows=8, max_iter=5), bootstrap=200,
         trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"),
     )

@@ -7,7 +7,7 @@ import torch
 from helpers import synthetic_prepared
 from planlm.artifacts import read_manifest
 from planlm.errors import PlanlmError
-from planlm.train.pretrain_lm import PRESETS, blocks, pretrain_lm, train_tokenizer
+from planlm.train.pretrain_lm import PRESETS, blocks, lm_optim, pretrain_lm, train_tokenizer
 from planlm.train.trainer import TrainerConfig
 
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
@@ -18,7 +18,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrain")
     corpus = synthetic_prepared(root / "prepared", n_articles=30)
     out = root / "lm"
-    metrics = pretrain_lm(str(corpus.path), out=str(out), preset="tiny", vocab_size=400, epochs=8, trainer=QUIET)
+    metrics = pretrain_lm(str(corpus.path), out=str(out), preset="tiny", vocab_size=400, optim=lm_optim("tiny", epochs=8),
+                          trainer=QUIET)
     return corpus, out, metrics
 
 
@@ -77,6 +78,6 @@ def test_help_lists_the_options(capsys):
     with pytest.raises(SystemExit):
         CLI({"pretrain-lm": pretrain_lm}, args=["pretrain-lm", "--help"], as_positional=True)
     text = capsys.readouterr().out
-    for option in ("--prepared", "--preset", "--vocab_size", "--block_size", "--max_steps", "--trainer.precision",
+    for option in ("--prepared", "--preset", "--vocab_size", "--block_size", "--optim.max_steps", "--trainer.precision",
                    "small-cpu", "byte-level BPE tokenizer"):
         assert option in text, option

@@ -157,10 +157,10 @@ def test_ntp_objective_trains_only_the_planner_through_a_frozen_planned_lm(patte
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.persist import load_planned_lm
-    from planlm.train.pretrain_lm import pretrain_lm
+    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
 
     lm_dir = tmp_path / "lm"
-    pretrain_lm(str(patterned.path), out=str(lm_dir), preset="tiny", vocab_size=300, max_steps=1,
+    pretrain_lm(str(patterned.path), out=str(lm_dir), preset="tiny", vocab_size=300, optim=lm_optim("tiny", max_steps=1),
                 trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))
     # A planned LM folder as `planlm finetune` writes it: adapters (+ base LM reference) and its tokenizer.
     planned_dir = tmp_path / "planned"

@@ -12,6 +12,7 @@ Training data: the train articles, each followed by ``<|endoftext|>``, concatena
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ import numpy as np
 
 from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manifest, writes_artifact
 from planlm.data.prepared import PreparedCorpus
-from planlm.errors import PlanlmError, check_finite, check_max_steps, raise_if_problems
+from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.mtp import MTPConfig
 from planlm.presets import load_presets
-from planlm.train.trainer import TrainerConfig
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "pretrain-lm"
 EOS = "<|endoftext|>"
@@ -33,22 +34,38 @@ PAD = "<|pad|>"
 
 @dataclass(frozen=True)
 class LMPreset:
-    """GPT-2 shape and training recipe of one preset."""
+    """GPT-2 shape and training recipe of one preset; ``optim`` is the stage's ``--optim`` section as the preset sets
+    it (the defaults of every ``--optim.*`` value the user leaves unset)."""
 
     n_layer: int
     n_head: int
     n_embd: int
     block_size: int
-    batch_size: int
-    lr: float
     warmup_fraction: float
     dropout: float
-    epochs: int
+    optim: OptimConfig
 
 
 # planlm/presets/pretrain-lm/*.yaml: tiny (tests: seconds on a CPU), small-cpu (the embedded corpus on a CPU in
 # minutes), gpt2 (GPT-2 small's shape, for GPUs)
 PRESETS: dict[str, LMPreset] = load_presets(STAGE, LMPreset)
+
+
+PRESET_OPTIM = OptimConfig()
+"""The default ``optim`` of pretrain-lm (and of the stages that run it): it stands for the preset's section (told
+apart by identity; an OptimConfig passed explicitly is used as it is). A real dataclass default, so that ``--help``
+lists every ``--optim.*`` option; the command line reads the preset's section before the user's flags (cli.py)."""
+
+
+def resolve_optim(preset: str, optim: OptimConfig) -> OptimConfig:
+    """The section a run trains with: the preset's for :data:`PRESET_OPTIM`, else ``optim`` itself."""
+    return PRESETS[preset].optim if optim is PRESET_OPTIM else optim
+
+
+def lm_optim(preset: str, **overrides) -> OptimConfig:
+    """The ``optim`` section of a preset with ``overrides`` (``lm_optim("tiny", max_steps=6)``): what the command line
+    gives for ``--preset tiny --optim.max_steps 6`` (planlm/cli.py sets the preset's section as the defaults)."""
+    return dataclasses.replace(PRESETS[preset].optim, **overrides)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 8192, min_frequency: int = 2):
@@ -85,7 +102,7 @@ def blocks(stream: np.ndarray, block_size: int, keep_tail: bool) -> list[np.ndar
     return out
 
 
-def _lm_module(model, lr: float, warmup_fraction: float, heads=None, mtp: MTPConfig = MTPConfig()):
+def _lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp: MTPConfig = MTPConfig()):
     import lightning as L
     import torch
 
@@ -149,8 +166,8 @@ def _lm_module(model, lr: float, warmup_fraction: float, heads=None, mtp: MTPCon
 
             decay = [p for p in self.parameters() if p.dim() >= 2]  # matrices; not biases, norms (heads' too)
             rest = [p for p in self.parameters() if p.dim() < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                                    lr=lr, betas=(0.9, 0.95))
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                                     {"params": rest, "weight_decay": 0.0}], lr=optim.lr, betas=(0.9, 0.95))
             total = int(self.trainer.estimated_stepping_batches)
             sched = get_cosine_schedule_with_warmup(opt, max(1, int(warmup_fraction * total)), total)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -159,8 +176,8 @@ def _lm_module(model, lr: float, warmup_fraction: float, heads=None, mtp: MTPCon
 
 
 def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, block_size: int | None,
-                         batch_size: int | None, lr: float | None, epochs: int | None, max_steps: int = -1,
-                         mtp: MTPConfig = MTPConfig(), trainer: TrainerConfig = TrainerConfig()) -> None:
+                         optim: OptimConfig, mtp: MTPConfig = MTPConfig(),
+                         trainer: TrainerConfig = TrainerConfig()) -> None:
     """Raise one error listing every problem with the arguments of :func:`pretrain_lm`."""
     problems = mtp_problems(mtp, trainer)
     try:
@@ -171,15 +188,11 @@ def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, 
         problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     if vocab_size < 259:
         problems.append(f"vocab_size {vocab_size} is below the 256 bytes + special tokens; use at least 259")
-    for name, value in (("block_size", block_size), ("batch_size", batch_size), ("epochs", epochs)):
-        if value is not None and value < 1:
-            problems.append(f"{name} must be positive (got {value})")
     if block_size is not None and block_size < 2:
-        problems.append("block_size must be at least 2")
-    check_finite(problems, lr=lr)
-    if lr is not None and lr <= 0:
-        problems.append(f"lr must be positive (got {lr})")
-    check_max_steps(problems, max_steps)
+        problems.append(f"block_size must be at least 2 (got {block_size})")
+    problems += optim.problems()
+    if optim.planner_lr is not None:
+        problems.append("optim.planner_lr belongs to finetune; pretrain-lm trains no planner")
     if Path(out).resolve() == Path(prepared).resolve():
         problems.append("--out must differ from the prepared corpus directory")
     raise_if_problems(problems, STAGE)
@@ -207,10 +220,7 @@ def pretrain_lm(
     preset: str = "small-cpu",
     vocab_size: int = 8192,
     block_size: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    epochs: int | None = None,
-    max_steps: int = -1,
+    optim: OptimConfig = PRESET_OPTIM,
     seed: int = 0,
     myopic: bool = False,
     trainer: TrainerConfig = TrainerConfig(),
@@ -228,10 +238,10 @@ def pretrain_lm(
         preset: "tiny" (tests), "small-cpu" (a CPU in minutes), "gpt2" (GPT-2 small shape, for GPUs).
         vocab_size: BPE vocabulary size (the tokenizer may stop short on a small corpus).
         block_size: training sequence length (default: the preset's).
-        batch_size: blocks per step (default: the preset's).
-        lr: peak AdamW learning rate (default: the preset's).
-        epochs: passes over the train tokens (default: the preset's).
-        max_steps: stop after this many optimizer steps (-1: no limit); the cosine schedule spans them.
+        optim: AdamW (weight decay on matrices only, cosine schedule): lr (peak), weight_decay, batch_size (blocks
+            per step), accumulate, epochs (passes over the train tokens), max_steps (-1: no limit; the cosine
+            schedule spans them), grad_clip. Every value left unset is the preset's (the default: the preset's
+            section; from Python, ``lm_optim(preset, epochs=8)``).
         seed: seed of initialisation and shuffling.
         myopic: myopic training (Wu et al. 2024): the loss at a position sends no gradient into earlier positions'
             hidden states, so the LM cannot learn to pre-cache (planlm/models/myopic.py). The saved LM is ordinary.
@@ -244,13 +254,12 @@ def pretrain_lm(
     Returns:
         ``{"val_loss", "val_perplexity", "val_loss_initial", "tokens_per_second", ...}``.
     """
-    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, batch_size, lr, epochs, max_steps, mtp, trainer)
+    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, optim, mtp, trainer)
     p = PRESETS[preset]
-    block_size, batch_size = block_size or p.block_size, batch_size or p.batch_size
-    lr, epochs = lr or p.lr, epochs or p.epochs
+    block_size, optim = block_size or p.block_size, resolve_optim(preset, optim)
     config = {"prepared": str(prepared), "preset": preset, "shape": p, "vocab_size": vocab_size,
-              "block_size": block_size, "batch_size": batch_size, "lr": lr, "epochs": epochs, "max_steps": max_steps,
-              "seed": seed, "prepared_id": read_manifest(prepared, "prepare").get("id")}
+              "block_size": block_size, "optim": optim, "seed": seed,
+              "prepared_id": read_manifest(prepared, "prepare").get("id")}
     if mtp.n_heads > 1:  # n = 1 keeps the config (and so the reuse fingerprint) of plain next-token runs
         config["mtp"] = mtp
     if myopic:  # only when set, so that vanilla configs (and their reusable artifacts) are unchanged
@@ -295,11 +304,12 @@ def pretrain_lm(
         from planlm.models.myopic import make_myopic
 
         myopia = make_myopic(model)
-    module = _lm_module(model, lr, p.warmup_fraction, heads, mtp)
+    module = _lm_module(model, optim, p.warmup_fraction, heads, mtp)
+    batch_size = optim.batch_size // optim.accumulate  # blocks per micro-batch
     to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
     gen = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_blocks, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=to_tensor)
-    # Ready-made val batches: full blocks batch_size at a time, the shorter tail block as its own batch.
+    # Ready-made val batches: full blocks a micro-batch at a time, the shorter tail block as its own batch.
     full = [b for b in val_blocks if len(b) == block_size]
     val_batches = [to_tensor(full[i:i + batch_size]) for i in range(0, len(full), batch_size)]
     val_batches += [to_tensor([b]) for b in val_blocks if len(b) != block_size]
@@ -307,8 +317,9 @@ def pretrain_lm(
 
     out = Path(out)
     with atomic_dir(out, force=True) as tmp:
-        trainer = build_trainer(trainer, tmp, max_epochs=epochs, max_steps=max_steps, num_sanity_val_steps=0,
-                                enable_checkpointing=False)
+        trainer = build_trainer(trainer, tmp, max_epochs=optim.epochs, max_steps=optim.max_steps,
+                                accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
+                                num_sanity_val_steps=0, enable_checkpointing=False)
         initial = trainer.validate(module, val_loader, verbose=False)[0]["val/loss"]
         trainer.fit(module, train_loader, val_loader)
         if module.validated_at_step != trainer.global_step:  # max_steps stopped it before the epoch's validation
