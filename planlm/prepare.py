@@ -8,7 +8,9 @@ sentence -> exemplars -> one artifact directory in the layout of :mod:`planlm.da
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -23,15 +25,29 @@ from planlm.data.encoders import EncoderConfig, embed_sentences, load_encoder, r
 from planlm.data.prepared import EXEMPLARS, SPLITS, write_prepared
 from planlm.data.sentences import SentenceConfig, split_sentences
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.presets import load_presets
 
-PAPER_NUM_ACTIONS = 1024
-PRESETS = ("auto", "paper", "small")
-SMALL_NUM_ACTIONS = 64
+ActionsPresetName = Literal["auto", "paper", "small"]  # planlm/presets/prepare/*.yaml (tests/test_presets.py)
+
+
+@dataclass(frozen=True)
+class ActionsPreset:
+    """How `planlm prepare --preset` chooses K when --num_actions is unset."""
+
+    num_actions: int
+    """K (the paper: 1024)."""
+    shrink_to_corpus: bool = False
+    """Fewer actions for a small corpus: the largest power of two <= num_actions that leaves about 40 train sentences
+    per action (planlm.data.actions.suggest_num_actions), so that every action is populated."""
+
+
+# planlm/presets/prepare/*.yaml: auto (1024, fewer for a small corpus), paper (1024), small (64)
+PRESETS: dict[str, ActionsPreset] = load_presets("prepare", ActionsPreset)
 
 
 def validate_prepare(
     out: str, source: SourceConfig, split: SplitConfig, sentences: SentenceConfig, encoder: EncoderConfig,
-    kmeans: KMeansConfig, num_actions: int | None, preset: str,
+    kmeans: KMeansConfig, num_actions: int | None, preset: ActionsPresetName,
 ) -> None:
     """Raise one PlanlmError listing every problem in the arguments of :func:`prepare`, before any work starts."""
     problems = source_problems(source) + split_problems(split) + kmeans_problems(kmeans)
@@ -54,20 +70,16 @@ def validate_prepare(
     raise_if_problems(problems, "prepare")
 
 
-def resolve_num_actions(num_actions: int | None, preset: str, n_train_sentences: int) -> int:
-    """K: ``num_actions`` when given, else the preset's.
-
-    "paper" is the paper's K=1024; "small" is 64; "auto" is 1024 unless the train split has fewer than about 40
-    sentences per action, in which case the largest power of two that leaves that many (so a small corpus still gets
-    K non-empty, populated actions: 256 on the builtin corpus).
+def resolve_num_actions(num_actions: int | None, preset: ActionsPresetName, n_train_sentences: int) -> int:
+    """K: ``num_actions`` when given, else the preset's (planlm/presets/prepare/): "paper" is the paper's K=1024;
+    "small" is 64; "auto" is 1024 unless the train split has fewer than about 40 sentences per action, in which case
+    the largest power of two that leaves that many (so a small corpus still gets K non-empty, populated actions: 256
+    on the builtin corpus).
     """
     if num_actions is not None:
         return num_actions
-    if preset == "paper":
-        return PAPER_NUM_ACTIONS
-    if preset == "small":
-        return SMALL_NUM_ACTIONS
-    return suggest_num_actions(n_train_sentences, upper=PAPER_NUM_ACTIONS)
+    p = PRESETS[preset]
+    return suggest_num_actions(n_train_sentences, upper=p.num_actions) if p.shrink_to_corpus else p.num_actions
 
 
 def _input_fingerprint(source: SourceConfig) -> str:
@@ -97,7 +109,7 @@ def prepare(
     encoder: EncoderConfig = EncoderConfig(),
     kmeans: KMeansConfig = KMeansConfig(),
     num_actions: int | None = None,
-    preset: str = "auto",
+    preset: ActionsPresetName = "auto",
     force: bool = False,
     progress: bool = True,
 ) -> Path:
