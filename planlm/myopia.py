@@ -20,12 +20,14 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_json_atomic, write_manifest
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.train.pretrain_lm import PRESET_OPTIM, PRESETS, blocks, pretrain_lm, resolve_optim, token_stream
+from planlm.eval.probes import ProbeConfig
+from planlm.train.pretrain_lm import PRESET_OPTIM, PRESETS, LMPresetName, blocks, pretrain_lm, resolve_optim, token_stream
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "myopia"
@@ -183,7 +185,7 @@ def myopia_dp(
 class LMBudget:
     """What both LMs of a seed are trained with (`pretrain-lm` arguments; unset = the preset's)."""
 
-    preset: str = "small-cpu"
+    preset: LMPresetName = "small-cpu"
     vocab_size: int = 8192
     block_size: int | None = None
     optim: OptimConfig = field(default_factory=lambda: PRESET_OPTIM)  # the very object: the preset's section
@@ -191,20 +193,22 @@ class LMBudget:
 
 
 @dataclass
-class MyopiaProbeConfig:
-    """Linear probes of future tokens on the hidden states (planlm/eval/probes.py), on the first seed's two LMs."""
+class MyopiaProbeConfig(ProbeConfig):
+    """Linear probes of future tokens (planlm/eval/probes.py: its settings, with smaller defaults for a CPU) on the
+    hidden states of the first seed's two LMs."""
 
     distances: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     """The hidden state at t predicts the token at t + d (d = 1: the next token; d >= 2: further ahead)."""
+    vocab_size: int = 200
+    """Most frequent target tokens kept as classes; the rest share one "other" class."""
+    max_iter: int = 50
+    """L-BFGS iterations per probe (full batch)."""
     layers: list[int] | None = None
     """Hidden states after these layers (1 = after the first block); None = every layer."""
     max_windows: int = 48
     """Held-out windows whose positions the probes use (train/held-out split by window)."""
-    vocab_size: int = 200
-    """Most frequent target tokens kept as classes."""
-    max_iter: int = 50
-    """L-BFGS iterations per probe."""
     enabled: bool = True
+    """Fit the probes."""
 
 
 def _windows(prepared: str, lm_dir: Path, split: str, block_size: int):
@@ -305,7 +309,7 @@ def _hidden_state_probes(lm, windows: list[np.ndarray], cfg: MyopiaProbeConfig, 
     on; HF applies the final norm to the last layer's)."""
     import torch
 
-    from planlm.eval.probes import ProbeConfig, rows_to_json, run_probes
+    from planlm.eval.probes import rows_to_json, run_probes
 
     full = [w for w in windows if len(w) == block_size][: cfg.max_windows]
     if len(full) < 2:
@@ -316,8 +320,7 @@ def _hidden_state_probes(lm, windows: list[np.ndarray], cfg: MyopiaProbeConfig, 
         hidden = lm(input_ids=ids, output_hidden_states=True).hidden_states  # L + 1 of (W, T, H)
     layers = cfg.layers or list(range(1, len(hidden)))
     features = {layer: {"post": hidden[layer].float()} for layer in layers}
-    rows = run_probes(features, ids, config=ProbeConfig(distances=cfg.distances, vocab_size=cfg.vocab_size,
-                                                        max_iter=cfg.max_iter), progress=False)
+    rows = run_probes(features, ids, config=cfg, progress=False)
     return rows_to_json(rows)
 
 
@@ -350,7 +353,7 @@ def myopia_lm(
     budget: LMBudget = LMBudget(),
     seeds: list[int] = [0, 1],  # noqa: B006  (jsonargparse reads the default)
     probes: MyopiaProbeConfig = MyopiaProbeConfig(),
-    split: str = "test",
+    split: Literal["test", "val"] = "test",
     bootstrap: int = 2000,
     trainer: TrainerConfig = TrainerConfig(logger="none"),
     force: bool = False,
