@@ -12,8 +12,11 @@ import inspect
 import json
 import os
 import sys
+import typing
 
-from planlm.errors import PlanlmError
+import yaml
+
+from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.evaluate import evaluate
 from planlm.eval.generate import generate
 from planlm.mtp_compare import mtp_compare
@@ -68,6 +71,66 @@ def with_preset_sections(argv: list[str]) -> list[str]:
     return argv
 
 
+def _hint(fn, key: str):
+    """The type of the dotted option ``key`` of stage ``fn`` (``kmeans.backend``: KMeansConfig's ``backend``), or
+    None when there is no such option."""
+    hints = typing.get_type_hints(fn)
+    for i, part in enumerate(key.split(".")):
+        hint = hints.get(part)
+        if hint is None or i == key.count("."):
+            return hint
+        # the dataclass of a nested section, Optional or not
+        section = next((h for h in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(h)), None)
+        if section is None:
+            return None
+        hints = typing.get_type_hints(section)
+    return None
+
+
+def _choices(hint) -> tuple[tuple, bool] | None:
+    """(the Literal's values, whether the option is a list of them) of a type, or None when it is no choice."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint), False
+    if typing.get_origin(hint) is list and typing.get_args(hint):
+        inner = _choices(typing.get_args(hint)[0])
+        return (inner[0], True) if inner and not inner[1] else None
+    return None
+
+
+def choice_problems(fn, args: list[str]) -> list[str]:
+    """Every ``--key value`` / ``--key=value`` of ``args`` whose type is a ``Literal`` (or a list of them) and whose
+    value is not among its choices, as one-line messages listing the choices: all of them, in the stage's one-line
+    error (jsonargparse would stop at the first, in its own words)."""
+    problems = []
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq and i + 1 < len(args):
+            value = args[i + 1]
+        choices = _choices(_hint(fn, key))
+        if choices is None or (not eq and i + 1 >= len(args)):
+            continue
+        values = yaml.safe_load(value) if choices[1] else value
+        if choices[1] and not isinstance(values, list):
+            values = [values]
+        bad = [v for v in (values if choices[1] else [values]) if v not in choices[0]]
+        if bad:
+            problems.append(f"{key} must be {'a list of' if choices[1] else 'one of'} {', '.join(choices[0])} "
+                            f"(got {value})")
+    return problems
+
+
+def _stage(argv: list[str]):
+    """(command words, stage function) named by ``argv``, or (words, None)."""
+    node, words = COMMANDS, []
+    for word in argv:
+        if not isinstance(node, dict) or word not in node:
+            break
+        node, words = node[word], [*words, word]
+    return words, node if callable(node) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     from jsonargparse import CLI, ArgumentError, set_parsing_settings
 
@@ -77,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `planlm` program itself (not a caller's process): tqdm lines fit for a log off a terminal
         configure_progress_output()
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        words, fn = _stage(args)
+        if fn is not None:
+            raise_if_problems(choice_problems(fn, args[len(words):]), " ".join(words))
         CLI(
             COMMANDS,
-            args=with_preset_sections(sys.argv[1:] if argv is None else [str(a) for a in argv]),
+            args=with_preset_sections(args),
             prog="planlm",
             description="planlm: planner-conditioned language modeling (writing actions, planners, action adapters).",
             as_positional=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from planlm.errors import raise_if_problems
 from planlm.eval.probes import ProbeConfig
-from planlm.train.pretrain_lm import PRESET_OPTIM, pretrain_lm
+from planlm.train.pretrain_lm import PRESET_OPTIM, LMPresetName, pretrain_lm
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 
@@ -74,7 +74,7 @@ def mtp_compare(
     prepared: Path = Path("runs/prepared"),
     out: Path = Path("runs/mtp"),
     n_heads: list[int] = [1, 2, 4],  # noqa: B006  (jsonargparse reads the default)
-    preset: str = "small-cpu",
+    preset: LMPresetName = "small-cpu",
     vocab_size: int = 8192,
     block_size: int | None = None,
     optim: OptimConfig = PRESET_OPTIM,

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from planlm.artifacts import writes_artifact
 from planlm.errors import raise_if_problems
+from planlm.prepare import ActionsPresetName
 from planlm.presets import load_presets
+from planlm.train.pretrain_lm import LMPresetName
 from planlm.train.trainer import OptimConfig, TrainerConfig
 from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANTS
 
@@ -27,13 +29,13 @@ class RunPreset:
 
     max_articles: int | None = None
     """Corpus articles to read (None = all)."""
-    prepare_preset: Literal["auto", "small", "paper"] = "auto"
+    prepare_preset: ActionsPresetName = "auto"
     """`planlm prepare --preset` (auto / small / paper)."""
     num_actions: int | None = None
     """K; None = chosen by the prepare preset."""
     encoder: str = "all-MiniLM-L6-v2"
     """Sentence encoder (paper: all-mpnet-base-v2)."""
-    lm_preset: str = "small-cpu"
+    lm_preset: LMPresetName = "small-cpu"
     """`planlm pretrain-lm --preset` when no --lm is given."""
     lm_epochs: int | None = None
     """LM pretraining epochs (None = the LM preset's)."""
@@ -103,7 +105,7 @@ def run(
     data: str = "builtin",
     data_config: str | None = None,
     lm: str | None = None,
-    preset: str = "default",
+    preset: Literal["default", "paper", "quick"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
     variants: list[str] = DEFAULT_VARIANTS,
     seed: int = 0,
     trainer: TrainerConfig = TrainerConfig(),

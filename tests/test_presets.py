@@ -17,9 +17,10 @@ from planlm.train.pretrain_lm import LMPreset, pretrain_lm
 
 
 def preset_classes():
+    from planlm.prepare import ActionsPreset, prepare
     from planlm.run import RunPreset, run
 
-    return {"pretrain-lm": (LMPreset, pretrain_lm), "run": (RunPreset, run)}
+    return {"prepare": (ActionsPreset, prepare), "pretrain-lm": (LMPreset, pretrain_lm), "run": (RunPreset, run)}
 
 
 def test_every_preset_folder_belongs_to_a_stage_with_a_preset_argument():
@@ -28,6 +29,20 @@ def test_every_preset_folder_belongs_to_a_stage_with_a_preset_argument():
     for stage, (_, fn) in preset_classes().items():
         assert "preset" in inspect.signature(fn).parameters, stage
         assert inspect.signature(fn).parameters["preset"].default in preset_names(stage)
+        # --preset is a Literal of exactly the YAML files, so that --help lists them and a bad name is refused
+        assert sorted(typing.get_args(typing.get_type_hints(fn)["preset"])) == preset_names(stage), stage
+
+
+def test_every_option_naming_a_preset_lists_exactly_its_files():
+    from planlm.mtp_compare import mtp_compare
+    from planlm.myopia import LMBudget
+    from planlm.run import RunPreset
+
+    lm_names = preset_names("pretrain-lm")
+    for hint in (typing.get_type_hints(mtp_compare)["preset"], typing.get_type_hints(LMBudget)["preset"],
+                 typing.get_type_hints(RunPreset)["lm_preset"]):
+        assert sorted(typing.get_args(hint)) == lm_names
+    assert sorted(typing.get_args(typing.get_type_hints(RunPreset)["prepare_preset"])) == preset_names("prepare")
 
 
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -42,6 +57,11 @@ def test_preset_matches_its_dataclass_and_the_stage_signatures(path):
     fields = {f.name for f in dataclasses.fields(cls)}
     assert set(values) <= fields, f"{path}: {sorted(set(values) - fields)} are not fields of {cls.__name__}"
     preset = load_preset(stage, path.stem, cls)
+    if stage == "pretrain-lm":
+        # the preset's optim section is the very section the stage takes (and the one every trainer takes)
+        assert typing.get_type_hints(cls)["optim"] is typing.get_type_hints(pretrain_lm)["optim"]
+        assert typing.get_type_hints(pretrain_lm)["optim"] is typing.get_type_hints(finetune)["optim"]
+        assert not preset.optim.problems()
     if stage == "run":
         hints = typing.get_type_hints(cls)
         # the nested sections are the configs the stages take, so a run preset cannot drift from them
@@ -56,3 +76,16 @@ def test_unknown_fields_and_names_are_refused():
         build(LMPreset, {"n_layers": 2})
     with pytest.raises(PlanlmError, match="unknown pretrain-lm preset 'huge'"):
         load_preset("pretrain-lm", "huge", LMPreset)
+
+
+def test_the_lm_preset_supplies_every_optim_value_the_command_line_leaves_unset(capsys):
+    from planlm.cli import main
+    from planlm.train.pretrain_lm import PRESETS
+
+    for argv in (["pretrain-lm", "--preset", "tiny", "--optim.lr", "0.5"],
+                 ["myopia", "lm", "--budget.optim.lr", "0.5", "--budget.preset=tiny"]):
+        with pytest.raises(SystemExit):
+            main([*argv, "--print_config"])
+        printed = yaml.safe_load(capsys.readouterr().out)
+        optim = printed["budget"]["optim"] if "budget" in printed else printed["optim"]
+        assert optim == {**dataclasses.asdict(PRESETS["tiny"].optim), "lr": 0.5}, argv

@@ -18,13 +18,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from planlm.errors import PlanlmError
 
-BACKENDS = ("faiss", "sklearn")
+Backend = Literal["faiss", "sklearn"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 MIN_SENTENCES_PER_ACTION = 40  # faiss warns below 39 points per centroid; used to suggest and auto-choose K
 
 
@@ -32,7 +34,7 @@ MIN_SENTENCES_PER_ACTION = 40  # faiss warns below 39 points per centroid; used 
 class KMeansConfig:
     """k-means++ settings (K itself is ``num_actions`` of the prepare stage)."""
 
-    backend: str = "faiss"
+    backend: Backend = "faiss"
     """"faiss" (k-means++ seeding on a sample, then faiss Lloyd) or "sklearn" (KMeans on every point, slow at scale)."""
     max_iter: int = 25
     """Lloyd iterations (faiss runs exactly this many; sklearn at most this many, stopping at tol 1e-4)."""

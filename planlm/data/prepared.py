@@ -19,13 +19,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from planlm.artifacts import read_manifest, verify_artifact
 from planlm.errors import PlanlmError
 
-SPLITS = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+SPLITS: tuple[str, ...] = get_args(Split)
 ARTICLES = "articles.parquet"
 SENTENCES = "sentences.parquet"
 EMBEDDINGS = "embeddings.npy"

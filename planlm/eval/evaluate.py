@@ -26,7 +26,8 @@ import numpy as np
 from planlm.artifacts import writes_artifact
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
-from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS
+from planlm.data.prepared import SPLITS, Split
+from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS, EvalActions, Protocol
 from planlm.eval.probes import ProbeConfig
 from planlm.variants import training_p_predicted, variant_name
 
@@ -35,9 +36,9 @@ from planlm.variants import training_p_predicted, variant_name
 class PerplexityConfig:
     """Which perplexities to compute (paper: predicted actions, windows of 128, stride 1, 1000 test articles)."""
 
-    actions: list[str] = field(default_factory=lambda: ["predicted", "oracle"])
+    actions: list[EvalActions] = field(default_factory=lambda: ["predicted", "oracle"])
     """Action sources: predicted (the main metric) | oracle | fixed. Fixed / uniform models use one constant."""
-    protocols: list[str] = field(default_factory=lambda: ["paper"])
+    protocols: list[Protocol] = field(default_factory=lambda: ["paper"])
     """paper (stride 1, last token of each window scored) | strided; with both, their difference is reported."""
     context_length: int = 128
     """Tokens per window (paper: 128)."""
@@ -73,16 +74,13 @@ class PerplexityConfig:
         return out
 
 
-SPLITS = ("train", "val", "test")  # not a Literal: validate_evaluate lists a bad split with every other problem
-
-
 @dataclass
 class EvaluateConfig:
     """Everything `planlm evaluate` reads (the fields of :func:`evaluate`, but ``out`` and ``force``)."""
 
     run: Path = Path("runs/finetune")
     prepared: Path | None = None
-    split: str = "test"
+    split: Split = "test"
     ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
     generation: bool = False
     gen: GenerationMetricsConfig = field(default_factory=GenerationMetricsConfig)
@@ -110,8 +108,8 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
     from planlm.artifacts import read_manifest
 
     problems = list(cfg.ppl.problems())
-    if cfg.split not in SPLITS:
-        problems.append(f"split must be train, val or test (got {cfg.split!r})")
+    if cfg.split not in SPLITS:  # the Python API; the command line refuses it first (planlm/cli.py)
+        problems.append(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
     if cfg.generation:
         problems += cfg.gen.problems()
     from planlm.eval.speculative import is_lm_folder
@@ -173,7 +171,7 @@ def evaluate(
     run: Path = Path("runs/finetune"),
     prepared: Path | None = None,
     out: Path | None = None,
-    split: str = "test",
+    split: Split = "test",
     ppl: PerplexityConfig = PerplexityConfig(),
     generation: bool = False,
     gen: GenerationMetricsConfig = GenerationMetricsConfig(),

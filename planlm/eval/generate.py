@@ -16,6 +16,7 @@ import torch
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generator import (  # noqa: F401  (the generator's names, re-exported for the stage's users)
     AFTER_PLAN,
+    AfterPlan,
     Generation,
     PlannedGenerator,
     SamplingConfig,
@@ -58,7 +59,7 @@ def generate(
     run: Path = Path("runs/finetune"),
     prompt: str = "",
     plan: str | None = None,
-    after_plan: str = "stop",
+    after_plan: AfterPlan = "stop",
     sampling: SamplingConfig = SamplingConfig(),
     num_samples: int = 1,
     batch_size: int = 8,

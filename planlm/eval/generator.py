@@ -39,7 +39,7 @@ import bisect
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -47,7 +47,8 @@ import torch
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import needs_planner
 
-AFTER_PLAN = ("stop", "planner")
+AfterPlan = Literal["stop", "planner"]
+AFTER_PLAN: tuple[str, ...] = get_args(AfterPlan)
 MAX_RETRACTIONS = 2  # per token: after this many retracted sentence ends there, keep the sampled tokens
 
 

@@ -41,20 +41,22 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from planlm.data.planner_inputs import PlannerInputs
-from planlm.data.prepared import PreparedCorpus
+from planlm.data.prepared import SPLITS, PreparedCorpus, Split
 from planlm.data.windows import IGNORE_INDEX, WindowDataset, collate_windows
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.selection import needs_planner
 
-PROTOCOLS = ("paper", "strided")
-ACTION_SOURCES = ("predicted", "oracle", "fixed")
+Protocol = Literal["paper", "strided"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol)
+EvalActions = Literal["predicted", "oracle", "fixed"]
+ACTION_SOURCES: tuple[str, ...] = get_args(EvalActions)
 
 PlannerInputsFn = Callable[[np.ndarray], dict[str, torch.Tensor]]
 
@@ -105,13 +107,13 @@ def resolve_stride(protocol: str, context_length: int, stride: int | None) -> in
 
 
 def validate_perplexity(
-    model, corpus: PreparedCorpus, split: str, actions: str, protocol: str, context_length: int,
+    model, corpus: PreparedCorpus, split: Split, actions: EvalActions, protocol: Protocol, context_length: int,
     stride: int | None, max_articles: int | None, max_tokens: int | None, batch_size: int,
     planner_inputs_fn: PlannerInputsFn | None, fixed_action: int | None,
 ) -> None:
     problems = []
-    if split not in ("train", "val", "test"):
-        problems.append(f"split must be train, val or test (got {split!r})")
+    if split not in SPLITS:
+        problems.append(f"split must be one of {', '.join(SPLITS)} (got {split!r})")
     if actions not in ACTION_SOURCES:
         problems.append(f"actions must be one of {', '.join(ACTION_SOURCES)} (got {actions!r})")
     if protocol not in PROTOCOLS:
@@ -189,9 +191,9 @@ def perplexity(
     model,
     corpus: PreparedCorpus,
     tokenizer,
-    split: str = "test",
-    actions: str = "predicted",
-    protocol: str = "paper",
+    split: Split = "test",
+    actions: EvalActions = "predicted",
+    protocol: Protocol = "paper",
     context_length: int = 128,
     stride: int | None = None,
     max_articles: int | None = None,

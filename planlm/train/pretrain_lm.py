@@ -17,6 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from planlm.presets import load_presets
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "pretrain-lm"
+LMPresetName = Literal["gpt2", "small-cpu", "tiny"]  # planlm/presets/pretrain-lm/*.yaml (tests/test_presets.py)
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -217,7 +219,7 @@ def mtp_problems(mtp: MTPConfig, trainer: TrainerConfig) -> list[str]:
 def pretrain_lm(
     prepared: str = "runs/prepared",
     out: str = "runs/lm",
-    preset: str = "small-cpu",
+    preset: LMPresetName = "small-cpu",
     vocab_size: int = 8192,
     block_size: int | None = None,
     optim: OptimConfig = PRESET_OPTIM,
