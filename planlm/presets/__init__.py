@@ -1,7 +1,8 @@
 """Named presets, one mechanism for every stage: ``planlm/presets/<stage>/<name>.yaml`` files, each holding the
-fields of the preset dataclass of its stage (``pretrain-lm``: :class:`planlm.train.pretrain_lm.LMPreset`, ``run``:
-:class:`planlm.run.RunPreset`), nested sections as nested mappings. ``--preset NAME`` picks one;
-tests/test_presets.py checks every file against its dataclass and its stage's ``--preset`` choices.
+fields of the preset dataclass of its stage (``prepare``: :class:`planlm.prepare.ActionsPreset`, ``pretrain-lm``:
+:class:`planlm.train.pretrain_lm.LMPreset`, ``run``: :class:`planlm.run.RunPreset`), nested sections as nested
+mappings. ``--preset NAME`` picks one; tests/test_presets.py checks every file against its dataclass and its stage's
+``--preset`` choices (a Literal of the file names).
 """
 
 from __future__ import annotations
