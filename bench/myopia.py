@@ -21,16 +21,19 @@ import time
 
 import torch
 
-SHAPES = {  # pretrain-lm presets' shapes: (n_layer, n_head, n_embd)
-    "small-cpu": (4, 4, 128),
-    "gpt2": (12, 12, 768),
-}
+from planlm.train.pretrain_lm import PRESETS  # the LM shapes: planlm/presets/pretrain-lm/*.yaml
+
+
+def shape(preset: str) -> tuple[int, int, int]:
+    """(n_layer, n_head, n_embd) of a pretrain-lm preset."""
+    p = PRESETS[preset]
+    return p.n_layer, p.n_head, p.n_embd
 
 
 def build(arch: str, preset: str, vocab: int, length: int):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    n_layer, n_head, n_embd = SHAPES[preset]
+    n_layer, n_head, n_embd = shape(preset)
     torch.manual_seed(0)
     if arch == "gpt2":
         return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=length, n_embd=n_embd, n_layer=n_layer,
@@ -43,7 +46,7 @@ def build(arch: str, preset: str, vocab: int, length: int):
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=("gpt2", "llama"), default="gpt2")
-    ap.add_argument("--preset", choices=tuple(SHAPES), default="small-cpu", help="LM shape (pretrain-lm preset)")
+    ap.add_argument("--preset", choices=tuple(PRESETS), default="small-cpu", help="LM shape (pretrain-lm preset)")
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=128)
@@ -88,7 +91,7 @@ def main(argv=None) -> dict:
     ms = {n: 1000 * statistics.median(t) for n, t in times.items()}
     result = {
         "arch": args.arch, "preset": args.preset, "shape": dict(zip(("n_layer", "n_head", "n_embd"),
-                                                                    SHAPES[args.preset])),
+                                                                    shape(args.preset))),
         "batch": args.batch, "length": args.length, "device": args.device, "steps": args.steps,
         "threads": torch.get_num_threads(),
         "ms_per_step": {n: round(v, 2) for n, v in ms.items()},

@@ -94,6 +94,10 @@ def _choices(hint) -> tuple[tuple, bool] | None:
     if typing.get_origin(hint) is list and typing.get_args(hint):
         inner = _choices(typing.get_args(hint)[0])
         return (inner[0], True) if inner and not inner[1] else None
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:  # Optional[Literal[...]]: its choices or null
+        inner = _choices(next(a for a in args if a is not type(None)))
+        return (inner[0] + ("null",), False) if inner and not inner[1] else None
     return None
 
 
@@ -114,9 +118,9 @@ def choice_problems(fn, args: list[str]) -> list[str]:
         values = yaml.safe_load(value) if choices[1] else value
         if choices[1] and not isinstance(values, list):
             values = [values]
-        bad = [v for v in (values if choices[1] else [values]) if v not in choices[0]]
-        if bad:
-            problems.append(f"{key} must be {'a list of' if choices[1] else 'one of'} {', '.join(choices[0])} "
+        names = [str(c) for c in choices[0]]
+        if any(str(v) not in names for v in (values if choices[1] else [values])):
+            problems.append(f"{key} must be {'a list of' if choices[1] else 'one of'} {', '.join(names)} "
                             f"(got {value})")
     return problems
 

@@ -20,17 +20,20 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_json_atomic, write_manifest
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.probes import ProbeConfig
-from planlm.train.pretrain_lm import PRESET_OPTIM, PRESETS, LMPresetName, blocks, pretrain_lm, resolve_optim, token_stream
+from planlm.train.pretrain_lm import (
+    PRESET_OPTIM, PRESETS, LMPresetName, blocks, pretrain_lm, resolve_optim, token_stream,
+)
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "myopia"
+EvalSplit = Literal["test", "val"]  # held-out articles only: the LMs train on the train split
 KINDS = ("vanilla", "myopic")
 
 
@@ -335,8 +338,8 @@ def validate_myopia_lm(prepared: str, out: str, budget: LMBudget, seeds: list[in
     if budget.preset not in PRESETS:
         problems.append(f"unknown budget.preset {budget.preset!r}; use one of {', '.join(PRESETS)}")
     problems += [f"budget.{p}" for p in budget.optim.problems()]
-    if split not in ("test", "val"):
-        problems.append(f"split must be test or val (got {split!r})")
+    if split not in get_args(EvalSplit):
+        problems.append(f"split must be one of {', '.join(get_args(EvalSplit))} (got {split!r})")
     if bootstrap < 100:
         problems.append(f"bootstrap must be at least 100 (got {bootstrap})")
     if any(d < 1 for d in probes.distances) or not probes.distances:
@@ -353,7 +356,7 @@ def myopia_lm(
     budget: LMBudget = LMBudget(),
     seeds: list[int] = [0, 1],  # noqa: B006  (jsonargparse reads the default)
     probes: MyopiaProbeConfig = MyopiaProbeConfig(),
-    split: Literal["test", "val"] = "test",
+    split: EvalSplit = "test",
     bootstrap: int = 2000,
     trainer: TrainerConfig = TrainerConfig(logger="none"),
     force: bool = False,

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from planlm.artifacts import writes_artifact
+from planlm.data.prepared import SPLITS, Split
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
-from planlm.data.prepared import SPLITS, Split
 from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS, EvalActions, Protocol
 from planlm.eval.probes import ProbeConfig
 from planlm.variants import training_p_predicted, variant_name

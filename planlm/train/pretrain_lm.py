@@ -66,7 +66,7 @@ def resolve_optim(preset: str, optim: OptimConfig) -> OptimConfig:
 
 def lm_optim(preset: str, **overrides) -> OptimConfig:
     """The ``optim`` section of a preset with ``overrides`` (``lm_optim("tiny", max_steps=6)``): what the command line
-    gives for ``--preset tiny --optim.max_steps 6`` (planlm/cli.py sets the preset's section as the defaults)."""
+    gives for ``--preset tiny --optim.max_steps 6`` (planlm/cli.py reads the preset's section before the user's flags)."""
     return dataclasses.replace(PRESETS[preset].optim, **overrides)
 
 
@@ -259,7 +259,8 @@ def pretrain_lm(
     validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, optim, mtp, trainer)
     p = PRESETS[preset]
     block_size, optim = block_size or p.block_size, resolve_optim(preset, optim)
-    config = {"prepared": str(prepared), "preset": preset, "shape": p, "vocab_size": vocab_size,
+    shape = {k: v for k, v in dataclasses.asdict(p).items() if k != "optim"}  # the optim run is recorded as "optim"
+    config = {"prepared": str(prepared), "preset": preset, "shape": shape, "vocab_size": vocab_size,
               "block_size": block_size, "optim": optim, "seed": seed,
               "prepared_id": read_manifest(prepared, "prepare").get("id")}
     if mtp.n_heads > 1:  # n = 1 keeps the config (and so the reuse fingerprint) of plain next-token runs
