@@ -28,6 +28,7 @@ import numpy as np
 
 from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest, writes_artifact
 from planlm.errors import raise_if_problems
+from planlm.eval.figures import plot_mixing, plot_planner_correct
 from planlm.variants import PAPER_PPL
 
 METRICS = "metrics.json"
@@ -267,37 +268,6 @@ def _pyplot():
     return plt
 
 
-def plot_mixing(runs: list[Run], path: Path) -> Path | None:
-    """PPL against the probability of planner-predicted actions during training (the paper's Figure 4), one line
-    for evaluation with predicted actions (``ppl``) and one with oracle actions (``ppl_oracle``) when recorded.
-    None unless runs with at least two different ``p_predicted`` exist."""
-    mixed = [r for r in runs if _is_number(r.metrics.get("p_predicted"))]
-    ps = sorted({float(r.metrics["p_predicted"]) for r in mixed})
-    if len(ps) < 2:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lines = (("ppl", "predicted actions at test", "o"), ("ppl_oracle", "oracle actions at test", "s"))
-    for key, label, marker in lines:
-        xs, ys, es = [], [], []
-        for p in ps:
-            s = _stats([r.metrics[key] for r in mixed
-                        if r.metrics["p_predicted"] == p and _is_number(r.metrics.get(key))])
-            if s:
-                xs.append(p)
-                ys.append(s["mean"])
-                es.append(s["std"])
-        if xs:
-            ax.errorbar(xs, ys, yerr=es, marker=marker, capsize=3, label=label)
-    ax.set(xlabel="p (fraction of planner-predicted actions in training)", ylabel="perplexity",
-           title="Oracle / predicted action mixing")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_overhead(overhead: dict[str, float], path: Path, baseline: str = "fixed") -> Path | None:
     """Bars: training-step time of each variant relative to Fixed."""
     if not overhead:
@@ -432,7 +402,9 @@ def report(
     with atomic_dir(out, force=force) as tmp:
         figures = [(f"Probes: {v}", p) for v, p in probe_plots(gathered.runs, tmp).items()]
         for caption, plot in (
-            ("Oracle / predicted action mixing", plot_mixing(gathered.runs, tmp / "mixing.png")),
+            ("Oracle / predicted action mixing", plot_mixing([r.metrics for r in gathered.runs], tmp / "mixing.png")),
+            ("Perplexity by planner correctness (Appendix E)",
+             plot_planner_correct([r.metrics for r in gathered.runs], tmp / "planner-correct.png")),
             ("Seeds relative to Fixed", plot_seeds(gathered.runs, tmp / "seeds.png", baseline)),
             ("Training overhead", plot_overhead(gathered.overhead, tmp / "overhead.png", baseline)),
         ):

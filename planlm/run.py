@@ -21,7 +21,7 @@ from planlm.prepare import ActionsPresetName
 from planlm.presets import load_presets
 from planlm.train.pretrain_lm import LMPresetName
 from planlm.train.trainer import OptimConfig, TrainerConfig
-from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANTS
+from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANT_GROUPS, VARIANTS, expand_variants
 
 @dataclass
 class RunPreset:
@@ -76,7 +76,7 @@ def validate_run(preset: str, variants: list[str], lm: str | None) -> None:
         problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        problems.append(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        problems.append(f"unknown variants {unknown}; choose from {list(VARIANTS)} or the groups {list(VARIANT_GROUPS)}")
     if not variants:
         problems.append("--variants is empty")
     if lm is not None and not lm.strip():
@@ -97,6 +97,24 @@ def results_table(rows: list[dict]) -> str:
         paper = f"{PAPER_PPL[r['variant']]:.2f}" if r["variant"] in PAPER_PPL else "-"
         lines.append(f"| {r['variant']} | {r['ppl']:.3f} | {rel} | {top1} | {paper} |")
     return "\n".join(lines) + "\n"
+
+
+def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: RunPreset, seed: int,
+                   trainer: TrainerConfig, force: bool, timed) -> Path | None:
+    """The planner of the "no NAP pretraining" rows, built once into OUT/planner-ntp (None when no variant asks):
+    a fresh planner trained by next-token prediction through the frozen LM and the adapters fine-tuning starts from,
+    with the fine-tuning budget and the planner's learning rate (`planlm train-planner --objective ntp`)."""
+    from planlm.models.planner import PlannerConfig
+    from planlm.train.planner import train_planner
+
+    if not any(VARIANTS[name].planner_pretraining == "ntp" for name in variants):
+        return None
+    lr = p.finetune.lr if p.finetune.planner_lr is None else p.finetune.planner_lr
+    optim = dataclasses.replace(p.finetune, lr=lr, planner_lr=None, accumulate=1)
+    timed("train-planner (no NAP: next-token prediction)", train_planner, prepared=prepared,
+          out=str(out / "planner-ntp"), lm=lm, planner=PlannerConfig(context=p.planner_context), objective="ntp",
+          optim=optim, seed=seed, trainer=trainer, force=force)
+    return out / "planner-ntp"
 
 
 @writes_artifact()
@@ -123,7 +141,8 @@ def run(
         data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
         lm: base causal LM (Hub name or folder); unset = pretrain a small GPT-2 from scratch on the corpus.
         preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
-        variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS).
+        variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS), or groups of
+            them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS).
         seed: seed of every stage.
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
@@ -131,7 +150,7 @@ def run(
     Returns:
         The output folder.
     """
-    variants = list(variants)
+    variants = expand_variants(list(variants))
     validate_run(preset, variants, lm)
     from planlm.data.corpus import SourceConfig
     from planlm.data.prepared import PreparedCorpus
@@ -169,13 +188,15 @@ def run(
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
           planner=PlannerConfig(context=p.planner_context), optim=p.planner_optim, seed=seed, trainer=trainer,
           force=force)
+    ntp_dir = no_nap_planner(variants, out, str(prepared), lm, p, seed, trainer, force, timed)
 
     rows = []
     for name in variants:
         run_dir = out / "runs" / slug(name)
         variant = VARIANTS[name]
         recipe = dataclasses.replace(variant.recipe)
-        timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner_dir if variant.needs_planner else None,
+        planner = (ntp_dir if variant.planner_pretraining == "ntp" else planner_dir) if variant.needs_planner else None
+        timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner,
               out=run_dir, recipe=recipe, optim=p.finetune, windows=WindowConfig(context_length=p.context_length,
               stride=p.context_length - 1), trainer=trainer, seed=seed, force=force)
         ppl_cfg = PerplexityConfig(

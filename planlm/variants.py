@@ -8,6 +8,7 @@ measured one, and ``bench/overhead.py`` times the variants of the paper's overhe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from planlm.models.selection import needs_planner
 from planlm.train.loop import RecipeConfig, unfreeze_point
@@ -27,11 +28,17 @@ class Variant:
     """The paper's training-step time relative to Fixed (its code re-encoded every context sentence per batch)."""
     overhead_goal: float | None = None
     """planlm's ceiling for that ratio (bench/overhead.py prints it next to the measurement)."""
+    planner_pretraining: Literal["nap", "ntp"] = "nap"
+    """How the planner fine-tuning starts from was pretrained: nap (next-action prediction, the paper's) or ntp
+    (the paper's "no NAP pretraining": a fresh planner trained by next-token prediction through the frozen LM and
+    adapters, `planlm train-planner --objective ntp`, which `planlm run` builds once into OUT/planner-ntp)."""
 
     @property
     def needs_planner(self) -> bool:
         return needs_planner(self.recipe.selection)
 
+
+NO_NAP = "No NAP pretraining"
 
 VARIANTS: dict[str, Variant] = {
     "Fixed": Variant(RecipeConfig(selection="fixed", planner_unfreeze="never"), 26.69, overhead_name="Fixed"),
@@ -49,9 +56,37 @@ VARIANTS: dict[str, Variant] = {
                                             overhead_name="Straight-through/Unfreeze"),
     "NAP during fine-tuning": Variant(RecipeConfig(selection="soft", planner_unfreeze="immediate", nap_weight=1.0),
                                       25.24),
+    # Section 4.3: the planner without NAP pretraining (trained from scratch by next-token prediction through the
+    # frozen LM and adapters first), then the paper's soft fine-tuning with each unfreeze schedule.
+    **{f"{NO_NAP} / {when}": Variant(RecipeConfig(selection="soft", planner_unfreeze=when), ppl,
+                                     planner_pretraining="ntp")
+       for when, ppl in (("never", None), ("immediate", 25.80), ("halfway", None))},
+    # Figure 4: hard selection trained on planner-predicted actions with probability p (p = 0 is Cornille OA, p = 1
+    # Cornille PA), and scheduled sampling (p rising linearly from 0 to 1 over training).
+    **{f"Hard / mix p={p}": Variant(RecipeConfig(selection="hard", actions="mix", p_predicted=p,
+                                                 planner_unfreeze="never")) for p in (0.25, 0.5, 0.75)},
+    "Hard / scheduled sampling": Variant(RecipeConfig(selection="hard", actions="schedule", planner_unfreeze="never")),
 }
 DEFAULT_VARIANTS = ["Fixed", "Uniform", "Cornille OA", "Cornille PA", "Soft / unfreeze halfway"]
 PAPER_PPL = {name: v.paper_ppl for name, v in VARIANTS.items() if v.paper_ppl is not None}
+MIX_SWEEP = ["Cornille OA", "Hard / mix p=0.25", "Hard / mix p=0.5", "Hard / mix p=0.75", "Cornille PA",
+             "Hard / scheduled sampling"]
+VARIANT_GROUPS: dict[str, list[str]] = {
+    "default": DEFAULT_VARIANTS,
+    "table1": [name for name in VARIANTS if name not in MIX_SWEEP or name.startswith("Cornille")],
+    "no-nap": [name for name in VARIANTS if name.startswith(NO_NAP)],
+    "mix-sweep": MIX_SWEEP,
+    "all": list(VARIANTS),
+}
+"""Names `planlm run --variants` accepts for several rows at once: the paper's Table 1, the three no-NAP rows, the
+Figure 4 sweep (p in {0, 0.25, 0.5, 0.75, 1} + scheduled sampling; p = 0 and 1 are Cornille OA and PA)."""
+
+
+def expand_variants(names: list[str]) -> list[str]:
+    """Variant names with every group of :data:`VARIANT_GROUPS` replaced by its members, each name once, in order
+    (unknown names are kept for the caller's validation to report)."""
+    out = [member for name in names for member in VARIANT_GROUPS.get(name, [name])]
+    return list(dict.fromkeys(out))
 
 
 def variant_name(config: dict) -> str:
@@ -71,6 +106,8 @@ def variant_name(config: dict) -> str:
         name = {"oracle": "Cornille OA", "predicted": "Cornille PA", "schedule": "Hard / scheduled sampling"}.get(
             actions, f"Hard / mix p={r.get('p_predicted')}"
         )
+    elif sel == "soft" and planner_objective(config.get("planner")) == "ntp":
+        name = f"{NO_NAP} / {when}"
     else:
         name = f"{'Soft' if sel == 'soft' else 'Straight-through'} / unfreeze {when}"
     if float(r.get("nap_weight", 0) or 0) > 0:
@@ -80,9 +117,30 @@ def variant_name(config: dict) -> str:
     return name
 
 
+def planner_objective(planner_dir: str | None) -> str | None:
+    """How the planner a run started from was pretrained ("nap" / "ntp", from its train-planner manifest), or None
+    when it cannot be told (no planner, a folder that moved, a planned-LM folder's planner)."""
+    from planlm.artifacts import read_manifest
+    from planlm.errors import PlanlmError
+
+    if not planner_dir:
+        return None
+    try:
+        return (read_manifest(planner_dir, "train-planner").get("config") or {}).get("objective")
+    except (PlanlmError, OSError, ValueError):
+        return None
+
+
 def training_p_predicted(config: dict) -> float | None:
     """Probability of planner-predicted actions during training, for hard-selection runs (the mixing plot)."""
     r = config.get("recipe") or {}
     if r.get("selection") != "hard":
         return None
     return {"predicted": 1.0, "oracle": 0.0, "mix": r.get("p_predicted")}.get(r.get("actions"))
+
+
+def training_actions(config: dict) -> str | None:
+    """Where a hard-selection run's training actions came from (predicted | oracle | mix | schedule; Figure 4 draws
+    ``schedule``, scheduled sampling, apart from the constant p), None for other selections."""
+    r = config.get("recipe") or {}
+    return r.get("actions", "predicted") if r.get("selection") == "hard" else None

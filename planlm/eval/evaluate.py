@@ -29,7 +29,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
 from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS, EvalActions, Protocol
 from planlm.eval.probes import ProbeConfig
-from planlm.variants import training_p_predicted, variant_name
+from planlm.variants import training_actions, training_p_predicted, variant_name
 
 
 @dataclass
@@ -234,7 +234,7 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     from planlm.persist import load_run
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.eval.nap import topk_hits
-    from planlm.eval.perplexity import perplexity, planner_logits_for
+    from planlm.eval.perplexity import perplexity, planner_logits_for, planner_right, split_by_planner_right
     from planlm.models.selection import needs_planner
     from planlm.eval import mtp_eval
     from planlm.eval.speculative import is_lm_folder
@@ -262,6 +262,8 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     p = training_p_predicted(ft_config)
     if p is not None:
         metrics["p_predicted"] = p
+    if training_actions(ft_config) is not None:
+        metrics["training_actions"] = training_actions(ft_config)
 
     # The planner's logits for every sentence of the evaluated articles: once, shared by every perplexity run,
     # the accuracy and the Appendix-E split.
@@ -308,15 +310,10 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
 
     if shared is not None:
         # Appendix E: tokens of sentences whose top planner action equals the oracle one vs the others.
-        right = np.zeros(len(corpus.sentence_article), dtype=bool)
-        right[shared[0]] = (shared[1].argmax(-1).numpy() == corpus.actions[shared[0]])
-        metrics["by_planner_correct"] = {}
-        for actions in action_sources:
-            r = results[(main_protocol, actions)]
-            ok = right[r.token_sentence]
-            (p_ok, n_ok), (p_bad, n_bad) = r.subset(ok), r.subset(~ok)
-            metrics["by_planner_correct"][actions] = {"right": {"ppl": p_ok, "tokens": n_ok},
-                                                     "wrong": {"ppl": p_bad, "tokens": n_bad}}
+        right = planner_right(len(corpus.sentence_article), *shared, corpus.actions)
+        metrics["by_planner_correct"] = {
+            actions: split_by_planner_right(results[(main_protocol, actions)], right) for actions in action_sources
+        }
 
     if heads is not None:
         batches = mtp_eval.eval_batches(model, corpus, tokenizer, split, ppl.context_length, ppl.max_articles,

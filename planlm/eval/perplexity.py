@@ -93,11 +93,6 @@ class PerplexityResult:
             "context_length": self.context_length, "stride": self.stride,
         }
 
-    def subset(self, keep: np.ndarray) -> tuple[float, int]:
-        """(perplexity, tokens) over the scored tokens selected by the boolean mask ``keep (tokens,)``."""
-        n = int(keep.sum())
-        return (math.exp(float(self.token_nll[keep].astype(np.float64).sum()) / n) if n else float("nan")), n
-
 
 def resolve_stride(protocol: str, context_length: int, stride: int | None) -> int:
     """The stride a protocol uses: 1 for ``paper``; ``stride`` or ``context_length - 1`` for ``strided``."""
@@ -309,3 +304,26 @@ def perplexity(
         actions=actions, protocol=protocol, context_length=context_length, stride=stride,
         token_nll=token_nll, token_sentence=token_sentence,
     )
+
+
+# ---- Appendix E: perplexity split by whether the planner's action was right -------------------------------------
+def planner_right(num_sentences: int, sentence_ids: np.ndarray, planner_logits: torch.Tensor,
+                  oracle_actions: np.ndarray) -> np.ndarray:
+    """``(num_sentences,)`` bool over global sentence ids: True where the planner's top action (``planner_logits
+    (N, K)`` for ``sentence_ids (N,)``) is the sentence's oracle action; sentences not given are False."""
+    right = np.zeros(num_sentences, dtype=bool)
+    ids = np.asarray(sentence_ids, dtype=np.int64)
+    right[ids] = planner_logits.argmax(-1).cpu().numpy() == np.asarray(oracle_actions)[ids]
+    return right
+
+
+def split_by_planner_right(result: PerplexityResult, right: np.ndarray) -> dict[str, dict]:
+    """The paper's Appendix E: ``{"right": {"ppl", "nll_sum", "tokens"}, "wrong": {...}}`` over ``result``'s scored
+    tokens, a token going with the sentence whose action conditioned its prediction (DESIGN.md 1.4), split by
+    ``right (num_sentences,)`` (:func:`planner_right`). The two parts' tokens and NLL sums add up to the result's."""
+    ok = right[result.token_sentence]  # (tokens,)
+    out = {}
+    for part, keep in (("right", ok), ("wrong", ~ok)):
+        nll, n = float(result.token_nll[keep].astype(np.float64).sum()), int(keep.sum())
+        out[part] = {"ppl": math.exp(nll / n) if n else float("nan"), "nll_sum": nll, "tokens": n}
+    return out

@@ -107,6 +107,36 @@ def build_planned_lm(cfg: FinetuneConfig, corpus, lm_model, planner):
     return PlannedLM(lm_model, pcfg, centroids=torch.from_numpy(corpus.centroids), planner=planner)
 
 
+def initial_planned_lm(cfg: FinetuneConfig, corpus, fresh_planner=None):
+    """The planned LM a fine-tuning starts from, and the LM's tokenizer: seed, base LM, planner (``cfg.planner``, or
+    a fresh one of the PlannerConfig ``fresh_planner``, its policy head at the centroids), adapters.
+
+    The one order of random draws of a fine-tuning start: a fresh planner draws what building ``cfg.planner``'s
+    draws before its weights load, so the no-NAP stage (`planlm train-planner --objective ntp` without
+    ``--planned_lm``) trains its planner through exactly the adapters that `planlm finetune --seed` starts from.
+    """
+    import lightning as L
+    import torch
+
+    from planlm.models.planner import Planner
+    from planlm.persist import load_lm, load_planner
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    lm_model, tokenizer = load_lm(cfg.lm)
+    planner = None
+    if fresh_planner is not None:
+        planner = Planner(fresh_planner, torch.from_numpy(corpus.centroids))
+    elif needs_planner(cfg.recipe.selection):
+        planner = load_planner(cfg.planner)
+        check_planner_fits(planner, corpus, cfg.planner)
+        check_planner_inputs(cfg, corpus)
+    if cfg.myopic:
+        from planlm.models.myopic import make_myopic
+
+        make_myopic(lm_model)  # its detached pass stops before the output projection: adapters see the live one
+    return build_planned_lm(cfg, corpus, lm_model, planner), tokenizer
+
+
 def check_planner_fits(planner, corpus, planner_dir) -> None:
     from planlm.artifacts import check_same
 
@@ -234,32 +264,21 @@ def check_resume_config(cfg: FinetuneConfig, work: Path) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bool = False) -> Path:
-    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.prepared import PreparedCorpus
     from planlm.data.windows import WindowDataset
-    from planlm.persist import load_lm, load_planner, save_planned_lm
+    from planlm.persist import save_planned_lm
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.resumable import AtomicCheckpointIO, load_checkpoint_safely
     from planlm.train.trainer import ValidatedAt, build_trainer
 
     t0 = time.time()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     corpus = PreparedCorpus.load(cfg.prepared)
-    lm_model, tokenizer = load_lm(cfg.lm)
-    planner = None
-    if needs_planner(cfg.recipe.selection):
-        planner = load_planner(cfg.planner)
-        check_planner_fits(planner, corpus, cfg.planner)
-        check_planner_inputs(cfg, corpus)
-    if cfg.myopic:
-        from planlm.models.myopic import make_myopic
-
-        make_myopic(lm_model)  # its detached pass stops before the output projection: adapters see the live one
-    model = build_planned_lm(cfg, corpus, lm_model, planner)
+    model, tokenizer = initial_planned_lm(cfg, corpus)
+    lm_model, planner = model.lm, model.planner
     heads = None
     if cfg.mtp.n_heads > 1:
         from planlm.models.mtp import MTPHeads

@@ -166,9 +166,10 @@ def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
         problems.append(str(e))
     if cfg.objective not in OBJECTIVES:
         problems.append(f"objective must be one of {', '.join(OBJECTIVES)} (got {cfg.objective!r})")
-    if cfg.objective == "ntp" and not cfg.planned_lm:
-        problems.append("objective ntp trains the planner through a frozen planned LM: pass --planned_lm DIR")
-    elif cfg.objective == "ntp" and not Path(cfg.planned_lm).is_dir():
+    if cfg.objective == "ntp" and not cfg.planned_lm and not cfg.lm:
+        problems.append("objective ntp trains the planner through a frozen planned LM: pass --planned_lm DIR, or "
+                        "--lm for the base LM with the fresh adapters finetune starts from")
+    elif cfg.objective == "ntp" and cfg.planned_lm and not Path(cfg.planned_lm).is_dir():
         problems.append(f"--planned_lm {cfg.planned_lm} does not exist; build one with `planlm finetune`")
     resolved = dataclasses.replace(planner, num_actions=planner.num_actions or 1, encoder_dim=planner.encoder_dim or 2)
     problems += [f"planner: {p}" for p in resolved.problems()]
@@ -217,7 +218,9 @@ def train_planner(
         planner: planner architecture and context (num_actions and encoder_dim come from the corpus).
         objective: "nap" (next-action prediction, the paper's pretraining) or "ntp" (next-token loss through a
             frozen planned LM, the paper's "no NAP pretraining").
-        planned_lm: objective ntp: the planned-LM folder whose frozen LM and adapters train the planner.
+        planned_lm: objective ntp: the planned-LM folder whose frozen LM and adapters train the planner; unset:
+            the base ``lm`` with the adapters `planlm finetune --seed` starts from (the paper's "no NAP
+            pretraining", section 4.3: the planner learns first, through the frozen LM and adapters).
         optim: Adam lr (paper: 1e-4), weight_decay (paper: 1e-4), batch_size (target sentences per step, or
             windows for ntp; paper: 32), epochs (paper: 1), max_steps (-1: no limit), grad_clip.
         init_from_centroids: initialise the policy head from the k-means centroids (paper).
@@ -335,7 +338,8 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
 def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     """The paper's "no NAP pretraining": a fresh planner learns from the next-token loss of a frozen planned LM.
 
-    The planned LM (a `planlm finetune` folder: base LM + trained adapters) is frozen whole; the planner's logits
+    The planned LM (a `planlm finetune` folder: base LM + trained adapters; or, without ``planned_lm``, the base
+    ``lm`` with the initial adapters of `planlm finetune` at this seed) is frozen whole; the planner's logits
     reach its adapters by soft selection (exact gradient, DESIGN.md 1.5), on the paper's training windows (128
     tokens, stride 127). ``optim.batch_size`` counts windows here. This is a recipe of the ONE fine-tuning loop
     (planlm/train/loop.py) with only the planner trainable, not a loop of its own.
@@ -349,11 +353,18 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     o, planned_lm = cfg.optim, cfg.planned_lm
     tokenizer_source = cfg.lm or str(Path(planned_lm) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_source)
-    model = load_planned_lm(planned_lm)
     run = _setup(cfg, tokenizer)
-    check_same("num_actions", run.corpus.num_actions, model.config.num_actions, planned_lm,
-               "fine-tune the planned LM on this prepared corpus")
-    model.planner = run.planner
+    if planned_lm:
+        model = load_planned_lm(planned_lm)
+        check_same("num_actions", run.corpus.num_actions, model.config.num_actions, planned_lm,
+                   "fine-tune the planned LM on this prepared corpus")
+        model.planner = run.planner
+    else:  # the base --lm with the adapters `planlm finetune --seed` starts from, frozen here (no NAP, section 4.3)
+        from planlm.train.finetune import FinetuneConfig, initial_planned_lm
+
+        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed)
+        model, _ = initial_planned_lm(start, run.corpus, fresh_planner=run.planner.config)
+        run.planner = model.planner
     model.requires_grad_(False)  # LM and adapters stay frozen; PlannedLMModule re-enables the planner only
     model.config.selection = "soft"
     recipe = RecipeConfig(selection="soft", actions="predicted", planner_unfreeze="immediate", train_lm=False)
@@ -384,7 +395,7 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
             _save(tmp, run, cfg, fingerprint, metrics,
                   {"steps": trainer.global_step, "seconds": round(seconds, 2), "train_windows": len(train),
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-                  context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm})
+                  context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm} if planned_lm else {})
     print(format_table(metrics))
     print(f"frozen planned LM with this planner: val LM loss {lm_loss:.4f} (perplexity {np.exp(lm_loss):.2f})")
     return metrics
