@@ -124,7 +124,7 @@ def run(
     data_config: str | None = None,
     lm: str | None = None,
     preset: Literal["default", "paper", "quick"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
-    variants: list[str] = DEFAULT_VARIANTS,
+    variants: list[str] | str = DEFAULT_VARIANTS,
     seed: int = 0,
     trainer: TrainerConfig = TrainerConfig(),
     force: bool = False,
@@ -142,7 +142,8 @@ def run(
         lm: base causal LM (Hub name or folder); unset = pretrain a small GPT-2 from scratch on the corpus.
         preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS), or groups of
-            them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS).
+            them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
+            group alone (``--variants mix-sweep``) or a list (``--variants '[Fixed, no-nap]'``).
         seed: seed of every stage.
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
@@ -150,7 +151,7 @@ def run(
     Returns:
         The output folder.
     """
-    variants = expand_variants(list(variants))
+    variants = expand_variants([variants] if isinstance(variants, str) else list(variants))
     validate_run(preset, variants, lm)
     from planlm.data.corpus import SourceConfig
     from planlm.data.prepared import PreparedCorpus

@@ -129,7 +129,15 @@ def test_groups_select_the_grid():
 
     validate_run("quick", expand_variants(["table1", "mix-sweep"]), None)
     with pytest.raises(PlanlmError, match="groups"):
-        validate_run("quick", ["mix-sweeep"], None)
+        validate_run("quick", ["mix-sweepp"], None)
+    from jsonargparse import ArgumentParser
+
+    from planlm.run import run
+
+    parser = ArgumentParser()
+    parser.add_function_arguments(run)
+    assert parser.parse_args(["--variants", "mix-sweep"]).variants == "mix-sweep"  # one group, no brackets
+    assert parser.parse_args(["--variants", "[no-nap, Fixed]"]).variants == ["no-nap", "Fixed"]
 
 
 def _batch(env):

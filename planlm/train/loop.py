@@ -6,10 +6,13 @@
 | Fixed / Uniform               | fixed / uniform    | -         | -                | 0          |
 | Cornille OA                   | hard               | oracle    | never            | 0          |
 | Cornille PA                   | hard               | predicted | never            | 0          |
+| mix p (Figure 4)              | hard               | mix       | never            | 0          |
 | scheduled sampling            | hard               | schedule  | never            | 0          |
 | soft / unfreeze halfway (best)| soft               | predicted | 0.5              | 0          |
 | straight-through / halfway    | straight-through   | predicted | 0.5              | 0          |
 | NAP during fine-tuning        | soft               | predicted | immediate        | lambda     |
+| no NAP pretraining / never, immediate, halfway: the soft rows from a planner that `planlm train-planner   |
+| --objective ntp` trained from scratch through this loop with only the planner trainable (section 4.3)     |
 
 The planner runs once per step for all target sentences of the batch (the collate built its inputs from stored
 embeddings); while it is frozen it runs without autograd. Fixed and uniform run no planner at all.
