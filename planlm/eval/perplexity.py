@@ -325,5 +325,5 @@ def split_by_planner_right(result: PerplexityResult, right: np.ndarray) -> dict[
     out = {}
     for part, keep in (("right", ok), ("wrong", ~ok)):
         nll, n = float(result.token_nll[keep].astype(np.float64).sum()), int(keep.sum())
-        out[part] = {"ppl": math.exp(nll / n) if n else float("nan"), "nll_sum": nll, "tokens": n}
+        out[part] = {"ppl": math.exp(nll / n) if n else None, "nll_sum": nll, "tokens": n}  # None: no token
     return out
