@@ -29,7 +29,7 @@ class Variant:
     overhead_goal: float | None = None
     """planlm's ceiling for that ratio (bench/overhead.py prints it next to the measurement)."""
     planner_pretraining: Literal["nap", "ntp"] = "nap"
-    """How the planner fine-tuning starts from was pretrained: nap (next-action prediction, the paper's) or ntp
+    """How the planner that fine-tuning starts from was pretrained: nap (next-action prediction, the paper's) or ntp
     (the paper's "no NAP pretraining": a fresh planner trained by next-token prediction through the frozen LM and
     adapters, `planlm train-planner --objective ntp`, which `planlm run` builds once into OUT/planner-ntp)."""
 
