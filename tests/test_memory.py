@@ -78,3 +78,24 @@ def test_planner_inputs_read_the_memory_map(corpus):
     expected = np.asarray(corpus.embeddings, dtype=np.float32)[start[n] + c]
     assert np.array_equal(emb[n, c].numpy(), expected)
     assert (emb[~mask] == 0).all()
+
+
+def test_article_texts_are_read_a_row_group_at_a_time(tmp_path, monkeypatch):
+    import pickle
+
+    import planlm.data.prepared as prepared
+
+    monkeypatch.setattr(prepared, "ARTICLES_PER_ROW_GROUP", 4)
+    corpus = synthetic_prepared(tmp_path / "prep", n_articles=10)
+    texts = corpus.texts
+    assert isinstance(texts, prepared.ArticleTexts) and len(texts) == 10
+    expected = [texts[a] for a in range(10)]  # 3 row groups: 4 + 4 + 2 articles
+    assert len(texts._group[1]) == 2  # only the last group read is held
+    assert list(texts) == expected and texts[-1] == expected[9] and texts[np.int64(5)] == expected[5]
+    assert texts[2:7] == expected[2:7]
+    assert pickle.loads(pickle.dumps(texts))[6] == expected[6]
+    with pytest.raises(IndexError):
+        texts[10]
+    for a in range(10):  # the sentence offsets index the lazily read texts
+        lo, hi = corpus.sentence_range(a)
+        assert "".join(corpus.sentence_text(i) for i in range(lo, hi)).replace(" ", "") == expected[a].replace(" ", "")

@@ -17,6 +17,8 @@ Sentences are sorted by (article_id, position), so an article's sentences are on
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -33,6 +35,7 @@ SENTENCES = "sentences.parquet"
 EMBEDDINGS = "embeddings.npy"
 CENTROIDS = "centroids.npy"
 EXEMPLARS = "exemplars.json"
+ARTICLES_PER_ROW_GROUP = 256  # the unit ArticleTexts reads: small enough that reading one article stays cheap
 
 
 def write_prepared(
@@ -65,6 +68,7 @@ def write_prepared(
     pq.write_table(
         pa.table({"article_id": np.arange(len(texts), dtype=np.int64), "title": titles, "split": splits, "text": texts}),
         directory / ARTICLES,
+        row_group_size=ARTICLES_PER_ROW_GROUP,
     )
     pq.write_table(
         pa.table(
@@ -84,6 +88,54 @@ def write_prepared(
     (directory / EXEMPLARS).write_text(json.dumps(exemplars, indent=1) + "\n")
 
 
+class ArticleTexts(Sequence[str]):
+    """The article texts of ``articles.parquet``, read on demand one row group at a time (the last group read is
+    kept), so that a process holds a few hundred articles, not the corpus: at the paper's 285k articles the texts are
+    gigabytes as Python strings. Stages that only need token counts read none once the token cache exists."""
+
+    def __init__(self, path: Path):
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        parquet = pq.ParquetFile(self.path)
+        if "text" not in parquet.schema_arrow.names:
+            raise KeyError(f"{self.path.name} has no text column")
+        meta = parquet.metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        self._group_start = np.r_[0, np.cumsum(sizes, dtype=np.int64)]  # (G + 1,) first article of each group
+        self._file = None
+        self._group: tuple[int, list[str]] = (-1, [])
+
+    def __len__(self) -> int:
+        return int(self._group_start[-1])
+
+    def _read_group(self, g: int) -> list[str]:
+        if self._group[0] != g:
+            import pyarrow.parquet as pq
+
+            if self._file is None:
+                self._file = pq.ParquetFile(self.path)
+            self._group = (g, self._file.read_row_group(g, columns=["text"]).column(0).to_pylist())
+        return self._group[1]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        i = i + len(self) if i < 0 else i
+        if not 0 <= i < len(self):
+            raise IndexError(f"article {index} out of range for {len(self)} articles")
+        g = int(np.searchsorted(self._group_start, i, side="right")) - 1
+        return self._read_group(g)[i - int(self._group_start[g])]
+
+    def __iter__(self) -> Iterator[str]:
+        for g in range(len(self._group_start) - 1):
+            yield from self._read_group(g)
+
+    def __getstate__(self) -> dict:  # picklable for spawned workers: the open file is reopened on demand
+        return {**self.__dict__, "_file": None, "_group": (-1, [])}
+
+
 @dataclass
 class PreparedCorpus:
     """A loaded prepared corpus. Arrays are indexed by article id or by global sentence id."""
@@ -91,7 +143,7 @@ class PreparedCorpus:
     path: Path
     manifest: dict
     titles: list[str]
-    texts: list[str]
+    texts: Sequence[str]  # ArticleTexts when loaded (read on demand); any sequence of strings when built in memory
     article_split: np.ndarray  # (A,) str
     sentence_article: np.ndarray  # (N,) int64
     sentence_position: np.ndarray  # (N,) int32
@@ -117,14 +169,14 @@ class PreparedCorpus:
                 raise PlanlmError(f"{path} is missing {name}; rebuild it with `planlm prepare --force`")
         verify_artifact(path, manifest)  # recorded content hashes: an edited, truncated or swapped file stops here
         try:
-            arts = pq.read_table(path / ARTICLES).to_pydict()
+            arts = pq.read_table(path / ARTICLES, columns=["title", "split"]).to_pydict()
             sents = pq.read_table(path / SENTENCES)
             col = lambda name: sents.column(name).to_numpy()  # noqa: E731
             corpus = cls(
                 path=path,
                 manifest=manifest,
                 titles=list(arts["title"]),
-                texts=list(arts["text"]),
+                texts=ArticleTexts(path / ARTICLES),
                 article_split=np.asarray(arts["split"]),
                 sentence_article=col("article_id").astype(np.int64),
                 sentence_position=col("position").astype(np.int32),
