@@ -224,6 +224,8 @@ def describe_input(ref: str | Path, directory: str | Path | None = None) -> dict
     if p.is_dir() and (p / MANIFEST).exists():
         m = read_manifest(p)
         return {**where, "stage": m.get("stage"), "id": m.get("id")}
+    if p.is_dir():  # a folder planlm did not write (e.g. a model saved by transformers): where it is
+        return where
     if p.is_file():
         return {**where, "sha256": file_hash(p)}
     return {"name": str(ref)}

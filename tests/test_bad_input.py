@@ -20,6 +20,7 @@ from finetune_env import cli_args
 from helpers import synthetic_prepared, tiny_lm, tiny_planner
 from planlm.artifacts import resolve_input, write_manifest
 from planlm.cli import main
+from planlm.errors import PlanlmError
 
 FAST = ["--optim.max_steps", "2", "--checkpoint_every", "1000", "--windows.max_val_windows", "4"]
 
@@ -397,3 +398,19 @@ def test_a_moved_folder_of_runs_still_finds_its_corpus(env, tmp_path, capsys):
     assert main(_generate(env, tmp_path, "--json", "true", run=moved / "run")) == 0
     out = capsys.readouterr().out
     assert json.loads(out.splitlines()[0])["text"] is not None
+
+
+def test_a_planner_counted_in_a_plain_hf_lm_folders_tokens_is_accepted(env, tmp_path):
+    """An LM folder saved by transformers (no planlm manifest) is recorded by where it is, so the LM the planner
+    counted its context with is recognised when the same folder comes back as --lm (and another one is refused)."""
+    from planlm.train.finetune import FinetuneConfig, check_planner_inputs
+
+    planner = _copy(env, tmp_path, "planner")
+    m = json.loads((planner / "manifest.json").read_text())
+    write_manifest(planner, "train-planner", m["config"], inputs={"prepared": env["prepared"], "lm": env["lm"]},
+                   num_actions=m["num_actions"], encoder=m["encoder"],
+                   planner_config={"context": "paper", "context_sentences": None})
+    config = lambda lm: FinetuneConfig(prepared=env["prepared"], lm=lm, planner=planner)  # noqa: E731
+    check_planner_inputs(config(env["lm"]), env["corpus"])
+    with pytest.raises(PlanlmError, match="counted its context in tokens of the LM"):
+        check_planner_inputs(config(str(shutil.copytree(env["lm"], tmp_path / "other_lm"))), env["corpus"])

@@ -226,7 +226,9 @@ def check_planner_inputs(cfg: FinetuneConfig, corpus) -> None:
     if lm_rec and pcfg.get("context") == "paper" and pcfg.get("context_sentences") is None:
         given = Path(cfg.lm).resolve() if Path(cfg.lm).exists() else None
         recorded = lm_rec.get("abspath") or lm_rec.get("name")
-        same = (str(given) == lm_rec.get("abspath")) if given is not None else (cfg.lm == lm_rec.get("name"))
+        # a folder recorded by name only (planners written before local folders were recorded by where they are)
+        where = lm_rec.get("abspath") or str(Path(lm_rec.get("name", "")).resolve())
+        same = str(given) == where if given is not None else cfg.lm == lm_rec.get("name")
         if not same:
             raise PlanlmError(f"{cfg.planner} counted its context in tokens of the LM {recorded}, not of --lm {cfg.lm}; "
                               "train the planner with this --lm")
