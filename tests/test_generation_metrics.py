@@ -99,3 +99,34 @@ def test_bad_config_is_listed(generator):
     paper = GenerationMetricsConfig(preset="paper").resolved()
     assert (paper.unconditional, paper.unconditional_tokens, paper.lengths) == (5000, 1024, [128, 256, 512, 1024])
     assert torch.get_num_threads() == 1
+
+
+def test_a_test_split_too_short_is_topped_up_from_val(generator):
+    """The only test article is too short for the continuation length: val articles supply its prefixes (recorded
+    per length), and a length no article can supply within the LM's positions is skipped with the reason."""
+    import copy
+    import dataclasses
+
+    corpus, tok = generator.corpus, generator.tokenizer
+    n_tok = np.array([len(tok(t, add_special_tokens=False)["input_ids"]) for t in corpus.texts])
+    order = np.argsort(n_tok)
+    split = np.full(len(n_tok), "train", dtype=object)
+    split[order[0]], split[order[-2:]] = "test", "val"  # the shortest article is the whole test split
+    short = copy.copy(generator)
+    short.corpus = dataclasses.replace(corpus, article_split=split.astype(str))
+    lo, _ = corpus.sentence_range(int(order[0]))
+    n = int(n_tok[order[0]]) - len(tok(corpus.texts[order[0]][: int(corpus.sentence_end[lo])],
+                                         add_special_tokens=False)["input_ids"]) + 1  # one more than it has left
+    too_long = generator.max_positions + 1
+    cfg = GenerationMetricsConfig(continuations=2, unconditional=2, unconditional_tokens=16, prefix_tokens=8,
+                                  lengths=[n, too_long])
+    m = generation_metrics(short, cfg, progress=False)
+    for protocol in (m.rouge2_protocol, m.edit_distance_protocol):
+        assert protocol["lengths"] == [n] and protocol["from_split"] == {str(n): {"test": 0, "val": 2}}
+        assert "positions" in protocol["skipped"][str(too_long)]
+    assert m.rouge2 is not None and set(m.rouge2_by_length) == {str(n)}
+    assert set(m.edit_distance) == {str(n)} and m.edit_distance_mean == m.edit_distance[str(n)]
+    val_texts = [corpus.texts[i] for i in order[-2:]]
+    continued = [s for s in m.samples if s["kind"] == "continuation"]
+    assert len(continued) == 2 and all(s["split"] == "val" for s in continued)
+    assert all(any(t.startswith(s["prefix"] + s["true"]) for t in val_texts) for s in continued)

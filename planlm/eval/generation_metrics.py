@@ -18,9 +18,15 @@ Protocol (every setting is recorded next to the numbers it produced, ``*_protoco
    article boundaries: a sample starts one (<bos>) and ends one only when it stopped at the EOS token.
    ``latent_ppl_real`` scores real test articles cut to the same length the same way.
 4. **ROUGE-2 and action edit distance** of continuations of real prefixes t_1..t_i that end at a sentence boundary
-   (the test article's first sentences, as many as fit in ``prefix_tokens`` tokens), continued for each of
-   ``lengths`` tokens (paper: 128, 256, 512, 1,024) and compared with the article's true next tokens. Edit distance
-   per 128 tokens; Table 1's ``rouge2`` and ``edit_distance_mean`` are the means over the lengths.
+   (an article's first sentences, as many as fit in ``prefix_tokens`` tokens), continued for each of ``lengths``
+   tokens (paper: 128, 256, 512, 1,024) and compared with the article's true next tokens. For each length the
+   prefixes come from articles that HAVE that many tokens after the prefix (the prefix is shortened, down to one
+   sentence, to make the room): test articles first, topped up with val articles when too few test articles are
+   long enough (a departure: the paper's test set has enough long articles; recorded per length in the protocol,
+   ``from_split``); a length that no test or val article can supply is skipped, with the reason (``skipped``).
+   Edit distance per 128 tokens, the generated side counted in the tokens as generated (a re-tokenisation of a
+   sampled text can be shorter); Table 1's ``rouge2`` and ``edit_distance_mean`` are the means over the lengths
+   scored.
 5. **Appendix E**: the same two numbers split by whether the planner's action for the first generated sentence was
    the oracle one (the action of the article's true next sentence).
 """
@@ -109,7 +115,7 @@ class GenerationMetrics:
     latent_ppl: float
     latent_delta: float
     latent_ppl_real: float | None
-    rouge2: float
+    rouge2: float | None
     rouge2_by_length: dict[str, float]
     edit_distance: dict[str, float]
     edit_distance_mean: float | None
@@ -129,51 +135,69 @@ class GenerationMetrics:
         return d
 
 
-def action_trace(text: str, generator) -> ActionTrace:
-    """Sentences of ``text`` -> their nearest-centroid actions and token ends (LM tokens of ``text``)."""
+def action_trace(text: str, generator, offsets: list[tuple[int, int]] | None = None) -> ActionTrace:
+    """Sentences of ``text`` -> their nearest-centroid actions and token ends (LM tokens of ``text``: ``offsets``,
+    the character span of each token, for a generated text's own tokens; else ``text`` tokenized)."""
     from planlm.data.alignment import align_tokens
 
     spans = generator.split(text)
     if not spans:
         return ActionTrace([], [])
-    enc = generator.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    n_tokens = len(enc["input_ids"])
+    if offsets is None:
+        offsets = generator.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    n_tokens = len(offsets)
     if n_tokens == 0:
         return ActionTrace([], [])
     starts, ends = np.array([s for s, _ in spans]), np.array([e for _, e in spans])
-    _, _, first_token = align_tokens(np.asarray(enc["offset_mapping"]), starts, ends, 0)
+    _, _, first_token = align_tokens(np.asarray(offsets), starts, ends, 0)
     token_ends = np.r_[first_token[1:], n_tokens]  # tokens up to and including sentence j
     actions = generator.nearest_actions(generator.embed([text[s:e] for s, e in spans]))
     keep = np.r_[True, np.diff(token_ends) > 0] & (token_ends > 0)  # a sentence without tokens of its own
     return ActionTrace([int(a) for a in actions[keep]], [int(e) for e in token_ends[keep]])
 
 
-def sentence_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tokens: int) -> list[dict]:
-    """Real prefixes ending at a sentence boundary: of each of the first ``count`` test articles that have text after
-    their first sentence, its first sentences t_1..t_i (the most that fit in ``prefix_tokens`` tokens, at least one),
-    the true next ``new_tokens`` tokens, and the oracle action of sentence i + 1."""
+def sentence_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tokens: int,
+                      max_positions: int | None = None) -> list[dict]:
+    """Real prefixes ending at a sentence boundary, each followed in its article by at least ``new_tokens`` tokens.
+
+    Of each article (test articles first; val articles top the set up when fewer than ``count`` test articles are
+    long enough -- ``split`` says which): its first sentences t_1..t_i, the most that fit in ``prefix_tokens``
+    tokens (at least one), fewer when the article needs the room for ``new_tokens`` more tokens (or the LM's
+    ``max_positions`` for prefix + continuation); the true next ``new_tokens`` tokens; the oracle action of
+    sentence i + 1. An article too short even after its first sentence is passed over.
+    """
     out = []
-    for a in corpus.article_ids("test"):
-        a = int(a)
-        lo, hi = corpus.sentence_range(a)
-        if hi - lo < 2:
-            continue
-        text = corpus.texts[a]
-        i = 1
-        while lo + i + 1 < hi and len(tokenizer(text[: int(corpus.sentence_end[lo + i])],
-                                                  add_special_tokens=False)["input_ids"]) <= prefix_tokens:
-            i += 1
+    for split in ("test", "val"):
+        for a in corpus.article_ids(split):
+            if len(out) == count:
+                return out
+            p = _prefix(corpus, tokenizer, int(a), prefix_tokens, new_tokens, max_positions)
+            if p is not None:
+                out.append({**p, "split": split})
+    return out
+
+
+def _prefix(corpus, tokenizer, a: int, prefix_tokens: int, new_tokens: int, max_positions: int | None) -> dict | None:
+    lo, hi = corpus.sentence_range(a)
+    if hi - lo < 2:
+        return None
+    text = corpus.texts[a]
+
+    def n_tokens(cut: int) -> int:
+        return len(tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+
+    i = 1
+    while lo + i + 1 < hi and n_tokens(int(corpus.sentence_end[lo + i])) <= prefix_tokens:
+        i += 1
+    for i in range(i, 0, -1):  # the longest prefix that leaves room for the continuation
         cut = int(corpus.sentence_end[lo + i - 1])
         rest = tokenizer(text[cut:], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        if not rest:
-            continue
-        end = cut + rest[min(new_tokens, len(rest)) - 1][1]
-        nxt = text[int(corpus.sentence_start[lo + i]) : int(corpus.sentence_end[lo + i])]
-        out.append({"prefix": text[:cut], "true": text[cut:end], "oracle_action": int(corpus.actions[lo + i]),
-                    "true_sentence": nxt})
-        if len(out) == count:
-            break
-    return out
+        fits = max_positions is None or n_tokens(cut) + new_tokens - 1 <= max_positions
+        if len(rest) >= new_tokens and fits:
+            nxt = text[int(corpus.sentence_start[lo + i]) : int(corpus.sentence_end[lo + i])]
+            return {"prefix": text[:cut], "true": text[cut : cut + rest[new_tokens - 1][1]],
+                    "oracle_action": int(corpus.actions[lo + i]), "true_sentence": nxt}
+    return None
 
 
 def real_beginnings(corpus, tokenizer, count: int, n_tokens: int) -> list[tuple[str, bool, str]]:
@@ -252,14 +276,16 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
     if generator.encoder is None:
         raise PlanlmError("generation metrics assign actions with the corpus's sentence encoder; pass one (--encoder)")
     corpus, tok = generator.corpus, generator.tokenizer
-    longest = max(config.lengths)
-    pairs = sentence_prefixes(corpus, tok, config.continuations, config.prefix_tokens, longest)
+    prefixes = {n: sentence_prefixes(corpus, tok, config.continuations, config.prefix_tokens, n,
+                                     generator.max_positions) for n in config.lengths}
     real = real_beginnings(corpus, tok, config.unconditional, config.unconditional_tokens)
-    if not pairs or len(real) < 2:
+    if len(real) < 2:
         raise PlanlmError(
-            f"{corpus.path} has {len(pairs)} test articles with two sentences or more and {len(real)} test and val "
-            "articles (2 needed for MAUVE); prepare more test articles"
+            f"{corpus.path} has {len(real)} test and val articles (2 needed for MAUVE); prepare more test articles"
         )
+    skipped = {str(n): f"no test or val article has {n} tokens after its first sentence"
+                       + (f" within the LM's {generator.max_positions} positions" if generator.max_positions else "")
+               for n, ps in prefixes.items() if not ps}
     sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
 
     # 1-3: unconditional samples, MAUVE against real beginnings, latent perplexity
@@ -284,29 +310,34 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
         generated_eos=[uncond[i].stop_reason == "eos" for i in keep], real_eos=[real[i][1] for i in real_keep],
     )
 
-    # 4-5: continuations of real prefixes at every length
+    # 4-5: continuations of real prefixes at every length that articles can supply
     rouge, edits, pairs_at, by_first = {}, {}, {}, {"right": [], "wrong": []}
-    mauve_cont = None
-    for n in config.lengths:
+    mauve_cont, mauve_cont_at = None, None
+    for n, pairs in prefixes.items():
+        if not pairs:
+            continue
         gens = _generate(generator, [p["prefix"] for p in pairs], n, config, config.seed + config.unconditional,
                          progress, f"continuations of {n} tokens")
         trues = [_cut(p["true"], tok, n) for p in pairs]
-        gen_traces = [action_trace(g.text, generator) for g in gens]
+        gen_traces = [action_trace(g.text, generator, g.offsets()) for g in gens]
         true_traces = [action_trace(t, generator) for t in trues]
         rouge[str(n)] = rouge2_f1([g.text for g in gens], trues)
         e = edit_distances(gen_traces, true_traces, [n])
         edits.update(e.mean)
         pairs_at.update(e.pairs)
+        if str(n) not in e.mean:
+            skipped[str(n)] = f"no generated continuation reached {n} tokens (all stopped at EOS)"
         for p, g, t, gt, tt in zip(pairs, gens, trues, gen_traces, true_traces):
             first = next((s for s in g.sentences if s.generated), None)
             right = first is not None and first.action == p["oracle_action"]
             by_first["right" if right else "wrong"].append(
                 (rouge2_f1([g.text], [t]), edit_distances([gt], [tt], [n]).mean.get(str(n)),
                  rouge2_f1([first.text if first else ""], [p["true_sentence"]])))
-            samples.append({"kind": "continuation", "length": n, "prefix": p["prefix"], "generated": g.text,
-                            "true": t, "first_action": None if first is None else first.action,
+            samples.append({"kind": "continuation", "length": n, "prefix": p["prefix"], "split": p["split"],
+                            "generated": g.text, "true": t, "first_action": None if first is None else first.action,
                             "oracle_action": p["oracle_action"], "actions": asdict(gt), "true_actions": asdict(tt)})
-        if n == longest and len(gens) >= 2:
+        if len(gens) >= 2 and (mauve_cont_at is None or n > mauve_cont_at):
+            mauve_cont_at = n
             mauve_cont = mauve_score(featurize(trues, feat, generator, config.mauve_max_tokens, progress),
                                      featurize([g.text for g in gens], feat, generator, config.mauve_max_tokens,
                                                progress)).mauve
@@ -318,24 +349,34 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
                 "rouge2_first_sentence": float(np.mean([f for _, _, f in rows])) if rows else None}
 
     common = {"featurizer": feat[2], "sampling": sampling}
+    continuations = {
+        "continuations": {str(n): len(ps) for n, ps in prefixes.items() if ps},
+        "from_split": {str(n): {sp: sum(p["split"] == sp for p in ps) for sp in ("test", "val")}
+                       for n, ps in prefixes.items() if ps},
+        "lengths": [n for n, ps in prefixes.items() if ps], "skipped": skipped,
+        "prefix_tokens": config.prefix_tokens,
+        "prefix": "the article's first sentences, ending at a sentence boundary (fewer when the article needs the "
+                  "room for the continuation); test articles first, topped up with val articles",
+    }
     return GenerationMetrics(
         mauve=float(mauve), latent_ppl=latent.latent_ppl, latent_delta=latent.delta,
-        latent_ppl_real=latent.real_test_ppl, rouge2=float(np.mean(list(rouge.values()))), rouge2_by_length=rouge,
+        latent_ppl_real=latent.real_test_ppl, rouge2=float(np.mean(list(rouge.values()))) if rouge else None,
+        rouge2_by_length=rouge,
         edit_distance=edits, edit_distance_mean=float(np.mean(list(edits.values()))) if edits else None,
         edit_distance_pairs=pairs_at, mauve_continuation=mauve_cont,
         by_first_action={"right": split(by_first["right"]), "wrong": split(by_first["wrong"])},
         mauve_protocol={**common, "generated": len(uncond), "tokens": config.unconditional_tokens,
                         "real": {sp: sum(r[2] == sp for r in real) for sp in ("test", "val")},
-                        "max_tokens": config.mauve_max_tokens, "real_texts": "article beginnings, same length"},
+                        "max_tokens": config.mauve_max_tokens, "real_texts": "article beginnings, same length",
+                        "continuation_column_length": mauve_cont_at},
         latent_ppl_protocol={"critic": config.critic, "delta_grid": list(DELTA_GRID), "scored": len(keep),
                              "tokens": config.unconditional_tokens, "fitted_on": "train oracle actions",
                              "delta_chosen_on": "val", "bos_eos": "real article boundaries only"},
-        rouge2_protocol={"continuations": len(pairs), "lengths": list(config.lengths),
-                         "prefix_tokens": config.prefix_tokens, "prefix": "ends at a sentence boundary",
-                         "table": "mean over lengths", "sampling": sampling},
-        edit_distance_protocol={"continuations": len(pairs), "lengths": list(config.lengths), "per_tokens": 128,
-                                "table": "edit_distance_mean = mean over lengths",
-                                "actions": "nearest centroid of the splitter's sentences, both sides"},
+        rouge2_protocol={**continuations, "table": "rouge2 = mean over the lengths", "sampling": sampling},
+        edit_distance_protocol={**continuations, "pairs": pairs_at, "per_tokens": 128,
+                                "table": "edit_distance_mean = mean over the lengths",
+                                "actions": "nearest centroid of the splitter's sentences, both sides",
+                                "tokens": "generated side: the tokens as generated; true side: the text tokenized"},
         samples=samples,
     )
 

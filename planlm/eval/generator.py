@@ -6,8 +6,9 @@ sentences with the actions that condition them, its sentence tracker); one decod
 1. **feed**: every active text feeds the positions not yet in the cache under their current actions (normally its
    last token; after a sentence end or a retraction, from the finished sentence's last token on) -- one forward pass
    of the planned LM for the whole batch, rows of different lengths left-padded and masked, explicit position ids;
-2. **sample** one token per text (temperature, top-p: Hugging Face's logits warpers; one seeded generator per text,
-   so a text does not depend on the batch it ran in);
+2. **sample** one token per text (temperature, then top-p by Hugging Face's ``TopPLogitsWarper`` rule; one batched
+   inverse-CDF draw from one uniform of each text's own seeded generator, so a text does not depend on the batch it
+   ran in);
 3. **follow the splitter**: the text's sentences are :func:`planlm.data.sentences.split_sentences` of the whole text
    by construction -- a :class:`planlm.data.sentences.SentenceTracker` recomputes the split over the text since the
    last settled reset point only -- and the decoder's own sentence list is compared with it:
@@ -25,7 +26,12 @@ sentences with the actions that condition them, its sentence tracker); one decod
    the action of the sentence it carries, exactly as the same text is in training;
 4. **re-plan**: the texts that finished a sentence get their next action together: one sentence-encoder call for the
    finished sentences and one planner call (inputs built by :class:`planlm.data.planner_inputs.PlannerInputs`, the
-   training context rules) for all of them.
+   training context rules) for all of them (:meth:`PlannedGenerator._plan_open_sentences`);
+5. **recall**: a re-feed that only undoes an earlier one -- a retraction right after a sentence end (the token fed
+   again under its old action) or a sentence end made again after its retraction (the same finished sentences, so
+   the same planned action) -- takes that earlier feed back: its cache column (masked, never overwritten) is
+   unmasked and its next-token logits sampled at once, within the same step. Same tokens, no forward pass: a text
+   loses one step per sentence end, not one per retraction as well.
 
 A text stops at ``max_new_tokens``, at the EOS token, or -- with a forced plan and ``after_plan="stop"`` -- when the
 sentence after the last planned one would start; finished texts leave the batch (their cache rows are dropped).
@@ -50,6 +56,8 @@ from planlm.models.selection import needs_planner
 AfterPlan = Literal["stop", "planner"]
 AFTER_PLAN: tuple[str, ...] = get_args(AfterPlan)
 MAX_RETRACTIONS = 2  # per token: after this many retracted sentence ends there, keep the sampled tokens
+RECENT_POSITIONS = 16  # per text: feeds remembered for a possible re-feed (a sentence's last token and what follows)
+MEMO_POSITIONS = 4  # per text: re-fed positions whose earlier feeds are kept for a recall
 
 
 @dataclass
@@ -116,12 +124,22 @@ class Generation:
     """For each position of ``token_ids``: the action id whose row conditioned it when it was last fed."""
     stop_reason: str = ""
     """length | eos | plan."""
+    char_ends: list[int] = field(default_factory=list)
+    """For each token of ``token_ids``: the end of its text in ``prompt + text`` (the tokens as generated, which a
+    re-tokenisation of the text need not give back)."""
     seconds: float = 0.0
     """Wall time of the batch this text was generated in."""
 
     @property
     def new_tokens(self) -> int:
         return len(self.token_ids) - self.prompt_tokens
+
+    def offsets(self) -> list[tuple[int, int]] | None:
+        """Character offsets ``(start, end)`` in ``text`` of each generated token; None when not recorded."""
+        if not self.char_ends or len(self.char_ends) != len(self.token_ids):
+            return None
+        ends = [e - len(self.prompt) for e in self.char_ends[self.prompt_tokens:]]
+        return list(zip([0] + ends[:-1], ends))
 
     @property
     def plan(self) -> list[int | None]:
@@ -131,6 +149,7 @@ class Generation:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("position_actions")
+        d.pop("char_ends")
         d["new_tokens"] = self.new_tokens
         return d
 
@@ -142,6 +161,13 @@ class Conditioning:
     logits: torch.Tensor | None
     """``(K,)`` planner logits, or None for a forced / prompt / constant action."""
     action: int
+
+
+def same_conditioning(a: Conditioning | None, b: Conditioning | None) -> bool:
+    """Whether two conditionings give the LM the same action weights (forced actions compare by id)."""
+    if a is None or b is None:
+        return False
+    return a is b or (a.logits is None and b.logits is None and a.action == b.action)
 
 
 class DecodingState:
@@ -166,6 +192,13 @@ class DecodingState:
         self.feed_from = 0  # first position whose cache entry is missing or stale
         self.columns: list[int] = []  # per fed position: its column in the batch's KV cache
         self.stop_reason = ""
+        # Re-feeds that a sentence end or its retraction undoes (see `remember` / `recall`): per recently fed
+        # position, (conditioning, cache column, next-token logits) of its last feed, and, per position that was
+        # re-fed, the feeds it had before: (token, conditioning, column, logits).
+        self.remember = True
+        self.recent: dict[int, tuple[Conditioning, int, torch.Tensor]] = {}
+        self.memo: dict[int, list[tuple[int, Conditioning, int, torch.Tensor]]] = {}
+        self.planned_after: dict[tuple, Conditioning] = {}  # planner conditioning per context (texts, token counts)
 
     # ---- tokens and text ------------------------------------------------------------------------------------------
     def append(self, token: int, tokenizer) -> None:
@@ -199,12 +232,55 @@ class DecodingState:
         self.text = self.text[: self.char_end[-1]] if self.char_end else ""
 
     def refeed_from(self, position: int, valid: torch.Tensor | None, row: int) -> None:
-        """Positions from ``position`` on must be fed again: their cache columns no longer count."""
+        """Positions from ``position`` on must be fed again: their cache columns no longer count (the feed of
+        ``position`` itself is remembered: a retraction or a repeated sentence end may want it back)."""
         position = max(min(position, len(self.columns)), 0)
+        self._remember(position)
         if valid is not None and len(self.columns) > position:
             valid[row, self.columns[position:]] = False
         del self.columns[position:]
         self.feed_from = min(self.feed_from, position)
+
+    def fed(self, column: int, logits: torch.Tensor) -> None:
+        """The last position was just fed into cache ``column`` and gave next-token ``logits (V,)``."""
+        p = len(self.ids) - 1
+        self.recent[p] = (self.conditioning[self.slot[p]], column, logits)
+        for q in [q for q in self.recent if q < p - RECENT_POSITIONS]:
+            del self.recent[q]
+
+    def _remember(self, position: int) -> None:
+        """Before ``position`` is re-fed: keep its current feed (its cache column stays in the cache, masked), and
+        forget what no longer holds -- feeds after ``position`` (their prefix changes) and recent feeds from it on."""
+        for q in [q for q in self.memo if q > position]:
+            del self.memo[q]
+        rec = self.recent.get(position) if self.remember else None
+        if rec is not None and position < len(self.columns) and self.columns[position] == rec[1]:
+            entries = self.memo.setdefault(position, [])
+            if all(col != rec[1] for _, _, col, _ in entries):
+                entries.append((self.ids[position], rec[0], rec[1], rec[2].clone()))
+            for q in sorted(self.memo)[:-MEMO_POSITIONS]:
+                del self.memo[q]
+        for q in [q for q in self.recent if q >= position]:
+            del self.recent[q]
+
+    def recall(self, valid: torch.Tensor, row: int) -> torch.Tensor | None:
+        """If the one position left to feed was fed before, exactly so (same token, same conditioning, same prefix),
+        take that feed back -- its cache column unmasked, its logits ``(V,)`` returned -- instead of feeding it again.
+        This is what a retraction right after a sentence end (the old action back) and a sentence end repeated after
+        a retraction (the same planned action again) amount to."""
+        p = len(self.ids) - 1
+        if self.feed_from != p or len(self.columns) != p or p not in self.memo:
+            return None
+        cond = self.conditioning[self.slot[p]]
+        for token, c, column, logits in self.memo[p]:
+            if token == self.ids[p] and same_conditioning(c, cond):
+                self.columns.append(column)
+                valid[row, column] = True
+                self.feed_from = p + 1
+                self.fed_action[p] = self.sentences[self.slot[p]].action
+                self.recent[p] = (cond, column, logits)
+                return logits
+        return None
 
     @property
     def new_tokens(self) -> int:
@@ -233,7 +309,8 @@ class DecodingState:
         return Generation(
             prompt=self.prompt, text=self.text[len(self.prompt):], sentences=self.sentences,
             token_ids=[int(i) for i in self.ids], prompt_tokens=self.prompt_tokens,
-            position_actions=list(self.fed_action), stop_reason=self.stop_reason, seconds=seconds,
+            position_actions=list(self.fed_action), stop_reason=self.stop_reason, char_ends=list(self.char_end),
+            seconds=seconds,
         )
 
 
@@ -273,6 +350,7 @@ class PlannedGenerator:
         cfg = (corpus.manifest.get("config") or {}).get("sentences") or {}
         self.min_chars, self.max_chars = int(cfg.get("min_chars", 1)), cfg.get("max_chars")
         self.exemplars = {int(e["action"]): (e.get("exemplars") or [""])[0] for e in corpus.exemplars()}
+        self._embedded: dict[str, np.ndarray] = {}  # sentence text -> embedding, within one generate call
 
     # ---- text and sentences ---------------------------------------------------------------------------------------
     def split(self, text: str) -> list[tuple[int, int]]:
@@ -373,20 +451,22 @@ class PlannedGenerator:
         states = [DecodingState(i, p, [int(a) for a in (plans[i] or [])], sampling.seed + i,
                                 sampling.max_new_tokens, SentenceTracker(self.min_chars, self.max_chars))
                   for i, p in enumerate(prompts)]
+        self._embedded: dict[str, np.ndarray] = {}  # sentence text -> embedding, for this call
         self._start(states)
-        warpers = self._warpers(sampling)
         active = list(states)
         cache, valid = None, torch.zeros(len(active), 0, dtype=torch.bool, device=self.device)  # (B, L)
         while active:
             if not use_cache:
                 cache, valid = None, valid[:, :0]
                 for st in active:
-                    st.columns, st.feed_from = [], 0
+                    st.columns, st.feed_from, st.remember = [], 0, False
             logits, cache, valid = self._feed(active, cache, valid)  # (B, V)
-            tokens = self._sample(logits, warpers, sampling.temperature, [st.rng for st in active])
-            for b, (st, x) in enumerate(zip(active, tokens)):
-                self._advance(st, x, b, valid, after_plan)
-            self._choose_actions([st for st in active if st.conditioning[-1] is None and not st.stop_reason])
+            rows = list(range(len(active)))
+            while rows:  # texts whose next position was fed before (a retraction, a repeated sentence end) go on
+                self._step([active[b] for b in rows], rows, logits, valid, sampling, after_plan)
+                recalled = [(b, active[b].recall(valid, b)) for b in rows if not active[b].stop_reason]
+                rows = [b for b, lg in recalled if lg is not None]
+                logits = torch.stack([lg for _, lg in recalled if lg is not None]) if rows else None  # (R, V)
             keep = [b for b, st in enumerate(active) if not st.stop_reason]
             if len(keep) < len(active):  # finished texts leave the batch
                 if cache is not None and keep:
@@ -395,6 +475,14 @@ class PlannedGenerator:
                 active = [active[b] for b in keep]
         seconds = time.perf_counter() - t0
         return [st.result(seconds) for st in states]
+
+    def _step(self, states: list[DecodingState], rows: list[int], logits: torch.Tensor, valid: torch.Tensor,
+              sampling: SamplingConfig, after_plan: str) -> None:
+        """Sample one token for each text from its ``logits (R, V)``, follow the splitter, choose the new actions."""
+        tokens = self._sample(logits, sampling, [st.rng for st in states])
+        for st, x, b in zip(states, tokens, rows):
+            self._advance(st, x, b, valid, after_plan)
+        self._choose_actions([st for st in states if st.conditioning[-1] is None and not st.stop_reason])
 
     def _check(self, prompts, plans, sampling: SamplingConfig, after_plan: str) -> None:
         problems = list(sampling.problems())
@@ -473,7 +561,7 @@ class PlannedGenerator:
             st.conditioning = [None] * len(st.sentences)
             st.fed_action = [None] * len(st.ids)
         if finished_texts and not self.constant:
-            emb = self.embed(finished_texts)
+            emb = np.stack(self._embed_cached(finished_texts))
             for (st, i), e, a in zip(owners, emb, self.nearest_actions(emb)):
                 st.embeddings[i] = e
                 st.conditioning[i] = Conditioning(None, int(a))
@@ -485,15 +573,15 @@ class PlannedGenerator:
         self._choose_actions(states)
 
     def _choose_actions(self, states: list[DecodingState]) -> None:
-        """The action of every text's new open sentence: the next plan entry, else the planner (one call for all)."""
+        """The action of every text's new open sentence: the next plan entry, else the planner (see
+        :meth:`_plan_open_sentences`)."""
         ask = []
-        new = [(st, st.sentences[-1]) for st in states]
         missing = [(st, i) for st in states for i in range(len(st.ends)) if i not in st.embeddings]
         if missing and not self.constant:
-            emb = self.embed([st.sentences[i].text for st, i in missing])
-            for (st, i), e in zip(missing, emb):
+            for (st, i), e in zip(missing, self._embed_cached([st.sentences[i].text for st, i in missing])):
                 st.embeddings[i] = e
-        for st, cur in new:
+        for st in states:
+            cur = st.sentences[-1]
             if self.constant:
                 st.conditioning[-1], cur.source = Conditioning(None, 0), "constant"
             elif st.planned < len(st.plan):
@@ -502,15 +590,40 @@ class PlannedGenerator:
                 st.conditioning[-1] = Conditioning(None, a)
                 cur.action, cur.source, cur.exemplar = a, "plan", self.exemplars.get(a, "")
             else:
-                ask.append((st, cur))
+                ask.append(st)
         if ask:
-            logits = self.plan_next_batch([st.context() for st, _ in ask])  # (R, K)
-            probs = torch.softmax(logits, -1)
-            for (st, cur), lg, p in zip(ask, logits, probs):
-                a = int(lg.argmax())
-                st.conditioning[-1] = Conditioning(lg, a)
-                cur.action, cur.source, cur.probability = a, "planner", float(p[a])
-                cur.exemplar = self.exemplars.get(a, "")
+            self._plan_open_sentences(ask)
+
+    def _plan_open_sentences(self, states: list[DecodingState]) -> None:
+        """The planner's action for each text's open sentence, from its finished sentences: one planner call for
+        all texts. A text that finished the same sentences before (a sentence end retracted, then made again) gets
+        the same conditioning object back, so its earlier feed under it can be recalled."""
+        ask = []
+        for st in states:
+            key = tuple((s.text, s.token_end - s.token_start) for s in st.sentences[: len(st.ends)])
+            if key in st.planned_after:
+                self._set_planned(st, st.planned_after[key])
+            else:
+                ask.append((st, key))
+        if not ask:
+            return
+        logits = self.plan_next_batch([st.context() for st, _ in ask])  # (R, K)
+        for (st, key), lg in zip(ask, logits):
+            st.planned_after[key] = Conditioning(lg, int(lg.argmax()))
+            self._set_planned(st, st.planned_after[key])
+
+    def _set_planned(self, st: DecodingState, cond: Conditioning) -> None:
+        cur, a = st.sentences[-1], cond.action
+        st.conditioning[-1] = cond
+        cur.action, cur.source, cur.probability = a, "planner", float(torch.softmax(cond.logits, -1)[a])
+        cur.exemplar = self.exemplars.get(a, "")
+
+    def _embed_cached(self, texts: list[str]) -> list[np.ndarray]:
+        """Embeddings of sentence texts, each text embedded once per :meth:`generate` call."""
+        new = list(dict.fromkeys(t for t in texts if t not in self._embedded))
+        if new:
+            self._embedded.update(zip(new, self.embed(new)))
+        return [self._embedded[t] for t in texts]
 
     def _feed(self, states: list[DecodingState], cache, valid: torch.Tensor):
         """One forward pass: every text feeds its positions from ``feed_from`` on; logits ``(B, V)`` of the last."""
@@ -547,11 +660,14 @@ class PlannedGenerator:
         if out.past_key_values is None:
             raise PlanlmError(f"{type(self.model.lm).__name__} returned no KV cache; use use_cache=False")
         L = valid.shape[1]
+        logits = out.logits[:, -1].float()  # (B, V)
         for b, (st, n) in enumerate(zip(states, lengths)):
             st.columns.extend(range(L + T - n, L + T))
             st.feed_from = len(st.ids)
+            if st.remember:
+                st.fed(L + T - 1, logits[b])
         valid = torch.cat([valid, new_valid.to(self.device)], 1)  # (B, L + T)
-        return out.logits[:, -1].float(), out.past_key_values, valid
+        return logits, out.past_key_values, valid
 
     def _table_kwargs(self, table: list[Conditioning]) -> dict:
         """The sentence table of one forward pass as PlannedLM arguments (planner logits and/or oracle actions)."""
@@ -567,27 +683,29 @@ class PlannedGenerator:
         return {"planner_logits": logits, "oracle_actions": oracle, "predicted_mask": predicted}
 
     @staticmethod
-    def _warpers(sampling: SamplingConfig) -> list:
-        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
-
-        warpers = []
-        if sampling.temperature > 0:
-            if sampling.temperature != 1.0:
-                warpers.append(TemperatureLogitsWarper(sampling.temperature))
-            if sampling.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(sampling.top_p))
-        return warpers
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, warpers: list, temperature: float, rngs: list) -> list[int]:
-        """One token per row of ``logits (B, V)``; each row draws from its own seeded generator."""
-        if temperature == 0:
+    def _sample(logits: torch.Tensor, sampling: SamplingConfig, rngs: list) -> list[int]:
+        """One token per row of ``logits (B, V)``: temperature, then nucleus sampling by Hugging Face's
+        ``TopPLogitsWarper`` rule (the most probable tokens until their mass reaches top_p, at least one), drawn by
+        inverse CDF from ONE uniform of each row's own seeded generator (so a text does not depend on its batch;
+        one batched draw instead of a multinomial call per row)."""
+        if sampling.temperature == 0:
             return logits.argmax(-1).tolist()
-        scores = logits
-        for w in warpers:
-            scores = w(None, scores)
-        probs = torch.softmax(scores, -1).cpu()  # (B, V)
-        return [int(torch.multinomial(probs[b], 1, generator=g)) for b, g in enumerate(rngs)]
+        scores = logits / sampling.temperature if sampling.temperature != 1.0 else logits
+        probs, order = torch.softmax(scores, -1), None  # (B, V)
+        if sampling.top_p < 1.0:
+            probs, order = probs.sort(-1, descending=True)  # (B, V) most probable first
+        cum = probs.cumsum(-1)  # (B, V)
+        if order is not None:  # the nucleus: the tokens whose preceding mass is below top_p (the first always)
+            total = cum.gather(1, (cum - probs < sampling.top_p).sum(-1, keepdim=True) - 1)  # (B, 1) its mass
+        else:
+            total = cum[:, -1:]  # (B, 1)
+        u = torch.cat([torch.rand(1, generator=g) for g in rngs]).to(cum.device).unsqueeze(1)  # (B, 1)
+        # target < total, so the first token with cum > target has probability > 0 and lies in the nucleus
+        target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))  # (B, 1)
+        idx = torch.searchsorted(cum, target, right=True)  # (B, 1)
+        if order is not None:
+            idx = order.gather(1, idx)
+        return idx.squeeze(1).tolist()
 
     def _advance(self, st: DecodingState, x: int, row: int, valid: torch.Tensor, after_plan: str) -> None:
         """Take the sampled token ``x`` of one text and bring its sentences in line with the splitter."""
