@@ -627,28 +627,27 @@ class PlannedGenerator:
 
     def _feed(self, states: list[DecodingState], cache, valid: torch.Tensor):
         """One forward pass: every text feeds its positions from ``feed_from`` on; logits ``(B, V)`` of the last."""
-        B = len(states)
         lengths = [len(st.ids) - st.feed_from for st in states]
         T = max(lengths)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((B, T), pad, dtype=torch.long)  # (B, T), left-padded
-        position_ids = torch.zeros(B, T, dtype=torch.long)  # (B, T)
-        new_valid = torch.zeros(B, T, dtype=torch.bool)  # (B, T)
-        token_slot = torch.zeros(B, T, dtype=torch.long)  # (B, T) rows of this call's sentence table
+        rows_ids, rows_pos, rows_slot = [], [], []  # built as lists: four tensors per step, not four per text
         table: list[Conditioning] = []
-        for b, (st, n) in enumerate(zip(states, lengths)):
-            f = st.feed_from
-            input_ids[b, T - n:] = torch.tensor(st.ids[f:])
-            position_ids[b, T - n:] = torch.arange(f, len(st.ids))
-            new_valid[b, T - n:] = True
-            local = {}
+        for st, n in zip(states, lengths):
+            f, local, slots = st.feed_from, {}, []
             for p in range(f, len(st.ids)):
                 s = st.slot[p]
                 if s not in local:
                     local[s] = len(table)
                     table.append(st.conditioning[s])
-                token_slot[b, T - n + (p - f)] = local[s]
+                slots.append(local[s])
                 st.fed_action[p] = st.sentences[s].action
+            rows_ids.append([pad] * (T - n) + st.ids[f:])
+            rows_pos.append([0] * (T - n) + list(range(f, len(st.ids))))
+            rows_slot.append([0] * (T - n) + slots)
+        input_ids = torch.tensor(rows_ids, dtype=torch.long)  # (B, T), left-padded
+        position_ids = torch.tensor(rows_pos, dtype=torch.long)  # (B, T)
+        token_slot = torch.tensor(rows_slot, dtype=torch.long)  # (B, T) rows of this call's sentence table
+        new_valid = torch.arange(T) >= torch.tensor([[T - n] for n in lengths])  # (B, T)
         kwargs = {"input_ids": input_ids.to(self.device), "position_ids": position_ids.to(self.device),
                   "attention_mask": torch.cat([valid, new_valid.to(self.device)], 1).long(), "use_cache": True}
         if cache is not None:
