@@ -15,6 +15,9 @@ over all of them:
 - ``planned``: the planner in the loop (the incremental sentence tracker, sentence embedding, one planner call per
   step for every text that ended a sentence, and the re-feed of each finished sentence's last token).
 
+The three run round-robin (one batch each per round, rotating which goes first), so that a machine whose load
+changes during the run slows all three alike; the ratios are what to compare across machines.
+
 The self-contained setup's LM is trained for ``--train-steps`` steps (batches of 8 x 64 tokens) so that it writes
 sentence ends at a realistic rate (re-planning is the cost being measured; a random LM almost never ends a
 sentence). Results and the command go in docs/performance.md (``## generate``).
@@ -56,16 +59,18 @@ def synthetic_setup(args):
                                     eos_token_id=tok.eos_token_id)).to(args.device)
     ids = torch.tensor([i for t in texts for i in tok(t)["input_ids"]])
     opt = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    cached = args.lm_cache and Path(args.lm_cache).exists()
     t0 = time.perf_counter()
-    for step in range(args.train_steps):
+    for step in range(0 if cached else args.train_steps):
         starts = torch.randint(0, len(ids) - 65, (8,))
         batch = torch.stack([ids[s : s + 64] for s in starts.tolist()]).to(args.device)  # (8, 64)
         loss = lm(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"trained the bench LM for {args.train_steps} steps in {time.perf_counter() - t0:.0f} s (loss {loss:.2f})",
-          file=sys.stderr)
+    if not cached:
+        print(f"trained the bench LM for {args.train_steps} steps in {time.perf_counter() - t0:.0f} s "
+              f"(loss {loss:.2f})", file=sys.stderr)
     encoder = load_encoder(DEFAULT_ENCODER, device=args.device)
     k, d = 1024, encoder.dim
     centroids = np.random.default_rng(0).standard_normal((k, d)).astype(np.float32)
@@ -77,6 +82,10 @@ def synthetic_setup(args):
     )
     planner = Planner(PlannerConfig(num_actions=k, encoder_dim=d, context_sentences=None), torch.from_numpy(centroids))
     model = PlannedLM(lm, PlannedLMConfig(num_actions=k, action_dim=d), torch.from_numpy(centroids), planner)
+    if cached:  # the whole planned LM (its planner's random init included) as the run that trained it saved it
+        model.load_state_dict(torch.load(args.lm_cache, map_location=args.device))
+    elif args.lm_cache:
+        torch.save(model.state_dict(), args.lm_cache)
     return model.to(args.device).eval(), tok, corpus, encoder
 
 
@@ -88,16 +97,26 @@ def run_setup(args):
     return model, tok, corpus, load_encoder(args.encoder or corpus.encoder, device=args.device)
 
 
-def time_it(fn, samples: int) -> tuple[float, int]:
-    fn(-1)  # warm-up
+def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    t0, tokens = time.perf_counter(), 0
+
+
+def time_round_robin(fns: dict, samples: int) -> list[tuple[str, float, int]]:
+    """``(name, seconds, tokens)`` per decoder: one warm-up call each, then ``samples`` rounds, every round calling
+    each decoder once in a rotating order, so that a load that changes over the run hits all of them alike."""
+    for fn in fns.values():
+        fn(-1)
+    names = list(fns)
+    seconds, tokens = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
     for i in range(samples):
-        tokens += fn(i)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0, tokens
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            sync()
+            t0 = time.perf_counter()
+            tokens[name] += fns[name](i)
+            sync()
+            seconds[name] += time.perf_counter() - t0
+    return [(name, seconds[name], tokens[name]) for name in names]
 
 
 def main() -> None:
@@ -114,6 +133,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=6, help="self-contained LM: layers")
     p.add_argument("--width", type=int, default=384, help="self-contained LM: hidden size")
     p.add_argument("--train-steps", type=int, default=60, help="self-contained LM: training steps")
+    p.add_argument("--lm-cache", help="self-contained LM: load its trained weights from this file, or train and save "
+                                      "them there (training is seeded: the same LM either way)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -145,13 +166,18 @@ def main() -> None:
         return sum(g.new_tokens for g in gs)
 
     selection = model.config.selection
-    rows = [("hf", *time_it(hf, args.samples)), ("planned", *time_it(planned, args.samples))]
     model.config.selection = "fixed"  # the same loop and adapters, no planner and no sentence work
     fixed_gen = PlannedGenerator(model, tok, corpus, encoder)
-    rows.insert(1, ("planned-fixed", *time_it(lambda i: sum(
-        g.new_tokens for g in fixed_gen.generate([args.prompt] * batch, None, sampling(i * batch))), args.samples)))
     model.config.selection = selection
 
+    def fixed(i):
+        model.config.selection = "fixed"
+        try:
+            return sum(g.new_tokens for g in fixed_gen.generate([args.prompt] * batch, None, sampling(i * batch)))
+        finally:
+            model.config.selection = selection
+
+    rows = time_round_robin({"hf": hf, "planned-fixed": fixed, "planned": planned}, args.samples)
     base = rows[0][2] / rows[0][1]
     n_params = sum(p.numel() for p in model.lm.parameters())
     result = {
