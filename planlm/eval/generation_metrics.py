@@ -326,7 +326,7 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
         edits.update(e.mean)
         pairs_at.update(e.pairs)
         if str(n) not in e.mean:
-            skipped[str(n)] = f"no generated continuation reached {n} tokens (all stopped at EOS)"
+            skipped[str(n)] = f"no pair has {n} tokens on both sides (the generated continuations stopped at EOS)"
         for p, g, t, gt, tt in zip(pairs, gens, trues, gen_traces, true_traces):
             first = next((s for s in g.sentences if s.generated), None)
             right = first is not None and first.action == p["oracle_action"]
