@@ -246,18 +246,24 @@ def load_run(run: Path, prepared: Path | None = None, device: str | None = None)
     import torch
 
     from planlm.artifacts import check_input_id, check_same, read_manifest, resolve_input, verify_artifact
-    from planlm.data.prepared import PreparedCorpus
+    from planlm.data.prepared import PreparedCorpus, check_action_space
 
     run = Path(run)
     manifest = verify_artifact(run, read_manifest(run, "finetune"))
     if prepared is None:
         prepared = resolve_input(run, manifest, "prepared", "--prepared")
     corpus = PreparedCorpus.load(prepared)
-    fix = "pass the --prepared corpus the model was fine-tuned on"
-    check_same("num_actions", manifest.get("num_actions", corpus.num_actions), corpus.num_actions, prepared, fix)
-    check_same("encoder", manifest.get("encoder", corpus.encoder), corpus.encoder, prepared, fix)
-    # Another corpus of the same K and encoder still has other centroids: its action ids mean other things.
-    check_input_id(run, manifest, "prepared", prepared, corpus.id, fix)
+    # Another corpus is fine when its action ids mean the same (`planlm prepare --actions_from`): same encoder, K and
+    # centroids as the run's; else one line. Runs older than the recorded action space must use their own corpus.
+    trained = (manifest.get("inputs") or {}).get("prepared") or {}
+    fix = (f"prepare it with `planlm prepare --actions_from {trained.get('path', 'THE_RUN_CORPUS')}`, or pass the "
+           "--prepared corpus the model was fine-tuned on")
+    if "action_space" in manifest:
+        check_action_space(manifest["action_space"], corpus.action_space, prepared, f"the run {run}", fix)
+    else:
+        check_same("num_actions", manifest.get("num_actions", corpus.num_actions), corpus.num_actions, prepared, fix)
+        check_same("encoder", manifest.get("encoder", corpus.encoder), corpus.encoder, prepared, fix)
+        check_input_id(run, manifest, "prepared", prepared, corpus.id, fix)
     model = load_planned_lm(run)
     tokenizer = load_tokenizer(str(run / "tokenizer"))
     if tokenizer.pad_token_id is None:

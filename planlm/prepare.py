@@ -3,6 +3,8 @@
 Steps: load the encoder -> read articles -> split sentences (character offsets) -> split articles train/val/test ->
 embed every sentence once (float16) -> k-means++ on the train sentences -> nearest-centroid actions for every
 sentence -> exemplars -> one artifact directory in the layout of :mod:`planlm.data.prepared`, written atomically.
+With ``--actions_from PREPARED`` the encoder, centroids and exemplars are PREPARED's and no k-means runs (see
+:func:`planlm.data.actions.apply_actions`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import numpy as np
 
 from planlm.artifacts import atomic_dir, file_hash, read_manifest, up_to_date, write_manifest, writes_artifact
 from planlm.data.actions import (
-    KMeansConfig, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions, kmeans_problems,
+    KMeansConfig, apply_actions, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions,
+    kmeans_problems,
 )
 from planlm.data.corpus import (
     SourceConfig, SplitConfig, read_corpus, source_kind, source_path, split_articles, source_problems, split_problems,
 )
 from planlm.data.encoders import EncoderConfig, embed_sentences, load_encoder, resolve_encoder
-from planlm.data.prepared import EXEMPLARS, SPLITS, write_prepared
+from planlm.data.prepared import EXEMPLARS, SPLITS, ActionSpace, write_prepared
 from planlm.data.sentences import SentenceConfig, split_sentences
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.presets import load_presets
@@ -47,10 +50,11 @@ PRESETS: dict[str, ActionsPreset] = load_presets("prepare", ActionsPreset)
 
 def validate_prepare(
     out: str, source: SourceConfig, split: SplitConfig, sentences: SentenceConfig, encoder: EncoderConfig,
-    kmeans: KMeansConfig, num_actions: int | None, preset: ActionsPresetName,
+    kmeans: KMeansConfig, num_actions: int | None, preset: ActionsPresetName, actions_from: str | None = None,
 ) -> None:
     """Raise one PlanlmError listing every problem in the arguments of :func:`prepare`, before any work starts."""
     problems = source_problems(source) + split_problems(split) + kmeans_problems(kmeans)
+    problems += actions_from_problems(actions_from, encoder, num_actions)
     if preset not in PRESETS:
         problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     if num_actions is not None and num_actions < 2:
@@ -68,6 +72,24 @@ def validate_prepare(
     elif Path(out).exists() and not Path(out).is_dir():
         problems.append(f"--out {out} is a file; choose a directory path")
     raise_if_problems(problems, "prepare")
+
+
+def actions_from_problems(actions_from: str | None, encoder: EncoderConfig, num_actions: int | None) -> list[str]:
+    """--actions_from must be a prepared corpus; an --encoder.name or --num_actions given with it must be its own."""
+    if actions_from is None:
+        return []
+    try:
+        m = read_manifest(actions_from, "prepare")
+    except PlanlmError as e:
+        return [f"--actions_from: {e}"]
+    out = []
+    if encoder.name not in (EncoderConfig.name, m.get("encoder")):
+        out.append(f"--encoder.name {encoder.name} differs from the encoder of --actions_from {actions_from} "
+                   f"({m.get('encoder')}); drop --encoder.name: the actions are that encoder's")
+    if num_actions is not None and num_actions != m.get("num_actions"):
+        out.append(f"--num_actions {num_actions} differs from K={m.get('num_actions')} of --actions_from "
+                   f"{actions_from}; drop --num_actions")
+    return out
 
 
 def resolve_num_actions(num_actions: int | None, preset: ActionsPresetName, n_train_sentences: int) -> int:
@@ -110,6 +132,7 @@ def prepare(
     kmeans: KMeansConfig = KMeansConfig(),
     num_actions: int | None = None,
     preset: ActionsPresetName = "auto",
+    actions_from: str | None = None,
     force: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -137,18 +160,27 @@ def prepare(
         kmeans: k-means++ backend and settings.
         num_actions: K, the number of writing actions; unset = chosen by --preset (paper: 1024).
         preset: "auto" (1024, fewer for a small corpus), "paper" (1024) or "small" (64); used when num_actions is unset.
+        actions_from: A prepared corpus whose writing actions to apply (its encoder, centroids and exemplars; no
+            k-means): every sentence gets its nearest centroid, so a run fine-tuned on that corpus can be evaluated
+            on this one, and a planner shared. --kmeans, --num_actions and --preset are then unused.
         force: Rebuild even if --out already holds this artifact.
         progress: Show progress bars.
 
     Returns:
         The artifact directory.
     """
-    validate_prepare(out, source, split, sentences, encoder, kmeans, num_actions, preset)
+    validate_prepare(out, source, split, sentences, encoder, kmeans, num_actions, preset, actions_from)
     out_dir = Path(out)
+    space = ActionSpace.load(actions_from) if actions_from is not None else None
+    if space is not None:  # the source's encoder; k-means settings do not apply
+        encoder = EncoderConfig(name=space.encoder, device=encoder.device, batch_size=encoder.batch_size)
     config = {
         "source": source, "split": split, "sentences": sentences, "encoder": encoder, "kmeans": kmeans,
         "num_actions": num_actions, "preset": preset, "input": _input_fingerprint(source),
     }
+    if space is not None:
+        config |= {"kmeans": None, "num_actions": None, "preset": None,
+                   "actions_from": {"path": str(actions_from), "id": space.manifest.get("id")}}
     if up_to_date(out_dir, "prepare", config, force):
         return out_dir
 
@@ -189,38 +221,51 @@ def prepare(
     texts = [articles[a].text[b:e] for a, b, e in zip(sentence_article, sentence_start, sentence_end)]
     sentence_split = article_split[sentence_article]  # (N,)
     train_ids = np.flatnonzero(sentence_split == "train")
-    k = resolve_num_actions(num_actions, preset, len(train_ids))
-    check_num_actions(k, len(train_ids))  # before the expensive embedding step
+    k = resolve_num_actions(num_actions, preset, len(train_ids)) if space is None else space.num_actions
+    if space is None:
+        check_num_actions(k, len(train_ids))  # before the expensive embedding step
     lap("split")
 
     embeddings = embed_sentences(enc, texts, progress=progress)  # (N, d) float16
     lap("embed")
 
-    fit = fit_actions(embeddings[train_ids], k, kmeans, progress=progress)
-    actions = np.empty(len(texts), dtype=np.int64)
-    actions[train_ids] = fit.train_labels
-    other = np.flatnonzero(sentence_split != "train")
-    if len(other):
-        actions[other] = assign(embeddings[other], fit.centroids)[0]  # val/test: nearest centroid, never refitted
-    lap("k-means")
+    if space is not None:
+        actions, _ = apply_actions(embeddings, space.centroids, space.path)
+        centroids, train_labels, reseeded = space.centroids, actions[train_ids], 0
+        # The actions are the source's, so are their exemplars (its sentence ids do not index this corpus).
+        examples = [{key: v for key, v in e.items() if key != "sentence_ids"} for e in space.exemplars]
+        lap("assign")
+    else:
+        fit = fit_actions(embeddings[train_ids], k, kmeans, progress=progress)
+        centroids, train_labels, reseeded = fit.centroids, fit.train_labels, fit.reseeded
+        actions = np.empty(len(texts), dtype=np.int64)
+        actions[train_ids] = fit.train_labels
+        other = np.flatnonzero(sentence_split != "train")
+        if len(other):
+            actions[other] = assign(embeddings[other], fit.centroids)[0]  # val/test: nearest centroid, never refitted
+        lap("k-means")
 
-    examples = exemplars(fit.train_labels, fit.train_distances, train_ids, [texts[i] for i in train_ids], k,
-                         kmeans.num_exemplars)
-    lap("exemplars")
+        examples = exemplars(fit.train_labels, fit.train_distances, train_ids, [texts[i] for i in train_ids], k,
+                             kmeans.num_exemplars)
+        lap("exemplars")
 
-    counts = _counts(articles, article_split, sentence_split, k, fit.train_labels, stats, fit.reseeded)
+    counts = _counts(articles, article_split, sentence_split, k, train_labels, stats, reseeded)
     with atomic_dir(out_dir, force=True) as tmp:
         write_prepared(
             tmp, [a.title for a in articles], [a.text for a in articles], list(article_split), sentence_article,
-            sentence_start, sentence_end, embeddings, fit.centroids, actions, examples,
+            sentence_start, sentence_end, embeddings, centroids, actions, examples,
         )
         lap("write")
+        inputs = {"corpus": source_path(source) or source.source}
+        if space is not None:
+            inputs["actions_from"] = space.path
         write_manifest(
-            tmp, "prepare", config, inputs={"corpus": source_path(source) or source.source}, counts=counts,
+            tmp, "prepare", config, inputs=inputs, counts=counts,
             encoder=enc.name, encoder_path=resolve_encoder(enc.name) if not enc.name.startswith("fake:") else enc.name,
-            embedding_dim=enc.dim, num_actions=k, seconds=seconds | {"k-means detail": fit.seconds},
+            embedding_dim=enc.dim, num_actions=k,
+            seconds=seconds | ({"k-means detail": fit.seconds} if space is None else {}),
         )
-    _print_summary(out_dir, counts, sentence_end - sentence_start, fit.train_labels, k, stats, seconds)
+    _print_summary(out_dir, counts, sentence_end - sentence_start, train_labels, k, stats, seconds)
     return out_dir
 
 

@@ -5,10 +5,18 @@ subfolders; docs/evaluation.md is the reference):
 
 - ``metrics.json``: ``{"variant": str, "seed": int (default 0), "ppl": float, and optionally "mauve",
   "latent_ppl", "rouge2": float, "edit_distance": {"128": float, ...}, "p_predicted": float in [0, 1],
-  "ppl_oracle": float, ...}``. Other keys are kept in ``report.json`` but not shown.
+  "ppl_oracle": float, ...}``. Other keys are kept in ``report.json`` but not shown. `planlm evaluate` also
+  writes the per-article NLL sums and token counts of the headline perplexity
+  (``perplexity[ppl_protocol][ppl_actions]["by_article"]``), from which the report draws its intervals.
 - ``probes.json`` next to a ``metrics.json``: a list of ``{"layer", "kind", "distance", "accuracy", "baseline"}``
   rows (:func:`planlm.eval.probes.rows_to_json`).
 - ``overhead.json`` anywhere: ``{variant: training-step time relative to Fixed}``.
+
+Intervals (:func:`paired_bootstrap`): each variant's PPL change vs Fixed gets a paired bootstrap 95% interval.
+Test articles are resampled with replacement (2,000 resamples, seed 0), the same resample for the variant and the
+Fixed run it is compared with; with several seeds, the seeds are resampled too (a two-level bootstrap of the mean
+over seeds of each seed's change vs its own Fixed run), and the seeds share one article resample when they share
+their test articles. The table also gives the spread across seeds (± sample std).
 
 What it writes into ``out`` (atomically): ``report.md``, ``report.html`` (self-contained: PNGs inlined as base64),
 ``report.json`` (the gathered numbers), the PNG plots, and ``manifest.json``.
@@ -35,6 +43,10 @@ METRICS = "metrics.json"
 PROBES = "probes.json"
 OVERHEAD = "overhead.json"
 OPTIONAL_NUMBERS = ("mauve", "latent_ppl", "rouge2", "p_predicted", "ppl_oracle")
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+MIN_ARTICLES = 2  # per seed, for an interval
+CI_HEADER = "95% CI vs Fixed (%)"
 PROBE_KEYS = ("layer", "kind", "distance", "accuracy", "baseline")
 
 # Table 1 columns: (key in metrics.json, header, decimals)
@@ -95,6 +107,11 @@ def _check_metrics(path: Path, m, problems: list[str]) -> bool:
         if key in m and m[key] is not None and not _is_number(m[key]):
             problems.append(f'{path}: "{key}" must be a number, got {m[key]!r}')
             ok = False
+    per_article = headline_by_article(m)
+    if per_article is not None and not _article_nll_ok(per_article):
+        problems.append(f'{path}: "by_article" of the headline perplexity must hold equally long lists article_ids, '
+                        'nll_sum and tokens (finite numbers, positive token counts)')
+        ok = False
     if _is_number(m.get("p_predicted")) and not 0 <= m["p_predicted"] <= 1:
         problems.append(f'{path}: "p_predicted" must lie in [0, 1], got {m["p_predicted"]}')
         ok = False
@@ -104,6 +121,23 @@ def _check_metrics(path: Path, m, problems: list[str]) -> bool:
         problems.append(f'{path}: "edit_distance" must map token counts ("128", ...) to numbers, got {ed!r}')
         ok = False
     return ok
+
+
+def headline_by_article(m: dict) -> dict | None:
+    """The per-article record of a run's headline perplexity (``ppl``), or None when its metrics.json has none."""
+    r = m.get("perplexity")
+    for key in ("ppl_protocol", "ppl_actions"):
+        r = r.get(m.get(key)) if isinstance(r, dict) else None
+    return r.get("by_article") if isinstance(r, dict) else None
+
+
+def _article_nll_ok(a) -> bool:
+    keys = ("article_ids", "nll_sum", "tokens")
+    if not isinstance(a, dict) or not all(isinstance(a.get(k), list) for k in keys):
+        return False
+    n = len(a["article_ids"])
+    return (n > 0 and all(len(a[k]) == n for k in keys) and all(_is_number(x) for x in a["nll_sum"])
+            and all(isinstance(t, int) and t > 0 for t in a["tokens"]))
 
 
 def _check_probes(path: Path, rows, problems: list[str]) -> bool:
@@ -178,7 +212,7 @@ def validate_report(runs: list[Path], out: Path, force: bool) -> Gathered:
 # --------------------------------------------------------------------------------------------------------- table
 
 
-def _stats(values: list[float]) -> dict | None:
+def seed_stats(values: list[float]) -> dict | None:
     """Mean and sample standard deviation (ddof 1; 0 for one seed) over seeds."""
     if not values:
         return None
@@ -191,36 +225,106 @@ def _ordered_variants(runs: list[Run], baseline: str) -> list[str]:
     return sorted(order, key=lambda v: (v.lower() != baseline.lower(), order.index(v)))
 
 
-def relative_ppl(runs: list[Run], baseline: str = "fixed") -> dict[tuple[str, int], float]:
-    """Per (variant, seed): PPL change relative to the baseline run of the SAME seed, in percent
-    (``100 * (ppl / ppl_fixed - 1)``; negative = better than Fixed; the paper's Figure 5). Seeds without a baseline
-    run are left out."""
-    fixed = {r.seed: r.metrics["ppl"] for r in runs if r.variant.lower() == baseline.lower()}
-    return {(r.variant, r.seed): 100.0 * (r.metrics["ppl"] / fixed[r.seed] - 1.0) for r in runs if r.seed in fixed}
+def relative_ppl(runs: list[Run], baseline: str = "fixed", key: str = "ppl") -> dict[tuple[str, int], float]:
+    """Per (variant, seed): the metric ``key`` (PPL by default) relative to the baseline run of the SAME seed, in
+    percent (``100 * (ppl / ppl_fixed - 1)``; for PPL negative = better than Fixed; the paper's Figure 5). Seeds
+    without a baseline run, or runs without the metric, are left out."""
+    fixed = {r.seed: r.metrics[key] for r in runs
+             if r.variant.lower() == baseline.lower() and _is_number(r.metrics.get(key)) and r.metrics[key] > 0}
+    return {(r.variant, r.seed): 100.0 * (r.metrics[key] / fixed[r.seed] - 1.0) for r in runs
+            if r.seed in fixed and _is_number(r.metrics.get(key))}
 
 
 def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
     """One row per variant (baseline first, then in the order found): each Table 1 column as mean/std/n over seeds.
 
     Row keys: ``variant``, ``seeds`` (list), ``ppl``, ``ppl_rel``, ``mauve``, ``latent_ppl``, ``rouge2`` (each
-    ``{"mean", "std", "n"}`` or None), ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``) and
-    ``paper_ppl`` (the paper's number for the variants of :mod:`planlm.variants`, else None).
+    ``{"mean", "std", "n"}`` or None), ``ppl_rel_ci`` (:func:`paired_bootstrap`'s result, or None without
+    per-article records), ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``) and ``paper_ppl`` (the
+    paper's number for the variants of :mod:`planlm.variants`, else None).
     """
     rel = relative_ppl(runs, baseline)
+    intervals = ppl_intervals(runs, baseline)
     rows = []
     for variant in _ordered_variants(runs, baseline):
         mine = sorted((r for r in runs if r.variant == variant), key=lambda r: r.seed)
         row = {"variant": variant, "seeds": [r.seed for r in mine]}
         for key in ("ppl", "mauve", "latent_ppl", "rouge2"):
-            row[key] = _stats([r.metrics[key] for r in mine if _is_number(r.metrics.get(key))])
-        row["ppl_rel"] = _stats([rel[(variant, r.seed)] for r in mine if (variant, r.seed) in rel])
+            row[key] = seed_stats([r.metrics[key] for r in mine if _is_number(r.metrics.get(key))])
+        row["ppl_rel"] = seed_stats([rel[(variant, r.seed)] for r in mine if (variant, r.seed) in rel])
+        row["ppl_rel_ci"] = intervals.get(variant)  # paired bootstrap over articles (and seeds); None for the baseline
         lengths = sorted({int(k) for r in mine for k in (r.metrics.get("edit_distance") or {})})
-        row["edit_distance"] = {str(n): _stats([r.metrics["edit_distance"][str(n)] for r in mine
+        row["edit_distance"] = {str(n): seed_stats([r.metrics["edit_distance"][str(n)] for r in mine
                                                 if str(n) in (r.metrics.get("edit_distance") or {})])
                                 for n in lengths}
         row["paper_ppl"] = PAPER_PPL.get(variant)  # the paper's GPT-2 / Wikipedia number for a variant it names
         rows.append(row)
     return rows
+
+
+def paired_bootstrap(pairs: list[tuple[dict, dict]], n_boot: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> dict:
+    """PPL change of a variant vs its baseline, in percent, with a paired bootstrap 95% interval.
+
+    Args:
+        pairs: one ``(variant, baseline)`` per seed, each a per-article record ``{"article_ids", "nll_sum",
+            "tokens"}`` (what `planlm evaluate` writes), both over the same articles.
+        n_boot: resamples.
+        seed: seed of the resampling (fixed, so a report is reproducible).
+
+    Returns:
+        ``{"estimate", "low", "high", "seeds", "articles", "n_boot", "resampled"}``: the estimate is the mean over
+        seeds of ``100 (PPL_variant / PPL_baseline - 1)``, each PPL pooled over its articles' tokens (the headline
+        numbers); the interval is the 2.5 / 97.5 percentiles of that statistic over resamples that draw the
+        articles with replacement (one draw for both members of a pair: paired) and, with several seeds, the seeds
+        with replacement. Seeds that share their test articles share one article draw.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for variant, base in pairs:
+        if list(variant["article_ids"]) != list(base["article_ids"]):
+            raise ValueError("a variant and its baseline were evaluated on different articles")
+        arrays.append((np.asarray(variant["nll_sum"], np.float64), np.asarray(variant["tokens"], np.float64),
+                       np.asarray(base["nll_sum"], np.float64), np.asarray(base["tokens"], np.float64)))
+    shared = all(list(v["article_ids"]) == list(pairs[0][0]["article_ids"]) for v, _ in pairs)
+    rel = np.empty((len(pairs), n_boot))  # (S, B): each seed's change vs its baseline, per resample
+    estimate = []
+    weights = None
+    for s, (nll_v, tok_v, nll_b, tok_b) in enumerate(arrays):
+        a = len(nll_v)
+        if weights is None or not shared:  # (B, A): how often each article is drawn in each resample
+            weights = rng.multinomial(a, np.full(a, 1.0 / a), size=n_boot).astype(np.float64)
+        log_ratio = weights @ nll_v / (weights @ tok_v) - weights @ nll_b / (weights @ tok_b)  # (B,)
+        rel[s] = 100.0 * np.expm1(log_ratio)
+        estimate.append(100.0 * np.expm1(nll_v.sum() / tok_v.sum() - nll_b.sum() / tok_b.sum()))
+    if len(pairs) > 1:  # (B, S) seeds drawn with replacement, each with its own article draw
+        seeds = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+        stat = rel[seeds, np.arange(n_boot)[:, None]].mean(1)  # (B,)
+    else:
+        stat = rel[0]
+    low, high = np.percentile(stat, [2.5, 97.5])
+    return {"estimate": float(np.mean(estimate)), "low": float(low), "high": float(high), "seeds": len(pairs),
+            "articles": [len(p[0]["article_ids"]) for p in pairs], "n_boot": n_boot,
+            "resampled": "articles" if len(pairs) == 1 else "seeds and articles"}
+
+
+def ppl_intervals(runs: list[Run], baseline: str = "fixed") -> dict[str, dict | None]:
+    """Per variant (baseline excluded): :func:`paired_bootstrap` over its seeds that have a baseline run of the
+    same seed and per-article records on the same articles, at least MIN_ARTICLES of them (resampling one article
+    gives a zero-width interval that would claim a certainty nobody has); None when no seed qualifies."""
+    base = {r.seed: headline_by_article(r.metrics) for r in runs if r.variant.lower() == baseline.lower()}
+    out = {}
+    for variant in _ordered_variants(runs, baseline):
+        if variant.lower() == baseline.lower():
+            continue
+        pairs = []
+        for r in sorted((r for r in runs if r.variant == variant), key=lambda r: r.seed):
+            mine, theirs = headline_by_article(r.metrics), base.get(r.seed)
+            if (mine is not None and theirs is not None and mine["article_ids"] == theirs["article_ids"]
+                    and len(mine["article_ids"]) >= MIN_ARTICLES):
+                pairs.append((mine, theirs))
+        out[variant] = paired_bootstrap(pairs) if pairs else None
+    return out
 
 
 def _cell(stat: dict | None, decimals: int, signed: bool = False) -> str:
@@ -231,15 +335,29 @@ def _cell(stat: dict | None, decimals: int, signed: bool = False) -> str:
     return text + f" ± {stat['std']:.{decimals}f}" if stat["n"] > 1 else text
 
 
+def interval_cell(ci: dict | None) -> str:
+    """``[low, high]`` in percent, with a mark when the interval excludes 0."""
+    if ci is None:
+        return "–"
+    return f"[{ci['low']:+.2f}, {ci['high']:+.2f}]" + (" *" if ci["low"] > 0 or ci["high"] < 0 else "")
+
+
 def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of Table 1 (edit distance: one column per token length found)."""
+    """Header and formatted cells of Table 1 (edit distance: one column per token length found; the interval
+    column when some run has per-article records)."""
     lengths = sorted({int(n) for row in rows for n in row["edit_distance"]})
-    header = ["Variant", "Seeds"] + [h for _, h, _ in COLUMNS] + [f"Edit dist. @{n}" for n in lengths]
-    header.append("Paper PPL (GPT-2, Wikipedia)")
+    with_ci = any(row.get("ppl_rel_ci") for row in rows)
+    header = ["Variant", "Seeds"]
+    for key, h, _ in COLUMNS:
+        header += [h] + ([CI_HEADER] if key == "ppl_rel" and with_ci else [])
+    header += [f"Edit dist. @{n}" for n in lengths] + ["Paper PPL (GPT-2, Wikipedia)"]
     body = []
     for row in rows:
         cells = [row["variant"], str(len(row["seeds"]))]
-        cells += [_cell(row[key], d, signed=key == "ppl_rel") for key, _, d in COLUMNS]
+        for key, _, d in COLUMNS:
+            cells.append(_cell(row[key], d, signed=key == "ppl_rel"))
+            if key == "ppl_rel" and with_ci:
+                cells.append(interval_cell(row.get("ppl_rel_ci")))
         cells += [_cell(row["edit_distance"].get(str(n)), 2) for n in lengths]
         cells.append("–" if row.get("paper_ppl") is None else f"{row['paper_ppl']:.2f}")
         body.append(cells)
@@ -286,23 +404,39 @@ def plot_overhead(overhead: dict[str, float], path: Path, baseline: str = "fixed
     return path
 
 
-def plot_seeds(runs: list[Run], path: Path, baseline: str = "fixed") -> Path | None:
-    """Each seed's PPL relative to the Fixed run of the same seed, per variant, with the mean (the paper's
-    Figure 5). None unless some variant other than the baseline has at least two seeds with a baseline."""
-    rel = relative_ppl(runs, baseline)
+SEED_METRICS = (("ppl", "PPL"), ("mauve", "MAUVE"), ("latent_ppl", "Latent PPL"), ("rouge2", "ROUGE-2"))
+
+
+def plot_seeds(runs: list[Run], path: Path, baseline: str = "fixed",
+               intervals: dict[str, dict | None] | None = None) -> Path | None:
+    """The paper's Figure 5: for each metric (PPL, MAUVE, latent PPL, ROUGE-2: those recorded),
+    each seed's value relative to the Fixed run of the SAME seed, one dot per seed per variant, with the mean
+    (bar) and, for PPL, the paired bootstrap 95% interval (:func:`ppl_intervals`). None unless some variant other
+    than the baseline has at least two seeds with a baseline."""
     variants = [v for v in _ordered_variants(runs, baseline) if v.lower() != baseline.lower()]
-    per = {v: [x for (name, _), x in sorted(rel.items()) if name == v] for v in variants}
-    per = {v: xs for v, xs in per.items() if xs}
-    if not any(len(xs) > 1 for xs in per.values()):
+    panels = []
+    for key, label in SEED_METRICS:
+        rel = relative_ppl(runs, baseline, key)
+        per = {v: [x for (name, _), x in sorted(rel.items()) if name == v] for v in variants}
+        if any(per.values()):
+            panels.append((key, label, per))
+    if not panels or not any(len(xs) > 1 for xs in panels[0][2].values()):
         return None
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(per)), 4))
-    for i, (v, xs) in enumerate(per.items()):
-        ax.scatter([i] * len(xs), xs, color="tab:blue", alpha=0.7, zorder=3)
-        ax.hlines(np.mean(xs), i - 0.25, i + 0.25, color="tab:red", zorder=4)
-    ax.axhline(0.0, color="k", ls="--", lw=1)
-    ax.set_xticks(range(len(per)), list(per), rotation=30)
-    ax.set(ylabel="PPL vs Fixed of the same seed (%)", title="Seeds (dots) and their mean (bar)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 1.1 * len(variants)) * len(panels), 4.2), squeeze=False)
+    for ax, (key, label, per) in zip(axes[0], panels):
+        for i, (v, xs) in enumerate(per.items()):
+            ax.scatter([i] * len(xs), xs, color="tab:blue", alpha=0.7, zorder=3)
+            if xs:
+                ax.hlines(np.mean(xs), i - 0.25, i + 0.25, color="tab:red", zorder=4)
+            ci = (intervals or {}).get(v) if key == "ppl" else None
+            if ci:
+                ax.errorbar(i + 0.3, ci["estimate"], yerr=[[ci["estimate"] - ci["low"]], [ci["high"] - ci["estimate"]]],
+                            fmt="none", ecolor="tab:gray", capsize=3, zorder=2)
+        ax.axhline(0.0, color="k", ls="--", lw=1)
+        ax.set_xticks(range(len(per)), list(per), rotation=30, ha="right")
+        ax.set(ylabel=f"{label} vs Fixed of the same seed (%)", title=label)
+    fig.suptitle("Seeds (dots), their mean (red bar), PPL: paired bootstrap 95% interval (grey)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -331,6 +465,14 @@ def probe_plots(runs: list[Run], directory: Path) -> dict[str, Path]:
 # -------------------------------------------------------------------------------------------------------- output
 
 
+TABLE_NOTE = (
+    "Mean ± sample standard deviation over seeds; PPL vs Fixed compares each seed with the Fixed run of the same "
+    f"seed (negative = better). {CI_HEADER}: paired bootstrap over test articles ({BOOTSTRAP_RESAMPLES} resamples, "
+    "the same draw for the variant and Fixed), over seeds too when there are several; * = the interval excludes 0; "
+    f"– = no per-article records or fewer than {MIN_ARTICLES} test articles. "
+    "Edit distance is per 128 tokens.")
+
+
 def _html(title: str, header: list[str], body: list[list[str]], overhead: dict[str, float],
           figures: list[tuple[str, Path]]) -> str:
     esc = html.escape
@@ -342,8 +484,7 @@ def _html(title: str, header: list[str], body: list[list[str]], overhead: dict[s
         "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}</style></head><body>",
         f"<h1>{esc(title)}</h1><h2>Results (Table 1)</h2><table><tr>{head}</tr>{rows}</table>",
-        "<p>Mean ± sample standard deviation over seeds; PPL vs Fixed compares each seed with the Fixed run of the "
-        "same seed. Edit distance is per 128 tokens.</p>",
+        f"<p>{esc(TABLE_NOTE)}</p>",
     ]
     if overhead:
         parts.append("<h2>Training overhead vs Fixed</h2><table><tr><th>Variant</th><th>Ratio</th></tr>"
@@ -359,8 +500,7 @@ def _html(title: str, header: list[str], body: list[list[str]], overhead: dict[s
 def _markdown(title: str, header, body, overhead: dict[str, float], figures: list[tuple[str, Path]],
               sources: list[Run]) -> str:
     lines = [f"# {title}", "", "## Results (Table 1)", "", markdown_table(header, body), "",
-             "Mean ± sample standard deviation over seeds; PPL vs Fixed compares each seed with the Fixed run of "
-             "the same seed (negative = better). Edit distance is per 128 tokens.", ""]
+             TABLE_NOTE, ""]
     if overhead:
         lines += ["## Training overhead vs Fixed", "", markdown_table(
             ["Variant", "Ratio"], [[v, f"{r:.2f}x"] for v, r in overhead.items()]), ""]
@@ -405,7 +545,8 @@ def report(
             ("Oracle / predicted action mixing", plot_mixing([r.metrics for r in gathered.runs], tmp / "mixing.png")),
             ("Perplexity by planner correctness (Appendix E)",
              plot_planner_correct([r.metrics for r in gathered.runs], tmp / "planner-correct.png")),
-            ("Seeds relative to Fixed", plot_seeds(gathered.runs, tmp / "seeds.png", baseline)),
+            ("Seeds relative to Fixed (Figure 5)", plot_seeds(gathered.runs, tmp / "seeds.png", baseline,
+                                                              {r["variant"]: r["ppl_rel_ci"] for r in rows})),
             ("Training overhead", plot_overhead(gathered.overhead, tmp / "overhead.png", baseline)),
         ):
             if plot is not None:

@@ -4,6 +4,14 @@ prepare -> pretrain-lm (only without --lm) -> train-planner -> finetune the pape
 perplexity with planner-predicted actions) -> a table in the layout of the paper's Table 1 (``OUT/results.md``,
 ``OUT/results.json``) -> ``planlm report`` (``OUT/report``). Every stage writes its own artifact under OUT and is
 reused when it is already there with the same config, so an interrupted run picks up where it stopped.
+
+Seeds (``--seeds 0,1,2``, the paper's Appendix C): a seed sets the initialisation and data order of every training
+stage (the LM pretrained from scratch, the planner, the fine-tuned variants) and, with
+``--split_seed_follows true``, the article split too (``prepare --split.seed``; the k-means seed stays 0, so only
+the split changes). One seed keeps the layout ``OUT/{prepared,lm,planner,runs/<variant>}``; several put each seed's
+stages in ``OUT/seed-<s>/`` (the prepared corpus stays shared in ``OUT/prepared`` unless the split follows the
+seed). The table gives each variant's mean over seeds, the paired bootstrap 95% interval of its change vs Fixed
+(:func:`planlm.report.paired_bootstrap`) and the report's Figure 5 plot (``OUT/report/seeds.png``).
 """
 
 from __future__ import annotations
@@ -70,8 +78,20 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-").replace("--", "-")
 
 
-def validate_run(preset: str, variants: list[str], lm: str | None) -> None:
+def parse_seeds(seeds: list[int] | str) -> list[int]:
+    """``"0,1,2"`` (or ``[0, 1, 2]``, or ``"3"``) -> ``[0, 1, 2]``; ValueError unless distinct integers >= 0."""
+    values = [int(x) for x in seeds.replace(",", " ").split()] if isinstance(seeds, str) else [int(x) for x in seeds]
+    if not values or min(values) < 0 or len(set(values)) != len(values):
+        raise ValueError(seeds)
+    return values
+
+
+def validate_run(preset: str, variants: list[str], lm: str | None, seeds: list[int] | str = "0") -> None:
     problems = []
+    try:
+        parse_seeds(seeds)
+    except ValueError:
+        problems.append(f"--seeds must be distinct non-negative integers such as 0,1,2 (got {seeds!r})")
     if preset not in PRESETS:
         problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     unknown = [v for v in variants if v not in VARIANTS]
@@ -85,17 +105,26 @@ def validate_run(preset: str, variants: list[str], lm: str | None) -> None:
 
 
 def results_table(rows: list[dict]) -> str:
-    """The paper's Table 1 layout: PPL (planner-predicted actions) and PPL relative to Fixed."""
-    fixed = next((r["ppl"] for r in rows if r["variant"] == "Fixed"), None)
+    """The paper's Table 1 layout from :func:`planlm.report.results_table` rows (+ ``planner_top1`` stats): PPL
+    (planner-predicted actions), PPL relative to Fixed of the same seed with its paired bootstrap 95% interval,
+    planner top-1; means ± std over seeds when there are several."""
+    from planlm.report import interval_cell
+
+    def cell(stat: dict | None, fmt: str, suffix: str = "") -> str:
+        if stat is None:
+            return "-"
+        text = format(stat["mean"], fmt) + suffix
+        return text + f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["n"] > 1 else text
+
     lines = [
-        "| variant | PPL | vs Fixed | planner top-1 | paper PPL (GPT-2, Wikipedia) |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | seeds | PPL | vs Fixed | 95% CI vs Fixed | planner top-1 | paper PPL (GPT-2, Wikipedia) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        rel = f"{100 * (r['ppl'] / fixed - 1):+.2f}%" if fixed else "-"
-        top1 = f"{r['planner_top1']:.3f}" if r.get("planner_top1") is not None else "-"
+        ci = interval_cell(r.get("ppl_rel_ci")).replace("–", "-")
         paper = f"{PAPER_PPL[r['variant']]:.2f}" if r["variant"] in PAPER_PPL else "-"
-        lines.append(f"| {r['variant']} | {r['ppl']:.3f} | {rel} | {top1} | {paper} |")
+        lines.append(f"| {r['variant']} | {len(r['seeds'])} | {cell(r['ppl'], '.3f')} | "
+                     f"{cell(r['ppl_rel'], '+.2f', '%')} | {ci} | {cell(r.get('planner_top1'), '.3f')} | {paper} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,6 +146,16 @@ def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
     return out / "planner-ntp"
 
 
+def _has_article_records(evaluation: Path) -> bool:
+    """Whether an existing evaluation holds the per-article records the intervals need (older ones do not)."""
+    from planlm.report import headline_by_article
+
+    try:
+        return headline_by_article(json.loads((evaluation / "metrics.json").read_text())) is not None
+    except (OSError, ValueError):
+        return True  # nothing readable there: evaluate's own checks decide
+
+
 @writes_artifact()
 def run(
     out: Path = Path("runs/demo"),
@@ -125,7 +164,8 @@ def run(
     lm: str | None = None,
     preset: Literal["default", "paper", "quick"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
     variants: list[str] | str = DEFAULT_VARIANTS,
-    seed: int = 0,
+    seeds: list[int] | str = "0",
+    split_seed_follows: bool = False,
     trainer: TrainerConfig = TrainerConfig(),
     force: bool = False,
 ) -> Path:
@@ -134,9 +174,11 @@ def run(
     With no arguments: the embedded English Wikipedia sample, a small GPT-2 pretrained from scratch (offline), and the
     variants Fixed, Uniform, Cornille OA, Cornille PA and Soft / unfreeze halfway (at most 15 minutes on a 2-core CPU).
     At paper scale, with Hub access: ``--lm gpt2 --data wikimedia/wikipedia --data_config 20231101.en --preset paper``.
+    Each variant's change vs Fixed comes with a paired bootstrap 95% interval over test articles (and seeds).
 
     Args:
-        out: folder for every artifact (prepared/, lm/, planner/, runs/<variant>/, report/) and the results table.
+        out: folder for every artifact (prepared/, lm/, planner/, runs/<variant>/, report/; seed-<s>/ per seed with
+            several seeds) and the results table.
         data: corpus: builtin, a local .jsonl/.parquet/.txt/.xml(.bz2) file or folder, or a Hub dataset name.
         data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
         lm: base causal LM (Hub name or folder); unset = pretrain a small GPT-2 from scratch on the corpus.
@@ -144,7 +186,9 @@ def run(
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS), or groups of
             them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
             group alone (``--variants mix-sweep``) or a list (``--variants '[Fixed, no-nap]'``).
-        seed: seed of every stage.
+        seeds: the seeds to run, e.g. 0,1,2 (the paper's Appendix C): each sets the initialisation and data order of
+            every training stage, and the article split with --split_seed_follows true.
+        split_seed_follows: each seed also draws its own train/val/test article split (a prepared corpus per seed).
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
 
@@ -152,48 +196,91 @@ def run(
         The output folder.
     """
     variants = expand_variants([variants] if isinstance(variants, str) else list(variants))
-    validate_run(preset, variants, lm)
-    from planlm.data.corpus import SourceConfig
-    from planlm.data.prepared import PreparedCorpus
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
-    from planlm.models.planner import PlannerConfig
-    from planlm.prepare import EncoderConfig, prepare
-    from planlm.report import report
-    from planlm.train.finetune import WindowConfig, finetune
-    from planlm.train.planner import train_planner
-    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
+    validate_run(preset, variants, lm, seeds)
+    seeds = parse_seeds(seeds)
+    from planlm.artifacts import write_json_atomic
+    from planlm.report import gather, report, seed_stats
+    from planlm.report import results_table as report_rows
 
     p = PRESETS[preset]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    rows, corpus = [], None
+    for seed in seeds:
+        home = out if len(seeds) == 1 else out / f"seed-{seed}"
+        tag = "" if len(seeds) == 1 else f" (seed {seed})"
+        prepared = home / "prepared" if split_seed_follows and len(seeds) > 1 else out / "prepared"
+        corpus, seed_rows = _run_seed(p, home, prepared, data, data_config, lm, variants, seed,
+                                      seed if split_seed_follows else None, trainer, force, times, tag)
+        rows += seed_rows
+
+    evaluations = [Path(r["run"]) / "evaluate" for r in rows]  # this run's, not whatever else lies under OUT
+    table_rows = report_rows(gather(evaluations).runs)
+    for row in table_rows:  # the planner's top-1 on the test split, over the same seeds
+        top1 = [r["planner_top1"] for r in rows if r["variant"] == row["variant"] and r.get("planner_top1") is not None]
+        row["planner_top1"] = seed_stats(top1)
+    table = results_table(table_rows)
+    header = (
+        f"# planlm run ({preset} preset, seeds {','.join(map(str, seeds))}"
+        + (", split per seed" if split_seed_follows else "") + ")\n\n"
+        f"Corpus: {data} ({len(corpus.texts)} articles, K={corpus.num_actions} actions, encoder {corpus.encoder}); "
+        f"LM: {lm or 'pretrained from scratch per seed'}; perplexity on the test split with planner-predicted "
+        f"actions, {p.eval_protocol} protocol (windows of {p.context_length} tokens"
+        + (f", stride {p.eval_stride}" if p.eval_protocol == "strided" else ", stride 1") + "). 95% CI: paired "
+        "bootstrap over test articles" + (" and seeds" if len(seeds) > 1 else "") + " (* = excludes 0).\n\n"
+    )
+    (out / ".results.md.tmp").write_text(header + table + "\nStage times (s): " + json.dumps(times) + "\n")
+    (out / ".results.md.tmp").replace(out / "results.md")
+    write_json_atomic(out / "results.json", rows)
+    t = time.time()
+    report(runs=evaluations, out=out / "report", force=True)
+    times["report"] = round(time.time() - t, 1)
+    print("\n" + header + table)
+    print(f"results: {out / 'results.md'}, {out / 'results.json'}; report: {out / 'report' / 'report.html'}")
+    return out
+
+
+def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: str | None, lm: str | None,
+              variants: list[str], seed: int, split_seed: int | None, trainer: TrainerConfig, force: bool,
+              times: dict[str, float], tag: str):
+    """Every stage of one seed into ``home``; returns (prepared corpus, one results row per variant)."""
+    from planlm.data.corpus import SourceConfig, SplitConfig
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.models.planner import PlannerConfig
+    from planlm.prepare import EncoderConfig, prepare
+    from planlm.train.finetune import WindowConfig, finetune
+    from planlm.train.planner import train_planner
+    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
 
     def timed(name, fn, *args, **kwargs):
-        print(f"\n=== planlm run: {name} ===", flush=True)
+        print(f"\n=== planlm run: {name}{tag} ===", flush=True)
         t = time.time()
         result = fn(*args, **kwargs)
-        times[name] = round(time.time() - t, 1)
+        times[name + tag] = round(time.time() - t, 1)
         return result
 
+    split = SplitConfig() if split_seed is None else SplitConfig(seed=split_seed)
     prepared = timed(
-        "prepare", prepare, out=str(out / "prepared"),
-        source=SourceConfig(source=data, hub_config=data_config, max_articles=p.max_articles),
+        "prepare", prepare, out=str(prepared),
+        source=SourceConfig(source=data, hub_config=data_config, max_articles=p.max_articles), split=split,
         encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset, force=force,
     )
     if lm is None:
         optim = lm_optim(p.lm_preset, max_steps=p.lm_max_steps, **({"epochs": p.lm_epochs} if p.lm_epochs else {}))
-        timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=str(out / "lm"), preset=p.lm_preset,
+        timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=str(home / "lm"), preset=p.lm_preset,
               optim=optim, seed=seed, trainer=trainer, force=force)
-        lm = str(out / "lm")
-    planner_dir = out / "planner"
+        lm = str(home / "lm")
+    planner_dir = home / "planner"
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
           planner=PlannerConfig(context=p.planner_context), optim=p.planner_optim, seed=seed, trainer=trainer,
           force=force)
-    ntp_dir = no_nap_planner(variants, out, str(prepared), lm, p, seed, trainer, force, timed)
+    ntp_dir = no_nap_planner(variants, home, str(prepared), lm, p, seed, trainer, force, timed)
 
     rows = []
     for name in variants:
-        run_dir = out / "runs" / slug(name)
+        run_dir = home / "runs" / slug(name)
         variant = VARIANTS[name]
         recipe = dataclasses.replace(variant.recipe)
         planner = (ntp_dir if variant.planner_pretraining == "ntp" else planner_dir) if variant.needs_planner else None
@@ -204,27 +291,12 @@ def run(
             actions=["predicted"], protocols=[p.eval_protocol], context_length=p.context_length, stride=p.eval_stride,
             max_articles=p.eval_max_articles, max_tokens=p.eval_max_tokens, batch_size=p.eval_batch_size,
         )
-        ev = timed(f"evaluate {name}", evaluate, run=run_dir, ppl=ppl_cfg, variant=name, force=force)
+        # an evaluation written before per-article records existed is redone (seconds), so the table has intervals
+        ev = timed(f"evaluate {name}", evaluate, run=run_dir, ppl=ppl_cfg, variant=name,
+                   force=force or not _has_article_records(run_dir / "evaluate"))
         m = json.loads((Path(ev) / "metrics.json").read_text())
         rows.append({
             "variant": name, "ppl": m["ppl"], "planner_top1": m.get("planner_top1"), "planner_top5": m.get("planner_top5"),
             "protocol": p.eval_protocol, "run": str(run_dir), "seed": seed,
         })
-
-    table = results_table(rows)
-    corpus = PreparedCorpus.load(prepared)
-    header = (
-        f"# planlm run ({preset} preset)\n\nCorpus: {data} ({len(corpus.texts)} articles, K={corpus.num_actions} actions, "
-        f"encoder {corpus.encoder}); LM: {lm}; perplexity on the test split with planner-predicted actions, "
-        f"{p.eval_protocol} protocol (windows of {p.context_length} tokens"
-        + (f", stride {p.eval_stride}" if p.eval_protocol == "strided" else ", stride 1") + ").\n\n"
-    )
-    from planlm.artifacts import write_json_atomic
-
-    (out / ".results.md.tmp").write_text(header + table + "\nStage times (s): " + json.dumps(times) + "\n")
-    (out / ".results.md.tmp").replace(out / "results.md")
-    write_json_atomic(out / "results.json", rows)
-    timed("report", report, runs=out / "runs", out=out / "report", force=True)
-    print("\n" + header + table)
-    print(f"results: {out / 'results.md'}, {out / 'results.json'}; report: {out / 'report' / 'report.html'}")
-    return out
+    return PreparedCorpus.load(prepared), rows

@@ -175,6 +175,20 @@ def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> tuple[np
     return labels, dists
 
 
+def apply_actions(embeddings: np.ndarray, centroids: np.ndarray, source) -> tuple[np.ndarray, np.ndarray]:
+    """Writing actions of another corpus (``source``: a prepared corpus, named in errors) applied to new sentences:
+    each one's nearest centroid, no k-means (`planlm prepare --actions_from`). The rule gave the source's val/test
+    sentences their actions and its train labels satisfy it, so the source's own sentences get their own actions.
+
+    Returns:
+        ``actions (N,) int64`` and squared ``distances (N,) float32``.
+    """
+    if embeddings.shape[1] != centroids.shape[1]:
+        raise PlanlmError(f"the encoder gives {embeddings.shape[1]}-d embeddings but {source}'s centroids are "
+                          f"{centroids.shape[1]}-d; rebuild {source} with `planlm prepare --force true`")
+    return assign(embeddings, centroids)
+
+
 def _reseed_empty(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, dists: np.ndarray, max_rounds: int = 20):
     """Move each empty centroid onto a far train point (from an action of size >= 2) until no action is empty.
 

@@ -12,10 +12,17 @@ Layout of a prepared directory::
     tokens-<hash>/       written later, once per LM tokenizer: the token cache (planlm.data.alignment.TokenCache)
 
 Sentences are sorted by (article_id, position), so an article's sentences are one contiguous row range.
+
+Action space: an action id means "nearest to centroid a of encoder E's embeddings". Two prepared corpora share their
+action space when encoder, K and the centroids' content agree (:func:`action_space`): a corpus prepared with
+``planlm prepare --actions_from SOURCE`` shares SOURCE's, so a run fine-tuned on SOURCE can be evaluated on it. A
+finetune manifest records the action space it was trained on (``action_space``), and :func:`check_action_space`
+refuses any other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import operator
 from collections.abc import Iterator, Sequence
@@ -136,6 +143,51 @@ class ArticleTexts(Sequence[str]):
         return {**self.__dict__, "_file": None, "_group": (-1, [])}
 
 
+def action_space(encoder: str, centroids: np.ndarray) -> dict:
+    """The identity of an action space: ``{"encoder", "num_actions", "centroids"}`` (a content hash of the float32
+    centroids and their shape, independent of how the file was written)."""
+    c = np.ascontiguousarray(centroids, dtype=np.float32)  # (K, d)
+    digest = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()[:16]
+    return {"encoder": str(encoder), "num_actions": int(c.shape[0]), "centroids": digest}
+
+
+def check_action_space(expected: dict, got: dict, given: str | Path, what: str, fix: str) -> None:
+    """Refuse, in one line, a prepared corpus ``given`` whose action space ``got`` is not ``expected`` (recorded by
+    ``what``): its action ids would mean other sentences than the ones the model was trained on."""
+    differ = [f"{k} {got.get(k)!r} (needs {expected.get(k)!r})" for k in ("encoder", "num_actions", "centroids")
+              if expected.get(k) != got.get(k)]
+    if differ:
+        raise PlanlmError(f"{given} has other writing actions than {what}: {', '.join(differ)}; {fix}")
+
+
+@dataclass
+class ActionSpace:
+    """The writing actions of a prepared corpus without its text: the encoder, the centroids and their exemplars.
+    What `planlm prepare --actions_from` applies to a new corpus (no k-means)."""
+
+    path: Path
+    manifest: dict
+    centroids: np.ndarray  # (K, d) float32
+    exemplars: list[dict]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ActionSpace":
+        path = Path(path)
+        manifest = verify_artifact(path, read_manifest(path, "prepare"))
+        if not (path / CENTROIDS).exists():
+            raise PlanlmError(f"{path} is missing {CENTROIDS}; rebuild it with `planlm prepare --force true`")
+        exemplars = json.loads((path / EXEMPLARS).read_text()) if (path / EXEMPLARS).exists() else []
+        return cls(path, manifest, np.load(path / CENTROIDS).astype(np.float32), exemplars)
+
+    @property
+    def encoder(self) -> str:
+        return str(self.manifest.get("encoder", ""))
+
+    @property
+    def num_actions(self) -> int:
+        return int(self.centroids.shape[0])
+
+
 @dataclass
 class PreparedCorpus:
     """A loaded prepared corpus. Arrays are indexed by article id or by global sentence id."""
@@ -227,6 +279,11 @@ class PreparedCorpus:
     @property
     def id(self) -> str:
         return str(self.manifest.get("id"))
+
+    @property
+    def action_space(self) -> dict:
+        """Encoder, K and centroid hash (:func:`action_space`): equal for corpora whose action ids mean the same."""
+        return action_space(self.encoder, self.centroids)
 
     # ---- lookups ------------------------------------------------------------------------------------------------
     def article_ids(self, split: str) -> np.ndarray:

@@ -5,8 +5,9 @@ probes, written as ``metrics.json`` (the schema `planlm report` reads, docs/eval
 Output folder (``--out``, default ``RUN/evaluate``), written atomically::
 
     metrics.json        variant, seed, ppl (predicted actions, first protocol), ppl_oracle, p_predicted, ... and
-                        the detail: every (protocol, actions) perplexity, planner top-1/top-5, right/wrong split,
-                        generation metrics, probe summary
+                        the detail: every (protocol, actions) perplexity with its per-article NLL sums and token
+                        counts (``by_article``, for the report's bootstrap intervals), planner top-1/top-5,
+                        right/wrong split, generation metrics, probe summary
     metrics.md          the same as a table
     generations.jsonl   with --generation: every generated and true text with its action sequence
     probes.json, probes.png   with --probes (Figure 3)
@@ -296,7 +297,9 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
             )
     metrics["perplexity"] = {}
     for (protocol, actions), r in results.items():
-        metrics["perplexity"].setdefault(protocol, {})[actions] = r.summary()
+        # + per-article sums and counts: `planlm report` bootstraps its intervals over test articles from them
+        metrics["perplexity"].setdefault(protocol, {})[actions] = r.summary() | {
+            "by_article": r.by_article(corpus.sentence_article)}
     main_protocol = list(dict.fromkeys(ppl.protocols))[0]
     main_actions = "predicted" if "predicted" in action_sources else action_sources[0]
     metrics["ppl"] = results[(main_protocol, main_actions)].ppl

@@ -93,6 +93,16 @@ class PerplexityResult:
             "context_length": self.context_length, "stride": self.stride,
         }
 
+    def by_article(self, sentence_article: np.ndarray) -> dict:
+        """Per-article NLL sums and scored-token counts, the unit `planlm report`'s paired bootstrap resamples:
+        ``{"article_ids": [...], "nll_sum": [...], "tokens": [...]}`` (ascending article ids). A scored token
+        belongs to the article of its sentence (windows never cross articles); the sums add up to ``nll_sum``."""
+        articles = np.asarray(sentence_article)[self.token_sentence]  # (tokens,)
+        ids, index = np.unique(articles, return_inverse=True)
+        sums = np.bincount(index, weights=self.token_nll.astype(np.float64), minlength=len(ids))  # (A,)
+        return {"article_ids": ids.tolist(), "nll_sum": sums.tolist(),
+                "tokens": np.bincount(index, minlength=len(ids)).tolist()}
+
 
 def resolve_stride(protocol: str, context_length: int, stride: int | None) -> int:
     """The stride a protocol uses: 1 for ``paper``; ``stride`` or ``context_length - 1`` for ``strided``."""

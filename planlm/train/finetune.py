@@ -364,7 +364,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
             inputs["planner"] = cfg.planner
         write_manifest(
             tmp, "finetune", cfg, inputs=inputs, counts=counts, metrics=metrics,
-            encoder=corpus.encoder, num_actions=corpus.num_actions, seconds=round(time.time() - t0, 1),
+            encoder=corpus.encoder, num_actions=corpus.num_actions, action_space=corpus.action_space,
+            seconds=round(time.time() - t0, 1),
         )
     shutil.rmtree(work, ignore_errors=True)
     print(f"planlm finetune: {cfg.recipe.selection} / {cfg.recipe.actions} -> {out} "
