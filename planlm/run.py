@@ -233,9 +233,7 @@ def run(
     (out / ".results.md.tmp").write_text(header + table + "\nStage times (s): " + json.dumps(times) + "\n")
     (out / ".results.md.tmp").replace(out / "results.md")
     write_json_atomic(out / "results.json", rows)
-    t = time.time()
     report(runs=evaluations, out=out / "report", force=True)
-    times["report"] = round(time.time() - t, 1)
     print("\n" + header + table)
     print(f"results: {out / 'results.md'}, {out / 'results.json'}; report: {out / 'report' / 'report.html'}")
     return out
