@@ -34,7 +34,7 @@ def test_actions_from_gives_the_source_actions_for_the_source_sentences(source, 
                   actions_from=str(source), progress=False)
     src, pc = PreparedCorpus.load(source), PreparedCorpus.load(new)
     n = len(src.actions)
-    assert len(pc.texts) == 16 and pc.texts[:12] == src.texts
+    assert len(pc.texts) == 16 and pc.texts[:12] == list(src.texts)
     assert [pc.sentence_text(i) for i in range(n)] == [src.sentence_text(i) for i in range(n)]
     assert np.array_equal(pc.actions[:n], src.actions)  # train (k-means labels) and val/test sentences alike
     assert not np.array_equal(pc.article_split[:12], src.article_split)  # another split, the same actions
