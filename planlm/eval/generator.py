@@ -161,6 +161,8 @@ class Conditioning:
     logits: torch.Tensor | None
     """``(K,)`` planner logits, or None for a forced / prompt / constant action."""
     action: int
+    plan: torch.Tensor | None = None
+    """``(H, K)`` plan weights of a planner sentence, when the model reads plans (H > 1 or sampled plans)."""
 
 
 def same_conditioning(a: Conditioning | None, b: Conditioning | None) -> bool:
@@ -351,6 +353,7 @@ class PlannedGenerator:
         self.min_chars, self.max_chars = int(cfg.get("min_chars", 1)), cfg.get("max_chars")
         self.exemplars = {int(e["action"]): (e.get("exemplars") or [""])[0] for e in corpus.exemplars()}
         self._embedded: dict[str, np.ndarray] = {}  # sentence text -> embedding, within one generate call
+        self.plan_generator = torch.Generator(device=self.device).manual_seed(model.config.seed)  # sampled plans
 
     # ---- text and sentences ---------------------------------------------------------------------------------------
     def split(self, text: str) -> list[tuple[int, int]]:
@@ -375,8 +378,12 @@ class PlannedGenerator:
 
     # ---- the planner on generated sentences -----------------------------------------------------------------------
     @torch.inference_mode()
-    def plan_next_batch(self, contexts: Sequence[tuple[np.ndarray | None, np.ndarray]]) -> torch.Tensor:
-        """Planner logits ``(R, K)`` for the sentence after each context ``(embeddings (S, d) or None, counts (S,))``.
+    def plan_next_batch(
+        self, contexts: Sequence[tuple[np.ndarray | None, np.ndarray]]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Planner logits ``(R, K)`` for the sentence after each context ``(embeddings (S, d) or None, counts (S,))``,
+        and, for a model that reads plans, the plan weights ``(R, H, K)`` of that sentence and the H - 1 after it
+        (re-planned at every sentence end), else None.
 
         The inputs are built by :class:`PlannerInputs` itself, over a corpus of one article per context (its
         finished sentences plus a placeholder row for the target), so the context rules are exactly the training
@@ -406,11 +413,12 @@ class PlannedGenerator:
         )
         inputs = PlannerInputs.from_config(batch, self.model.planner.config, np.concatenate(counts))(np.array(targets))
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        return self.model.planner(**inputs).float()  # (R, K)
+        plan = self.model.plan(inputs, self.plan_generator)[1].float() if self.model.config.plans else None
+        return self.model.planner(**inputs).float(), plan  # (R, K), (R, H, K) or None
 
     def plan_next(self, embeddings: np.ndarray, token_counts: np.ndarray) -> torch.Tensor:
         """Planner logits ``(K,)`` for the sentence after ``embeddings (S, d)`` (the finished sentences so far)."""
-        return self.plan_next_batch([(embeddings if len(embeddings) else None, token_counts)])[0]
+        return self.plan_next_batch([(embeddings if len(embeddings) else None, token_counts)])[0][0]
 
     # ---- the loop -------------------------------------------------------------------------------------------------
     def generate_one(
@@ -607,9 +615,9 @@ class PlannedGenerator:
                 ask.append((st, key))
         if not ask:
             return
-        logits = self.plan_next_batch([st.context() for st, _ in ask])  # (R, K)
-        for (st, key), lg in zip(ask, logits):
-            st.planned_after[key] = Conditioning(lg, int(lg.argmax()))
+        logits, plans = self.plan_next_batch([st.context() for st, _ in ask])  # (R, K), (R, H, K) or None
+        for r, ((st, key), lg) in enumerate(zip(ask, logits)):
+            st.planned_after[key] = Conditioning(lg, int(lg.argmax()), None if plans is None else plans[r])
             self._set_planned(st, st.planned_after[key])
 
     def _set_planned(self, st: DecodingState, cond: Conditioning) -> None:
@@ -677,6 +685,13 @@ class PlannedGenerator:
             return {"oracle_actions": oracle}
         logits = torch.stack([c.logits if c.logits is not None else torch.zeros(K, device=self.device)
                               for c in table])  # (N, K)
+        if any(c.plan is not None for c in table):  # plans; a forced / prompt sentence: its action at offset 1 only
+            plans = torch.zeros(len(table), self.model.config.horizon, K, device=self.device)  # (N, H, K)
+            plans[torch.arange(len(table)), 0, oracle] = 1.0
+            for i, c in enumerate(table):
+                if c.plan is not None:
+                    plans[i] = c.plan
+            return {"plan_weights": plans}
         if predicted.all():
             return {"planner_logits": logits}
         return {"planner_logits": logits, "oracle_actions": oracle, "predicted_mask": predicted}

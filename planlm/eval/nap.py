@@ -9,6 +9,11 @@ accuracy against the oracle actions of the evaluated sentences). Baselines, fitt
   article's first sentence conditions on the "start of article" symbol.
 
 Metrics: loss (mean cross-entropy, nats), top-1 and top-5 accuracy, action perplexity = exp(loss).
+
+Multi-sentence plans (a planner of horizon H > 1): offset h is the sentence h - 1 after the target, predicted with
+the oracle actions of offsets 1..h-1 as context (teacher forcing); every offset is scored on its own
+(:func:`offset_sums`, :func:`offset_metrics`), over the targets whose article still has that sentence
+(:func:`next_actions`). Offset 1 is the planner's next-action prediction, reported under the usual names.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from planlm.data.prepared import PreparedCorpus
+from planlm.data.windows import IGNORE_INDEX as IGNORE
 from planlm.eval.latent import BigramCritic
 
 TOP_K = 5
@@ -64,6 +71,44 @@ def previous_actions(corpus: PreparedCorpus, sentence_ids: np.ndarray) -> np.nda
     has_prev = corpus.sentence_position[j] > 0
     prev[has_prev] = corpus.actions[j[has_prev] - 1]
     return prev
+
+
+def next_actions(corpus: PreparedCorpus, sentence_ids: np.ndarray, horizon: int) -> np.ndarray:
+    """``(N, H)`` oracle actions of each target and the H - 1 sentences after it in its article; ``IGNORE`` (-100)
+    past the article's end."""
+    j = np.asarray(sentence_ids, dtype=np.int64)
+    later = j[:, None] + np.arange(horizon)[None]  # (N, H) global ids
+    end = corpus.article_offsets[corpus.sentence_article[j] + 1]  # (N,) one past the article's last sentence
+    inside = later < end[:, None]
+    return np.where(inside, corpus.actions[np.minimum(later, len(corpus.actions) - 1)], IGNORE).astype(np.int64)
+
+
+def offset_sums(logits: torch.Tensor, targets: torch.Tensor, top_k: int = TOP_K) -> torch.Tensor:
+    """Per offset of a plan's ``logits (N, H, K)`` against ``targets (N, H)`` (``IGNORE`` = not scored): ``(H, 4)``
+    float64 sums of cross-entropy, top-1 hits, top-k hits and scored targets, to add up over batches (and ranks)."""
+    n, h, k = logits.shape
+    flat, tgt = logits.reshape(n * h, k), targets.reshape(n * h)
+    valid = tgt != IGNORE  # (N * H,)
+    safe = tgt.clamp_min(0)
+    ce = F.cross_entropy(flat.float(), safe, reduction="none") * valid  # (N * H,)
+    top1, topk = topk_hits(flat, safe, top_k)  # (N * H,), (N * H,)
+    per = torch.stack([ce.double(), (top1 & valid).double(), (topk & valid).double(), valid.double()], 1)
+    return per.view(n, h, 4).sum(0)  # (H, 4)
+
+
+def offset_metrics(sums: torch.Tensor, top_k: int = TOP_K) -> list[dict[str, float]]:
+    """:func:`offset_sums` (added up) -> one metrics dict per offset: loss, top-1, top-k, perplexity, targets."""
+    out = []
+    for loss, top1, topk, count in sums.tolist():
+        n = max(count, 1.0)
+        out.append({"loss": loss / n, "top1": top1 / n, f"top{top_k}": topk / n, "perplexity": float(np.exp(loss / n)),
+                    "targets": int(count)})
+    return out
+
+
+def offset_name(h: int) -> str:
+    """The metrics row of offset h (1-based): "planner" for the next sentence, "planner offset h" after it."""
+    return "planner" if h == 1 else f"planner offset {h}"
 
 
 def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, dict]:

@@ -27,7 +27,10 @@ Actions the adapters are conditioned on (``actions``):
 - ``predicted`` (the paper's main metric): the planner's logits for each sentence, through the model's selection
   (soft / hard / straight-through). The planner depends only on a sentence's preceding sentences, never on the window,
   so it runs ONCE per sentence of the evaluated articles (batched) and each window gathers its rows.
-- ``oracle``: each sentence's oracle action (one-hot), as in Cornille et al.'s "OA".
+  A model that reads plans (planner horizon H > 1, or ``plan_samples`` M >= 1) gets each sentence's plan weights
+  ``(H, K)`` the same way, once per sentence (:func:`plan_weights_for`; M plans sampled with a generator seeded by the
+  model's ``config.seed``, so a perplexity is reproducible).
+- ``oracle``: each sentence's oracle action (one-hot), as in Cornille et al.'s "OA" (offset 1 only for plans).
 - ``fixed``: every sentence conditioned on one action (``fixed_action``, default the model's ``config.fixed_action``).
 
 Models with ``fixed`` / ``uniform`` selection add one constant vector and ignore ``actions``.
@@ -171,6 +174,22 @@ def planner_logits_for(
     return torch.cat(out)
 
 
+@torch.inference_mode()
+def plan_weights_for(
+    model, sentence_ids: np.ndarray, planner_inputs_fn: PlannerInputsFn, batch_size: int = 256
+) -> torch.Tensor:
+    """Plan weights ``(N, H, K)`` (float32, on the CPU) for global ``sentence_ids``: :meth:`PlannedLM.plan`, batched,
+    its samples drawn from a generator seeded by ``model.config.seed``."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(model.config.seed)
+    ids = np.asarray(sentence_ids, dtype=np.int64)
+    out = [torch.zeros(0, model.config.horizon, model.config.num_actions)]
+    for i in range(0, len(ids), batch_size):
+        inputs = {k: v.to(device) for k, v in planner_inputs_fn(ids[i : i + batch_size]).items()}
+        out.append(model.plan(inputs, generator)[1].float().cpu())  # (n, H, K)
+    return torch.cat(out)
+
+
 def _accepts_logits_to_keep(lm) -> bool:
     return "logits_to_keep" in inspect.signature(lm.forward).parameters
 
@@ -227,7 +246,7 @@ def perplexity(
             model's planner (:class:`planlm.data.planner_inputs.PlannerInputs`).
         fixed_action: actions=fixed, the action id; default ``model.config.fixed_action``.
         planner_logits: ``(sentence_ids, logits)`` already computed for (a superset of) the evaluated sentences,
-            to share one planner pass between several calls.
+            to share one planner pass between several calls (not used by a model that reads plans).
         progress: show a progress bar.
 
     Returns:
@@ -245,8 +264,9 @@ def perplexity(
 
     constant = not needs_planner(model.config.selection)
     row_of = None  # global sentence id -> row of `logits`
+    plans = actions == "predicted" and model.config.plans
     if actions == "predicted" and not constant:
-        if planner_logits is None:
+        if planner_logits is None or plans:
             if planner_inputs_fn is None:
                 planner_inputs_fn = PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tokenizer)
             articles = np.unique(dataset.index[order, 0]) if len(order) else np.zeros(0, np.int64)
@@ -254,7 +274,7 @@ def perplexity(
                 [np.arange(*corpus.sentence_range(dataset.articles[a].article_id)) for a in articles]
                 or [np.zeros(0, np.int64)]
             )
-            planner_logits = (ids, planner_logits_for(model, ids, planner_inputs_fn))
+            planner_logits = (ids, (plan_weights_for if plans else planner_logits_for)(model, ids, planner_inputs_fn))
         ids, logits = planner_logits
         row_of = np.full(len(corpus.sentence_article), -1, dtype=np.int64)
         row_of[np.asarray(ids, dtype=np.int64)] = np.arange(len(ids))
@@ -277,7 +297,8 @@ def perplexity(
                 rows = row_of[sids]
                 if (rows < 0).any():
                     raise PlanlmError("planner_logits do not cover every evaluated sentence")
-                kwargs["planner_logits"] = logits[torch.from_numpy(rows)].to(device)  # (N, K)
+                key = "plan_weights" if plans else "planner_logits"
+                kwargs[key] = logits[torch.from_numpy(rows)].to(device)  # (N, K) logits or (N, H, K) plan weights
             elif actions == "oracle":
                 kwargs["oracle_actions"] = batch["oracle_actions"].to(device)  # (N,)
             else:

@@ -8,6 +8,13 @@ modeling code is copied from transformers and the LM stays any ``AutoModelForCau
 ``r^l`` is computed once per SENTENCE of the batch's sentence table, ``(N, K) @ (K, d) -> W_A -> (N, H)``, then
 gathered to tokens with ``token_slot (B, T)``; fixed and uniform selection pass one ``(1, K)`` row that is broadcast
 to every token.
+
+Plans of H sentences (``horizon`` H > 1): a token reads the weights of its own sentence's action and of the H - 1
+sentences after it, ``(N, H, K)``. Offset 1 goes through E_A^l exactly as for H = 1; offset h >= 2 through its own
+action embeddings E_A^{l,h} (``offset_embeddings (H - 1, K, d_action)``), summed before the shared projection:
+``r^l = W_A^l(w_1 @ E_A^l + sum_h w_h @ E_A^{l,h})``. planlm initialises E_A^{l,h} to zero by default, so an H-plan
+model starts out as the H = 1 model and learns how much the later sentences matter (``offset_init="centroids"``
+starts them at the k-means centroids like E_A^l). Weights ``(N, K)`` condition offset 1 only.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ ATTENTION_OUTPUT_PROJECTIONS: dict[str, str] = {
     "olmo": "model.layers.{i}.self_attn.o_proj",
     "olmo2": "model.layers.{i}.self_attn.o_proj",
 }
+
+
+OFFSET_INITS = ("zeros", "centroids")
 
 
 def projection_path(model_type: str) -> str:
@@ -62,10 +72,17 @@ def projection_input_dim(module: nn.Module) -> int:
 class LayerAdapter(nn.Module):
     """E_A^l (K x d_action) and W_A^l (d_action -> hidden) of one conditioned layer, with an optional gate."""
 
-    def __init__(self, num_actions: int, action_dim: int, hidden_size: int, gate: bool, centroids=None):
+    def __init__(self, num_actions: int, action_dim: int, hidden_size: int, gate: bool, centroids=None,
+                 horizon: int = 1, offset_init: str = "zeros"):
         super().__init__()
         init = torch.randn(num_actions, action_dim) / action_dim**0.5 if centroids is None else centroids.clone()
         self.action_embeddings = nn.Parameter(init.float())  # (K, d_action), init from k-means centroids
+        # Offsets 2..H of a plan (horizon > 1 only: an H = 1 adapter's state dict is the paper's).
+        self.offset_embeddings = None
+        if horizon > 1:
+            start = init.float()[None].repeat(horizon - 1, 1, 1) if offset_init == "centroids" else \
+                torch.zeros(horizon - 1, num_actions, action_dim)
+            self.offset_embeddings = nn.Parameter(start)  # (H - 1, K, d_action)
         self.proj = nn.Linear(action_dim, hidden_size)
         nn.init.xavier_normal_(self.proj.weight)  # paper: xavier-normal weight, zero bias
         nn.init.zeros_(self.proj.bias)
@@ -73,8 +90,16 @@ class LayerAdapter(nn.Module):
         self.gate = nn.Parameter(torch.zeros(())) if gate else None
 
     def forward(self, weights: torch.Tensor) -> torch.Tensor:
-        """``weights (N, K)`` -> ``r (N, H)``: one vector per sentence (or one row for fixed / uniform)."""
-        mixed = weights.to(self.action_embeddings.dtype) @ self.action_embeddings  # (N, d_action)
+        """``weights (N, K)`` or a plan's ``(N, H, K)`` -> ``r (N, hidden)``: one vector per sentence (or one row
+        for fixed / uniform)."""
+        if weights.dim() == 3:
+            w = weights.to(self.action_embeddings.dtype)
+            mixed = w[:, 0] @ self.action_embeddings  # (N, d_action), offset 1
+            if self.offset_embeddings is not None and w.shape[1] > 1:
+                later = w[:, 1 : 1 + self.offset_embeddings.shape[0]]  # (N, H - 1, K)
+                mixed = mixed + torch.einsum("nhk,hkd->nd", later, self.offset_embeddings[: later.shape[1]])
+        else:
+            mixed = weights.to(self.action_embeddings.dtype) @ self.action_embeddings  # (N, d_action)
         r = self.proj(mixed)  # (N, H)
         return r * self.gate if self.gate is not None else r
 
@@ -96,6 +121,8 @@ class ActionAdapters(nn.Module):
         layers: Sequence[int] | None = None,
         gate: bool = False,
         centroids: torch.Tensor | None = None,
+        horizon: int = 1,
+        offset_init: str = "zeros",
     ):
         """Build adapters for an LM of the given shape.
 
@@ -108,11 +135,17 @@ class ActionAdapters(nn.Module):
             layers: conditioned layer indices (negative counts from the end); None = every layer but the first two.
             gate: multiply each layer's r by a zero-initialised trainable scalar.
             centroids: ``(K, action_dim)`` k-means centroids initialising every E_A^l.
+            horizon: H, the sentences of a plan each token reads (1 = the paper's adapters).
+            offset_init: "zeros" or "centroids": how the action embeddings of offsets 2..H start.
         """
         super().__init__()
         self.path = projection_path(model_type)
         self.model_type = model_type
         self.num_actions, self.action_dim, self.hidden_size = num_actions, action_dim, hidden_size
+        if horizon < 1 or offset_init not in OFFSET_INITS:
+            raise PlanlmError(f"horizon must be >= 1 and offset_init one of {', '.join(OFFSET_INITS)} "
+                              f"(got {horizon}, {offset_init!r})")
+        self.horizon = horizon
         layers = default_layers(num_layers) if layers is None else [l % num_layers if l < 0 else l for l in layers]
         bad = [l for l in layers if not 0 <= l < num_layers]
         if bad:
@@ -130,7 +163,8 @@ class ActionAdapters(nn.Module):
                 )
         self.layers = sorted(set(int(l) for l in layers))
         self.adapters = nn.ModuleDict(
-            {str(l): LayerAdapter(num_actions, action_dim, hidden_size, gate, centroids) for l in self.layers}
+            {str(l): LayerAdapter(num_actions, action_dim, hidden_size, gate, centroids, horizon, offset_init)
+             for l in self.layers}
         )
         self._handles: list = []
         self._weights: torch.Tensor | None = None
@@ -197,7 +231,8 @@ class ActionAdapters(nn.Module):
         """Within this block, forward passes of the attached LM are conditioned on the given actions.
 
         Args:
-            weights: ``(N, K)`` per-sentence action weights (``selection.action_weights``), or ``(1, K)``.
+            weights: ``(N, K)`` per-sentence action weights (``selection.action_weights``), ``(1, K)``, or a plan's
+                per-offset weights ``(N, H, K)`` (``selection.plan_weights``).
             token_slot: ``(B, T)`` row of ``weights`` each token carries (-1: none); None broadcasts row 0.
         """
         if token_slot is None and weights.shape[0] != 1:

@@ -5,6 +5,11 @@ selection mode turns logits and/or oracle actions into per-sentence weights ``(N
 adds ``r^l = W_A^l(weights @ E_A^l)`` (gathered to tokens by ``token_slot``) to the input of its attention output
 projection. ``fixed`` and ``uniform`` need neither planner nor sentence table.
 
+Plans (``horizon`` H > 1, or ``plan_samples`` M >= 1): the planner's plan for each table sentence (its action and
+the H - 1 after it, sampled M times or greedy) becomes per-offset weights ``(N, H, K)`` (:meth:`PlannedLM.plan`,
+:func:`planlm.models.selection.plan_weights`) that the adapters read; ``plan_weights`` passes precomputed ones (the
+evaluation computes them once per sentence). H = 1 with M = 0 is the paper's model, unchanged.
+
 Saving and loading live in :mod:`planlm.persist` (``save_planned_lm`` / ``load_planned_lm``): ``models/`` does no I/O.
 """
 
@@ -19,7 +24,10 @@ import torch.nn as nn
 
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.adapters import ActionAdapters
-from planlm.models.selection import SelectionConfig, action_weights, draw_predicted_mask, needs_planner
+from planlm.models.adapters import OFFSET_INITS
+from planlm.models.selection import (
+    SelectionConfig, action_weights, draw_predicted_mask, needs_planner, plan_weights,
+)
 
 
 @dataclass
@@ -44,6 +52,17 @@ class PlannedLMConfig(SelectionConfig):
     """Hub name or local path of the base LM, recorded by ``planlm.persist.save_planned_lm`` so that loading can rebuild it."""
     seed: int = 0
     """Seed of the generator that draws the oracle / predicted mask when the caller gives none."""
+    horizon: int = 1
+    """H, the sentences of a plan each token is conditioned on: its own and the H - 1 after it (1 = the paper's;
+    the planner's horizon)."""
+    offset_init: str = "zeros"
+    """How the action embeddings of offsets 2..H start: "zeros" (the model starts as the H = 1 model) or
+    "centroids" (like offset 1's)."""
+
+    @property
+    def plans(self) -> bool:
+        """Whether the adapters read a plan (H > 1 or sampled plans) rather than one selection of the logits."""
+        return needs_planner(self.selection) and (self.horizon > 1 or self.plan_samples > 0)
 
     def problems(self) -> list[str]:
         """Everything wrong with this config, as one-line messages (empty when it is usable)."""
@@ -56,6 +75,10 @@ class PlannedLMConfig(SelectionConfig):
             out.append(f"fixed_action {self.fixed_action} is not an action id in [0, {self.num_actions})")
         if not 0.0 <= self.p_predicted <= 1.0:
             out.append(f"p_predicted must be in [0, 1] (got {self.p_predicted})")
+        if self.horizon < 1:
+            out.append(f"horizon must be at least 1 (got {self.horizon})")
+        if self.offset_init not in OFFSET_INITS:
+            out.append(f"offset_init must be one of {', '.join(OFFSET_INITS)} (got {self.offset_init!r})")
         return out
 
 
@@ -66,7 +89,7 @@ class PlannedLMOutput:
     logits: torch.Tensor  # (B, T, V)
     loss: torch.Tensor | None = None  # next-token cross-entropy when labels are given
     planner_logits: torch.Tensor | None = None  # (N, K), when the planner ran or logits were given
-    action_weights: torch.Tensor | None = None  # (N, K) or (1, K): what the adapters were conditioned on
+    action_weights: torch.Tensor | None = None  # (N, K), (1, K) or a plan's (N, H, K): what the adapters read
     past_key_values: Any = None
 
 
@@ -94,11 +117,26 @@ class PlannedLM(nn.Module):
         self.config = config
         self.lm = lm
         self.adapters = ActionAdapters.for_lm(
-            lm, config.num_actions, config.action_dim, layers=config.layers, gate=config.gate, centroids=centroids
+            lm, config.num_actions, config.action_dim, layers=config.layers, gate=config.gate, centroids=centroids,
+            horizon=config.horizon, offset_init=config.offset_init,
         )
         self.planner = planner
         self.set_train_lm(config.train_lm)
         self._generator = torch.Generator().manual_seed(config.seed)
+        if config.plans and planner is not None and getattr(planner.config, "horizon", 1) < config.horizon:
+            raise PlanlmError(f"the adapters read plans of {config.horizon} sentences, the planner plans "
+                              f"{planner.config.horizon}; train the planner with --planner.horizon {config.horizon}")
+
+    def plan(
+        self, planner_inputs: dict[str, torch.Tensor], generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The planner's plan for N table sentences: ``(offset-1 logits (N, K), weights (N, H, K))`` by the
+        config's sampling (``plan_samples``, ``plan_temperature``, ``plan_average``; noise from ``generator`` or
+        the global RNG)."""
+        if self.planner is None:
+            raise PlanlmError("planning needs a planner; attach one (planlm train-planner)")
+        logits, weights = plan_weights(self.planner, planner_inputs, self.config, generator)
+        return logits, weights[:, : self.config.horizon]
 
     def set_train_lm(self, train_lm: bool) -> None:
         """Freeze (paper) or unfreeze the base LM's weights."""
@@ -119,6 +157,7 @@ class PlannedLM(nn.Module):
         planner_logits: torch.Tensor | None = None,
         planner_inputs: dict[str, torch.Tensor] | None = None,
         predicted_mask: torch.Tensor | None = None,
+        plan_weights: torch.Tensor | None = None,
         **lm_kwargs,
     ) -> PlannedLMOutput:
         """Run the conditioned LM.
@@ -134,6 +173,7 @@ class PlannedLM(nn.Module):
             planner_inputs: the planner's keyword inputs for the table's N sentences.
             predicted_mask: ``(N,)`` bool, True where a sentence uses the planner's action instead of the oracle one;
                 drawn with probability ``config.p_predicted`` when both are available and this is None.
+            plan_weights: ``(N, H, K)`` precomputed plan weights (:meth:`plan`); the adapters read them as they are.
             **lm_kwargs: passed to the LM (``past_key_values``, ``use_cache``, ``position_ids`` ...).
         """
         cfg = self.config
@@ -144,6 +184,12 @@ class PlannedLM(nn.Module):
         if not needs_planner(cfg.selection):
             weights = action_weights(cfg.selection, K, fixed_action=cfg.fixed_action, device=input_ids.device)
             token_slot = None  # one vector per layer for every token: no planner, no per-sentence work
+        elif plan_weights is not None or (cfg.plans and planner_inputs is not None and planner_logits is None):
+            if token_slot is None:
+                raise PlanlmError(f"selection {cfg.selection!r} needs token_slot (which sentence each token carries)")
+            if plan_weights is None:
+                planner_logits, plan_weights = self.plan(planner_inputs, self._generator)
+            weights = plan_weights  # (N, H, K)
         else:
             if token_slot is None:
                 raise PlanlmError(f"selection {cfg.selection!r} needs token_slot (which sentence each token carries)")

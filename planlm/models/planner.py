@@ -19,6 +19,17 @@ d != d_enc the centroids are mapped into model space by the freshly initialised 
 (``W_head = C @ W_in^T``, no bias), so that a pooled state built from an embedding e scores action a by roughly
 the same projected geometry as <e, c_a>. The head bias starts at zero.
 
+Multi-sentence plans (``horizon`` H > 1; the paper's limitation 7.2, after Mai, Cornille, Moens 2024): the planner
+also predicts the actions of the H - 1 sentences after the target, by an autoregressive rollout over its own
+predictions. Offset 1 is the target itself (exactly the H = 1 planner); offset h reads the target's real context
+followed by the actions of offsets 1..h-1 as extra context slots, each embedded by ``plan_embeddings`` (K x d_enc,
+initialised to the k-means centroids, i.e. to the mean embedding of the sentences of that action, so a planned
+sentence starts out looking like a real one) at the next sinusoidal positions, through the same input projection,
+encoder and policy head. NAP trains every offset on the oracle actions (teacher forcing, one batched call for all
+offsets: :meth:`Planner.teacher_forced_logits`); sampling runs the H offsets as H batched calls over all sentences x
+samples (:meth:`Planner.sample_plans`). The plan slots come on top of the context's token budget. Paper context only
+(the causal mode's one pass per article cannot append per-target slots).
+
 Imports torch only (STYLE.md rule 1).
 """
 
@@ -60,6 +71,10 @@ class PlannerConfig:
     context_sentences: int | None = None
     """paper context: the last this many sentences instead of a token budget (used when no LM tokenizer is given)."""
 
+    horizon: int = 1
+    """H, the sentences planned ahead: 1 = the paper's next-action planner; H > 1 adds offsets 2..H by an
+    autoregressive rollout over the planner's own (sampled, or in NAP training oracle) actions."""
+
     @property
     def width(self) -> int:
         return int(self.d_model or self.encoder_dim)
@@ -83,6 +98,10 @@ class PlannerConfig:
             out.append(f"context_tokens must be positive (got {self.context_tokens})")
         if self.context_sentences is not None and self.context_sentences < 1:
             out.append(f"context_sentences must be positive or None (got {self.context_sentences})")
+        if self.horizon < 1:
+            out.append(f"horizon must be at least 1 (got {self.horizon})")
+        elif self.horizon > 1 and self.context != "paper":
+            out.append(f"horizon {self.horizon} > 1 needs context=paper (the causal pass cannot append plan slots)")
         return out
 
 
@@ -114,6 +133,9 @@ class Planner(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=config.n_layers, enable_nested_tensor=False)
         self.start = nn.Parameter(torch.randn(d) * 0.02)  # stands in for an empty context (first sentence)
         self.policy_head = nn.Linear(d, k)
+        # Offsets 2..H read the actions planned before them through these (only H > 1 has them, so an H = 1
+        # planner's state dict is the paper's).
+        self.plan_embeddings = nn.Parameter(torch.randn(k, d_enc) / d_enc**0.5) if config.horizon > 1 else None
         if centroids is not None:
             self.init_policy_head(centroids)
 
@@ -127,6 +149,8 @@ class Planner(nn.Module):
         weight = centroids if self.config.width == d_enc else centroids @ self.input_proj.weight.T  # (K, d)
         self.policy_head.weight.copy_(weight)
         self.policy_head.bias.zero_()
+        if self.plan_embeddings is not None:
+            self.plan_embeddings.copy_(centroids)
 
     def forward(
         self,
@@ -202,3 +226,86 @@ class Planner(nn.Module):
         # Padding sits after every real sentence, so the causal mask alone keeps it out of real outputs.
         h = self.encoder(x, mask=causal, is_causal=True)  # (A, S, d)
         return h.reshape(a * s, -1)[target_index]  # (N, d)
+
+    # ---- multi-sentence plans (horizon H > 1) -----------------------------------------------------------------------
+    def rollout_logits(
+        self,
+        planner_inputs: dict[str, torch.Tensor],
+        rows: torch.Tensor,
+        plan_actions: torch.Tensor,
+        plan_length: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits ``(R, K)`` of the next action after a target's context extended by planned actions.
+
+        Args:
+            planner_inputs: paper-context inputs of N targets (``context_embeddings (N, C, d_enc)``,
+                ``context_mask (N, C)``).
+            rows: ``(R,)`` which target each output row extends.
+            plan_actions: ``(R, P)`` actions appended after the row's real context, in order.
+            plan_length: ``(R,)`` how many of them row r appends (0 = the target's own offset-1 prediction).
+        """
+        ctx = planner_inputs["context_embeddings"][rows]  # (R, C, d_enc), real sentences first, then padding
+        mask = planner_inputs["context_mask"][rows].bool()  # (R, C)
+        r, c, d_enc = ctx.shape
+        p = plan_actions.shape[1]
+        if p == 0:
+            return self.policy_head(self._paper_states(ctx, mask))
+        length = mask.sum(1)  # (R,) real context sentences
+        slot = torch.arange(p, device=ctx.device)  # (P,)
+        used = slot[None] < plan_length[:, None]  # (R, P)
+        emb = self.plan_embeddings[plan_actions] * used[..., None].to(ctx.dtype)  # (R, P, d_enc)
+        # Plan slot t goes right after the real context, at position length + t: padding slots only are written.
+        where = (length[:, None] + slot[None])[..., None].expand(r, p, d_enc)  # (R, P, d_enc)
+        ext = torch.cat([ctx, ctx.new_zeros(r, p, d_enc)], 1).scatter(1, where, emb.to(ctx.dtype))  # (R, C + P, d_enc)
+        ext_mask = torch.arange(c + p, device=ctx.device)[None] < (length + plan_length)[:, None]  # (R, C + P)
+        return self.policy_head(self._paper_states(ext, ext_mask))
+
+    def teacher_forced_logits(self, planner_inputs: dict[str, torch.Tensor], future: torch.Tensor) -> torch.Tensor:
+        """NAP logits ``(N, H, K)`` of offsets 1..H, offset h reading the oracle actions of offsets 1..h-1.
+
+        ``future (N, H)`` holds the oracle actions of the target and the H - 1 sentences after it (negative past the
+        article's end; such slots are never read by a valid offset). One encoder call for all N x H rows.
+        """
+        n, h = future.shape
+        rows = torch.arange(n, device=future.device).repeat_interleave(h)  # (N * H,)
+        length = torch.arange(h, device=future.device).repeat(n)  # (N * H,) offset - 1
+        actions = future[:, : h - 1].clamp_min(0).repeat_interleave(h, dim=0)  # (N * H, H - 1)
+        return self.rollout_logits(planner_inputs, rows, actions, length).view(n, h, -1)
+
+    def sample_plans(
+        self,
+        planner_inputs: dict[str, torch.Tensor],
+        samples: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample ``samples`` plans of H actions per target by the autoregressive rollout.
+
+        Offset 1's logits are shared by every sample (same context): one call over N rows; each later offset is one
+        call over all N x M rows. ``temperature`` 0 takes the argmax (a greedy plan).
+
+        Returns:
+            ``actions (N, M, H)`` and ``logits (N, M, H, K)``, offset h's logits given the sample's offsets < h.
+        """
+        first = self(**planner_inputs)  # (N, K)
+        n, k = first.shape
+        m, horizon = samples, self.config.horizon
+        rows = torch.arange(n, device=first.device).repeat_interleave(m)  # (N * M,)
+        logits = [first.repeat_interleave(m, dim=0)]  # [(N * M, K)]
+        actions = [sample_actions(logits[0], temperature, generator)]  # [(N * M,)]
+        for h in range(1, horizon):
+            plan = torch.stack(actions, 1)  # (N * M, h)
+            logits.append(self.rollout_logits(planner_inputs, rows, plan, torch.full_like(rows, h)))
+            actions.append(sample_actions(logits[-1], temperature, generator))
+        return torch.stack(actions, 1).view(n, m, horizon), torch.stack(logits, 1).view(n, m, horizon, k)
+
+
+def sample_actions(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One action per row of ``logits (R, K)`` from softmax(logits / temperature) by the Gumbel-max trick (argmax at
+    temperature 0). The uniform noise comes from ``generator`` (on its own device, then moved) or the global RNG."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    device = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, generator=generator, device=device).to(logits.device)  # (R, K)
+    gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+    return (logits.detach().float() / temperature + gumbel).argmax(-1)

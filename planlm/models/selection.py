@@ -11,6 +11,21 @@ adapter computes ``r = W_A(weights @ E_A)`` once per sentence and never a K x d 
 
 For the planner modes, a sentence uses its predicted action where ``predicted_mask`` is True and its oracle action
 elsewhere (oracle actions = "OA", predicted = "PA", a random mask with probability p = scheduled sampling).
+
+Sampled-plan conditioning (``plan_samples`` M >= 1; Mai, Cornille, Moens 2024): M plans of H actions are sampled
+from the planner (:meth:`planlm.models.planner.Planner.sample_plans`, at ``plan_temperature``) and the adapters read,
+per sentence and offset, the average over the M plans (:func:`sampled_plan_weights`), weights ``(N, H, K)``:
+
+- ``plan_average="samples"`` (default): the empirical distribution of the sampled actions, (1/M) sum_m
+  onehot(a_m,h), a Monte-Carlo estimate of the marginal of the plan at offset h. At offset 1 it tends to
+  softmax(logits / plan_temperature), the soft weights, as M grows; M = 1 at temperature 0 is hard selection. For
+  soft and straight-through its gradient is the straight-through one: it flows through the average of the per-step
+  distributions softmax(logits_m,h / temperature); hard sends none.
+- ``plan_average="probs"``: the average of those per-step distributions themselves (a Rao-Blackwellised estimate:
+  exact at offset 1 for any M, lower variance at later offsets, exact gradient given the sampled prefixes).
+
+``plan_samples=0`` (default) samples nothing: H = 1 is the selection above, unchanged; H > 1 follows the greedy plan
+(the argmax at every offset) and passes each offset's logits through the selection.
 """
 
 from __future__ import annotations
@@ -25,6 +40,8 @@ from planlm.errors import PlanlmError
 
 Selection = Literal["fixed", "uniform", "hard", "straight-through", "soft"]
 SELECTIONS: tuple[str, ...] = get_args(Selection)
+PlanAverage = Literal["samples", "probs"]
+PLAN_AVERAGES: tuple[str, ...] = get_args(PlanAverage)
 
 
 def needs_planner(selection: str) -> bool:
@@ -44,6 +61,14 @@ class SelectionConfig:
     """Softmax temperature of soft selection (and of straight-through's backward pass)."""
     fixed_action: int = 0
     """The action id of ``fixed`` selection."""
+    plan_samples: int = 0
+    """M, plans sampled from the planner per sentence, averaged into the weights the adapters read (0 = no sampling:
+    the selection of the planner's logits, the paper's; with a planner horizon H > 1, its greedy plan)."""
+    plan_temperature: float = 1.0
+    """Temperature of plan sampling (0 = argmax: M = 1 is then hard selection)."""
+    plan_average: PlanAverage = "samples"
+    """What the M plans average: "samples" (their sampled actions, one-hot) or "probs" (the planner's per-step
+    distributions along each sampled plan)."""
 
     def selection_fields(self) -> dict:
         """This config's selection fields alone, to build another config that extends :class:`SelectionConfig`."""
@@ -55,6 +80,14 @@ class SelectionConfig:
             out.append(f"{prefix}selection must be one of {', '.join(SELECTIONS)} (got {self.selection!r})")
         if self.temperature <= 0:
             out.append(f"{prefix}temperature must be positive (got {self.temperature})")
+        if self.plan_samples < 0:
+            out.append(f"{prefix}plan_samples must be >= 0 (got {self.plan_samples})")
+        if self.plan_temperature < 0:
+            out.append(f"{prefix}plan_temperature must be >= 0 (got {self.plan_temperature})")
+        if self.plan_average not in PLAN_AVERAGES:
+            out.append(f"{prefix}plan_average must be one of {', '.join(PLAN_AVERAGES)} (got {self.plan_average!r})")
+        if self.plan_samples > 0 and not needs_planner(self.selection):
+            out.append(f"{prefix}plan_samples samples the planner: selection {self.selection!r} has none")
         return out
 
 
@@ -173,3 +206,52 @@ def action_weights(
     if oracle is None or predicted_mask is None:
         return predicted
     return torch.where(predicted_mask.to(predicted.device)[:, None], predicted, oracle)
+
+
+def sampled_plan_weights(
+    selection: str,
+    actions: torch.Tensor,
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    average: str = "samples",
+) -> torch.Tensor:
+    """Per-offset weights ``(N, H, K)`` averaged over M sampled plans (module docstring).
+
+    Args:
+        selection: hard (no gradient), straight-through or soft.
+        actions: ``(N, M, H)`` the sampled plans.
+        logits: ``(N, M, H, K)`` the planner's logits at each offset of each plan.
+        temperature: softmax temperature of the per-step distributions (the selection's).
+        average: "samples" (one-hot actions) or "probs" (per-step distributions).
+    """
+    probs = torch.softmax(logits / temperature, dim=-1).mean(1)  # (N, H, K)
+    if average == "probs":
+        return probs.detach() if selection == "hard" else probs
+    counts = F.one_hot(actions, logits.shape[-1]).to(probs.dtype).mean(1)  # (N, H, K)
+    if selection == "hard":
+        return counts
+    return counts + (probs - probs.detach())  # forward: the sample average; backward: through the distributions
+
+
+def greedy_plan_weights(selection: str, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-offset weights ``(N, H, K)`` of a greedy plan's logits ``(N, H, K)`` through the selection."""
+    n, h, k = logits.shape
+    return predicted_weights(selection, logits.reshape(n * h, k), temperature).view(n, h, k)
+
+
+def plan_weights(
+    planner, planner_inputs: dict[str, torch.Tensor], config: SelectionConfig, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan a planner of horizon H gives N target sentences: ``(offset-1 logits (N, K), weights (N, H, K))``.
+
+    ``config.plan_samples`` M >= 1: M plans sampled at ``plan_temperature`` (noise from ``generator``, or the global
+    RNG), averaged by :func:`sampled_plan_weights`; 0: the greedy plan through the selection
+    (:func:`greedy_plan_weights`). Every offset of every sample is batched: H planner calls in all.
+    """
+    if config.plan_samples == 0:
+        _, logits = planner.sample_plans(planner_inputs, 1, 0.0)  # (N, 1, H, K)
+        logits = logits[:, 0]  # (N, H, K)
+        return logits[:, 0], greedy_plan_weights(config.selection, logits, config.temperature)
+    actions, logits = planner.sample_plans(planner_inputs, config.plan_samples, config.plan_temperature, generator)
+    weights = sampled_plan_weights(config.selection, actions, logits, config.temperature, config.plan_average)
+    return logits[:, 0, 0], weights

@@ -45,6 +45,9 @@ class AdapterConfig:
     """Conditioned layers; None = every layer but the first two (paper)."""
     gate: bool = False
     """Zero-initialised gate on every adapter, so training starts from the exact base LM (a departure)."""
+    offset_init: str = "zeros"
+    """Plans of H > 1 sentences (a planner trained with --planner.horizon H): how the action embeddings of offsets
+    2..H start, "zeros" (the model starts as the H = 1 model) or "centroids"."""
 
 
 @dataclass
@@ -103,6 +106,8 @@ def build_planned_lm(cfg: FinetuneConfig, corpus, lm_model, planner):
         train_lm=r.train_lm,
         base_lm=str(Path(cfg.lm).resolve()) if Path(cfg.lm).exists() else str(cfg.lm),  # loadable from any cwd
         seed=cfg.seed,
+        horizon=getattr(getattr(planner, "config", None), "horizon", 1),  # the adapters read the planner's plan
+        offset_init=cfg.adapters.offset_init,
     )
     return PlannedLM(lm_model, pcfg, centroids=torch.from_numpy(corpus.centroids), planner=planner)
 
@@ -130,6 +135,9 @@ def initial_planned_lm(cfg: FinetuneConfig, corpus, fresh_planner=None):
         planner = load_planner(cfg.planner)
         check_planner_fits(planner, corpus, cfg.planner)
         check_planner_inputs(cfg, corpus)
+        if planner.config.horizon > 1 and cfg.recipe.actions != "predicted":
+            raise PlanlmError(f"{cfg.planner} plans {planner.config.horizon} sentences: train on its plans with "
+                              "--recipe.actions predicted (oracle plans are not built)")
     if cfg.myopic:
         from planlm.models.myopic import make_myopic
 

@@ -117,6 +117,8 @@ class RecipeConfig(SelectionConfig):
             )
         if not needs_planner(self.selection) and self.actions != "predicted":
             out.append(f"recipe.actions={self.actions!r} means nothing for selection {self.selection!r}: leave it predicted")
+        if self.plan_samples > 0 and self.actions != "predicted":
+            out.append("recipe.plan_samples conditions on sampled plans: use recipe.actions=predicted")
         if self.selection in ("soft", "straight-through") and self.actions == "oracle":
             out.append("oracle training actions are one-hot: use selection=hard with actions=oracle (Cornille OA)")
         return out
@@ -229,7 +231,10 @@ class PlannedLMModule(L.LightningModule):
                 kwargs["oracle_actions"] = oracle
             else:
                 with torch.set_grad_enabled(train and self.planner_trainable):
-                    logits = self.model.planner(**batch["planner_inputs"])  # (N, K), once for the whole batch
+                    if self.model.config.plans:  # H-sentence / sampled plans: (N, K) and weights (N, H, K)
+                        logits, kwargs["plan_weights"] = self.model.plan(batch["planner_inputs"])
+                    else:
+                        logits = self.model.planner(**batch["planner_inputs"])  # (N, K), once for the whole batch
                 kwargs["planner_logits"] = logits
                 if train and r.actions != "predicted":
                     kwargs["oracle_actions"] = oracle

@@ -4,6 +4,10 @@ NAP: cross-entropy between the planner's logits for sentence j (read from the se
 action. Paper defaults: Adam, lr 1e-4, weight decay 1e-4, batch 32 target sentences, one epoch. The same run scores
 a unigram and a bigram baseline on the same validation sentences, so every number comes with its reference point;
 the metrics and baselines live in :mod:`planlm.eval.nap`.
+
+A planner of horizon H > 1 (``--planner.horizon H``) trains on every offset 1..H at once, offset h reading the oracle
+actions of offsets 1..h-1 (teacher forcing); the loss is the mean cross-entropy over every scored (target, offset),
+and validation reports each offset on its own ("planner" = offset 1, "planner offset h").
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_manife
 from planlm.data.planner_inputs import PlannerInputs, needs_token_counts
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.eval.nap import TOP_K, baseline_metrics, evaluate_nap, format_table, topk_hits
+from planlm.eval.nap import (
+    TOP_K, baseline_metrics, evaluate_nap, format_table, next_actions, offset_metrics, offset_name, offset_sums,
+)
 from planlm.models.planner import PlannerConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
@@ -30,18 +36,22 @@ STAGE = "train-planner"
 class NAPCollate:
     """Batch of global target sentence ids -> ``{"planner_inputs": {...}, "oracle_actions": (N,)}``."""
 
-    def __init__(self, builder, actions: np.ndarray):
+    def __init__(self, builder, actions: np.ndarray, corpus: PreparedCorpus | None = None, horizon: int = 1):
         self.builder = builder
         self.actions = actions
+        self.corpus, self.horizon = corpus, horizon
 
     def __call__(self, sentence_ids: list[int]) -> dict:
         import torch
 
         ids = np.asarray(sentence_ids, dtype=np.int64)
-        return {
+        batch = {
             "planner_inputs": self.builder(ids),
             "oracle_actions": torch.from_numpy(self.actions[ids].astype(np.int64)),
         }
+        if self.horizon > 1:  # the plan's oracle actions, offsets 1..H (-100 past the article's end)
+            batch["future_actions"] = torch.from_numpy(next_actions(self.corpus, ids, self.horizon))
+        return batch
 
 
 class ArticleBatches:
@@ -75,6 +85,7 @@ class ArticleBatches:
 
 
 def _nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dict]):
+    horizon = planner.config.horizon
     import lightning as L
     import torch
     import torch.nn.functional as F
@@ -88,35 +99,36 @@ def _nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, di
             self._val = None
             self.validated_at_step = -1
 
+        def plan_logits(self, batch):
+            """``(logits (N, H, K), targets (N, H))``: offset 1 alone for H = 1, teacher-forced offsets 1..H else."""
+            if horizon == 1:
+                return self.planner(**batch["planner_inputs"])[:, None], batch["oracle_actions"][:, None]
+            future = batch["future_actions"]  # (N, H)
+            return self.planner.teacher_forced_logits(batch["planner_inputs"], future), future
+
         def training_step(self, batch, batch_idx):
-            logits = self.planner(**batch["planner_inputs"])  # (N, K)
-            loss = F.cross_entropy(logits, batch["oracle_actions"])
+            if horizon == 1:
+                logits = self.planner(**batch["planner_inputs"])  # (N, K)
+                loss = F.cross_entropy(logits, batch["oracle_actions"])
+            else:
+                logits, future = self.plan_logits(batch)  # (N, H, K), (N, H)
+                loss = F.cross_entropy(logits.flatten(0, 1), future.flatten(), ignore_index=-100)
             self.log("train/loss", loss, prog_bar=True, batch_size=len(logits))
             return loss
 
         def on_validation_epoch_start(self):
-            self._val = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss sum, top1, top5, count
+            # per offset: loss sum, top1, top5, count
+            self._val = torch.zeros(horizon, 4, dtype=torch.float64, device=self.device)
 
         def validation_step(self, batch, batch_idx):
-            logits = self.planner(**batch["planner_inputs"])  # (N, K)
-            target = batch["oracle_actions"]
-            top1, topk = topk_hits(logits, target, TOP_K)  # (N,), (N,)
-            self._val += torch.stack([
-                F.cross_entropy(logits, target, reduction="sum").double(),
-                top1.sum().double(),
-                topk.sum().double(),
-                torch.tensor(float(len(target)), dtype=torch.float64, device=self.device),
-            ])
+            self._val += offset_sums(*self.plan_logits(batch), TOP_K)
 
         def on_validation_epoch_end(self):
             total = self.all_gather(self._val)
-            total = total.reshape(-1, 4).sum(0) if total.dim() > 1 else total
-            n = total[3].clamp_min(1)
-            loss = total[0] / n
-            self.log_dict({
-                "val/loss": loss.float(), "val/top1": (total[1] / n).float(),
-                f"val/top{TOP_K}": (total[2] / n).float(), "val/perplexity": loss.exp().float(),
-            }, prog_bar=True)
+            total = total.reshape(-1, horizon, 4).sum(0) if total.dim() > 2 else total  # (H, 4)
+            for h, m in enumerate(offset_metrics(total.cpu(), TOP_K), start=1):
+                prefix = "val/" if h == 1 else f"val/offset{h}_"
+                self.log_dict({f"{prefix}{k}": float(v) for k, v in m.items() if k != "targets"}, prog_bar=h == 1)
             # The baselines are constants, logged next to the planner so one log file holds the comparison.
             self.log_dict({f"val/{name}_{m}": float(v) for name, ms in baselines.items() for m, v in ms.items()})
             self.validated_at_step = self.global_step
@@ -171,6 +183,8 @@ def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
                         "--lm for the base LM with the fresh adapters finetune starts from")
     elif cfg.objective == "ntp" and cfg.planned_lm and not Path(cfg.planned_lm).is_dir():
         problems.append(f"--planned_lm {cfg.planned_lm} does not exist; build one with `planlm finetune`")
+    if cfg.objective == "ntp" and planner.horizon > 1:
+        problems.append("objective ntp trains a next-sentence planner: use --planner.horizon 1 (NAP trains plans)")
     resolved = dataclasses.replace(planner, num_actions=planner.num_actions or 1, encoder_dim=planner.encoder_dim or 2)
     problems += [f"planner: {p}" for p in resolved.problems()]
     if planner.num_actions and corpus_k and planner.num_actions != corpus_k:
@@ -301,7 +315,7 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
 
     o, seed = cfg.optim, cfg.seed
     run = _setup(cfg, load_tokenizer(cfg.lm) if needs_token_counts(cfg.planner) else None)
-    collate = NAPCollate(run.builder, run.corpus.actions)
+    collate = NAPCollate(run.builder, run.corpus.actions, run.corpus, run.planner.config.horizon)
     gen = torch.Generator().manual_seed(seed)
     if run.planner.config.context == "causal":
         every_sentence = range(len(run.corpus.actions))  # the samplers yield global sentence ids
@@ -324,10 +338,12 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         if module.validated_at_step != trainer.global_step:  # max_steps stopped it before the epoch's validation
             trainer.validate(module, val_loader, verbose=False)
         got = trainer.callback_metrics
+        names = ("loss", "top1", f"top{TOP_K}", "perplexity")
         metrics = {
-            "planner": {m: float(got[f"val/{m}"]) for m in ("loss", "top1", f"top{TOP_K}", "perplexity")},
-            **run.baselines,
+            offset_name(h): {m: float(got[f"val/{m}" if h == 1 else f"val/offset{h}_{m}"]) for m in names}
+            for h in range(1, run.planner.config.horizon + 1)
         }
+        metrics.update(run.baselines)
         if trainer.is_global_zero:
             _save(tmp, run, cfg, fingerprint, metrics, {"steps": trainer.global_step, "seconds": round(seconds, 2)},
                   context_tokenizer=cfg.lm)
