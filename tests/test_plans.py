@@ -29,10 +29,10 @@ def corpus(tmp_path_factory):
     return synthetic_prepared(tmp_path_factory.mktemp("plans") / "prep")
 
 
-def make_planner(corpus, horizon: int, seed: int = 0) -> Planner:
+def make_planner(corpus, horizon: int, seed: int = 0, rollout: str = "context") -> Planner:
     torch.manual_seed(seed)
     cfg = PlannerConfig(num_actions=corpus.num_actions, encoder_dim=corpus.embedding_dim, d_model=16, n_heads=2,
-                        ff=32, context="paper", context_tokens=32, horizon=horizon)
+                        ff=32, context="paper", context_tokens=32, horizon=horizon, rollout=rollout)
     return Planner(cfg, centroids=torch.from_numpy(corpus.centroids)).eval()
 
 
@@ -47,14 +47,17 @@ def make_model(corpus, horizon=1, seed=0, **cfg) -> PlannedLM:
 
 
 # ---- the planner's rollout -------------------------------------------------------------------------------------------
-def test_horizon_one_is_the_paper_planner_and_offset_one_ignores_the_rollout(corpus):
+@pytest.mark.parametrize("rollout", ["context", "decoder"])
+def test_horizon_one_is_the_paper_planner_and_offset_one_ignores_the_rollout(corpus, rollout):
     inputs = corpus_batch(corpus)["planner_inputs"]
-    one, three = make_planner(corpus, 1), make_planner(corpus, 3)
+    one, three = make_planner(corpus, 1), make_planner(corpus, 3, rollout=rollout)
     assert "plan_embeddings" not in one.state_dict() and three.state_dict()["plan_embeddings"].shape == (8, 16)
     # the plan slots start as the centroids: a planned sentence looks like the mean sentence of its action
     assert torch.equal(three.plan_embeddings, torch.from_numpy(corpus.centroids))
     missing, unexpected = three.load_state_dict(one.state_dict(), strict=False)
-    assert missing == ["plan_embeddings"] and not unexpected
+    assert missing[0] == "plan_embeddings" and not unexpected
+    assert (len(missing) > 1) == (rollout == "decoder")
+    assert all(k.startswith(("plan_decoder.", "offset_queries")) for k in missing[1:])
     with torch.no_grad():
         future = torch.from_numpy(next_actions(corpus, corpus_batch(corpus)["sentence_ids"].numpy(), 3))
         forced = three.teacher_forced_logits(inputs, future)  # (N, 3, K)
@@ -67,8 +70,9 @@ def test_horizon_one_is_the_paper_planner_and_offset_one_ignores_the_rollout(cor
         torch.testing.assert_close(three.teacher_forced_logits(inputs, other)[:, 0], forced[:, 0], rtol=0, atol=1e-6)
 
 
-def test_batched_rollout_is_each_plan_rolled_out_alone(corpus):
-    planner = make_planner(corpus, 3)
+@pytest.mark.parametrize("rollout", ["context", "decoder"])
+def test_batched_rollout_is_each_plan_rolled_out_alone(corpus, rollout):
+    planner = make_planner(corpus, 3, rollout=rollout)
     inputs = corpus_batch(corpus)["planner_inputs"]
     with torch.no_grad():
         actions, logits = planner.sample_plans(inputs, 4, 1.0, torch.Generator().manual_seed(0))  # (N, 4, 3), (N, 4, 3, K)
@@ -99,10 +103,11 @@ def test_next_actions_stop_at_the_article_end(corpus):
 
 
 # ---- NAP on every offset -----------------------------------------------------------------------------------------
-def test_nap_trains_every_offset_and_reports_each(tmp_path):
+@pytest.mark.parametrize("rollout", ["context", "decoder"])
+def test_nap_trains_every_offset_and_reports_each(tmp_path, rollout):
     patterned = patterned_prepared(tmp_path / "patterned")  # a_j = a_{j-1} + 1 mod 6: every offset is learnable
     out = tmp_path / "planner"
-    cfg = PlannerConfig(ff=32, context_sentences=2, horizon=3)
+    cfg = PlannerConfig(ff=32, context_sentences=2, horizon=3, rollout=rollout)
     metrics = train_planner(patterned, out, cfg)
     assert list(metrics)[:3] == [offset_name(1), offset_name(2), offset_name(3)] == \
         ["planner", "planner offset 2", "planner offset 3"]
@@ -265,6 +270,9 @@ def test_finetune_evaluate_with_sampled_plans(stage_env):
                  "--ppl.max_tokens", "150", "--ppl.batch_size", "16"]) == 0
     metrics = json.loads((ev / "metrics.json").read_text())
     assert np.isfinite(metrics["ppl"]) and metrics["planner"]["top1"] >= 0
+    offsets = metrics["planner_offsets"]  # NAP per offset, teacher-forced; offset 1 is the planner's accuracy
+    assert len(offsets) == 2 and offsets[0]["top1"] == pytest.approx(metrics["planner"]["top1"])
+    assert "planner offset 2 top-1" in (ev / "metrics.md").read_text()
     # reproducible: the plans of an evaluation are drawn from a seeded generator
     ev2 = env["root"] / "ev2"
     assert main(["evaluate", "--run", str(out), "--out", str(ev2), "--ppl.context_length", "24",

@@ -154,6 +154,8 @@ def metrics_markdown(m: dict) -> str:
         p = m["planner"]
         lines.append(f"| planner top-1 / top-5 vs oracle | {_fmt(p['top1'])} / {_fmt(p['top5'])} ({p['sentences']} "
                      "sentences) |")
+    for h, o in enumerate(m.get("planner_offsets", [])[1:], start=2):
+        lines.append(f"| planner offset {h} top-1 / top-5 (teacher-forced) | {_fmt(o['top1'])} / {_fmt(o['top5'])} |")
     lines += ["", "## Perplexity", "", "| protocol | actions | PPL | tokens | articles |", "|---|---|---|---|---|"]
     for protocol, by_actions in m["perplexity"].items():
         for actions, r in by_actions.items():
@@ -273,9 +275,8 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     sentence_ids = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in article_ids] or [[]])
     sentence_ids = sentence_ids.astype(np.int64)
     if not constant and model.planner is not None and len(sentence_ids):
-        logits = planner_logits_for(
-            model, sentence_ids, PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tokenizer)
-        )
+        builder = PlannerInputs.from_config(corpus, model.planner.config, tokenizer=tokenizer)
+        logits = planner_logits_for(model, sentence_ids, builder)
         shared = (sentence_ids, logits)
         oracle = torch.from_numpy(corpus.actions[sentence_ids].astype(np.int64))
         top1, top5 = topk_hits(logits, oracle, 5)  # (N,), (N,)
@@ -285,6 +286,10 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
             "sentences": int(len(sentence_ids)),
         }
         metrics["planner_top1"], metrics["planner_top5"] = metrics["planner"]["top1"], metrics["planner"]["top5"]
+        if model.planner.config.horizon > 1:  # a plan's every offset, teacher-forced (planlm.eval.nap)
+            from planlm.eval.nap import evaluate_offsets
+
+            metrics["planner_offsets"] = evaluate_offsets(model.planner, builder, corpus, sentence_ids)
 
     action_sources = ["predicted"] if constant else list(dict.fromkeys(ppl.actions))
     results = {}

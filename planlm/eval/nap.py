@@ -143,6 +143,25 @@ def evaluate_nap(planner, builder, sentence_ids: np.ndarray, actions: np.ndarray
     return metrics
 
 
+@torch.no_grad()
+def evaluate_offsets(planner, builder, corpus: PreparedCorpus, sentence_ids: np.ndarray, batch_size: int = 512
+                     ) -> list[dict[str, float]]:
+    """NAP metrics of every offset 1..H of a plan-trained planner on ``sentence_ids`` (teacher forcing on the oracle
+    actions, as in training), one dict per offset (:func:`offset_metrics`)."""
+    was_training = planner.training
+    planner.eval()
+    device = next(planner.parameters()).device
+    horizon = planner.config.horizon
+    sums = torch.zeros(horizon, 4, dtype=torch.float64)
+    for b in range(0, len(sentence_ids), batch_size):
+        ids = sentence_ids[b:b + batch_size]
+        inputs = {k: v.to(device) for k, v in builder(ids).items()}
+        future = torch.from_numpy(next_actions(corpus, ids, horizon)).to(device)  # (n, H)
+        sums += offset_sums(planner.teacher_forced_logits(inputs, future), future).cpu()
+    planner.train(was_training)
+    return offset_metrics(sums)
+
+
 def format_table(metrics: dict[str, dict]) -> str:
     """A small markdown table: one row per model, columns loss / top-1 / top-5 / perplexity."""
     top = f"top{TOP_K}"

@@ -27,8 +27,17 @@ initialised to the k-means centroids, i.e. to the mean embedding of the sentence
 sentence starts out looking like a real one) at the next sinusoidal positions, through the same input projection,
 encoder and policy head. NAP trains every offset on the oracle actions (teacher forcing, one batched call for all
 offsets: :meth:`Planner.teacher_forced_logits`); sampling runs the H offsets as H batched calls over all sentences x
-samples (:meth:`Planner.sample_plans`). The plan slots come on top of the context's token budget. Paper context only
-(the causal mode's one pass per article cannot append per-target slots).
+samples (:meth:`Planner.sample_plans`), computing each distinct (target, plan prefix) once. How offset h >= 2 reads
+the plan (``rollout``):
+
+- ``context`` (default): the plan slots extend the target's real context and the whole encoder runs again over
+  context + slots (the paper planner reading planned sentences like real ones; cost ~ (C + h) per row and offset).
+- ``decoder`` (faster): one ``TransformerDecoderLayer`` whose learned query for offset h attends to the target's
+  pooled offset-1 state followed by the embedded actions of offsets 1..h-1 (cost ~ 1 query per row and offset,
+  independent of the context length).
+
+The plan slots come on top of the context's token budget. Paper context only (the causal mode's one pass per article
+cannot append per-target slots).
 
 Imports torch only (STYLE.md rule 1).
 """
@@ -43,6 +52,7 @@ import torch
 from torch import nn
 
 CONTEXT_MODES = ("paper", "causal")
+ROLLOUTS = ("context", "decoder")
 
 
 @dataclass
@@ -74,6 +84,9 @@ class PlannerConfig:
     horizon: int = 1
     """H, the sentences planned ahead: 1 = the paper's next-action planner; H > 1 adds offsets 2..H by an
     autoregressive rollout over the planner's own (sampled, or in NAP training oracle) actions."""
+    rollout: Literal["context", "decoder"] = "context"
+    """H > 1: how offset h reads the planned actions before it: "context" (appended to the real context, the whole
+    encoder re-run) or "decoder" (a small decoder layer over the pooled state and the plan: faster)."""
 
     @property
     def width(self) -> int:
@@ -100,6 +113,8 @@ class PlannerConfig:
             out.append(f"context_sentences must be positive or None (got {self.context_sentences})")
         if self.horizon < 1:
             out.append(f"horizon must be at least 1 (got {self.horizon})")
+        elif self.rollout not in ROLLOUTS:
+            out.append(f"rollout must be one of {', '.join(ROLLOUTS)} (got {self.rollout!r})")
         elif self.horizon > 1 and self.context != "paper":
             out.append(f"horizon {self.horizon} > 1 needs context=paper (the causal pass cannot append plan slots)")
         return out
@@ -136,6 +151,12 @@ class Planner(nn.Module):
         # Offsets 2..H read the actions planned before them through these (only H > 1 has them, so an H = 1
         # planner's state dict is the paper's).
         self.plan_embeddings = nn.Parameter(torch.randn(k, d_enc) / d_enc**0.5) if config.horizon > 1 else None
+        self.plan_decoder = self.offset_queries = None
+        if config.horizon > 1 and config.rollout == "decoder":
+            self.plan_decoder = nn.TransformerDecoderLayer(
+                d_model=d, nhead=config.n_heads, dim_feedforward=config.ff, dropout=config.dropout, batch_first=True
+            )
+            self.offset_queries = nn.Parameter(torch.randn(config.horizon - 1, d) * 0.02)  # offsets 2..H
         if centroids is not None:
             self.init_policy_head(centroids)
 
@@ -234,6 +255,7 @@ class Planner(nn.Module):
         rows: torch.Tensor,
         plan_actions: torch.Tensor,
         plan_length: torch.Tensor,
+        states: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``(R, K)`` of the next action after a target's context extended by planned actions.
 
@@ -243,7 +265,11 @@ class Planner(nn.Module):
             rows: ``(R,)`` which target each output row extends.
             plan_actions: ``(R, P)`` actions appended after the row's real context, in order.
             plan_length: ``(R,)`` how many of them row r appends (0 = the target's own offset-1 prediction).
+            states: decoder rollout, the N targets' pooled offset-1 states ``(N, d)`` if already computed.
         """
+        if self.plan_decoder is not None:
+            states = self.plan_states(**planner_inputs) if states is None else states  # (N, d)
+            return self.policy_head(self._decoder_states(states, rows, plan_actions, plan_length))
         ctx = planner_inputs["context_embeddings"][rows]  # (R, C, d_enc), real sentences first, then padding
         mask = planner_inputs["context_mask"][rows].bool()  # (R, C)
         r, c, d_enc = ctx.shape
@@ -259,6 +285,23 @@ class Planner(nn.Module):
         ext = torch.cat([ctx, ctx.new_zeros(r, p, d_enc)], 1).scatter(1, where, emb.to(ctx.dtype))  # (R, C + P, d_enc)
         ext_mask = torch.arange(c + p, device=ctx.device)[None] < (length + plan_length)[:, None]  # (R, C + P)
         return self.policy_head(self._paper_states(ext, ext_mask))
+
+    def _decoder_states(
+        self, states: torch.Tensor, rows: torch.Tensor, plan_actions: torch.Tensor, plan_length: torch.Tensor
+    ) -> torch.Tensor:
+        """Decoder rollout: offset ``plan_length + 1``'s query attends to [pooled state, plan slots] -> ``(R, d)``."""
+        r, p = plan_actions.shape
+        first = states[rows]  # (R, d), offset 1 (plan_length 0) reads it directly
+        if p == 0:
+            return first
+        w = self.input_proj.weight
+        pos = sinusoidal_positions(p + 1, self.config.encoder_dim, device=w.device)[1:]  # (P, d_enc), after the state
+        slots = self.input_proj((self.plan_embeddings[plan_actions] + pos[None]).to(w.dtype))  # (R, P, d)
+        memory = torch.cat([first[:, None].to(w.dtype), slots], 1)  # (R, 1 + P, d)
+        hidden = torch.arange(p + 1, device=w.device)[None] > plan_length[:, None]  # (R, 1 + P): slots not planned yet
+        query = self.offset_queries[(plan_length - 1).clamp_min(0)][:, None]  # (R, 1, d)
+        out = self.plan_decoder(query, memory, memory_key_padding_mask=hidden)[:, 0]  # (R, d)
+        return torch.where((plan_length > 0)[:, None], out, first)
 
     def teacher_forced_logits(self, planner_inputs: dict[str, torch.Tensor], future: torch.Tensor) -> torch.Tensor:
         """NAP logits ``(N, H, K)`` of offsets 1..H, offset h reading the oracle actions of offsets 1..h-1.
@@ -287,7 +330,8 @@ class Planner(nn.Module):
         Returns:
             ``actions (N, M, H)`` and ``logits (N, M, H, K)``, offset h's logits given the sample's offsets < h.
         """
-        first = self(**planner_inputs)  # (N, K)
+        states = self.plan_states(**planner_inputs)  # (N, d)
+        first = self.policy_head(states)  # (N, K)
         n, k = first.shape
         m, horizon = samples, self.config.horizon
         rows = torch.arange(n, device=first.device).repeat_interleave(m)  # (N * M,)
@@ -295,7 +339,12 @@ class Planner(nn.Module):
         actions = [sample_actions(logits[0], temperature, generator)]  # [(N * M,)]
         for h in range(1, horizon):
             plan = torch.stack(actions, 1)  # (N * M, h)
-            logits.append(self.rollout_logits(planner_inputs, rows, plan, torch.full_like(rows, h)))
+            # Samples that drew the same prefix for the same target need one rollout row (a peaked planner draws
+            # few distinct prefixes); data-dependent sizes, so one host-device sync per offset on a GPU.
+            keys, inverse = torch.unique(torch.cat([rows[:, None], plan], 1), dim=0, return_inverse=True)  # (U, 1+h)
+            distinct = self.rollout_logits(planner_inputs, keys[:, 0], keys[:, 1:], torch.full_like(keys[:, 0], h),
+                                           states=states)  # (U, K)
+            logits.append(distinct[inverse])  # (N * M, K)
             actions.append(sample_actions(logits[-1], temperature, generator))
         return torch.stack(actions, 1).view(n, m, horizon), torch.stack(logits, 1).view(n, m, horizon, k)
 
