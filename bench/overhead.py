@@ -18,6 +18,11 @@ to Fixed.
 The paper's code measured Uniform 1.9x, Hard/Freeze 3.9x, Soft/Unfreeze 7.2x (it re-encoded every context sentence
 with the 110M-parameter sentence encoder inside every batch).
 
+Multi-sentence plans (issue 16): ``Soft plan H=4 M=16`` rows are Soft/Unfreeze with a horizon-4 planner and 16 plans
+sampled per sentence (``--recipe.plan_samples 16``), one row per planner rollout (``context``: the encoder re-run over
+context + plan slots; ``decoder``: one decoder query per offset); goal <= 1.3x Fixed. ``--only NAMES`` times a subset
+(comma-separated row names; Fixed is always timed).
+
 Plain Hugging Face reference, timed in the same rounds: the same ``GPT2LMHeadModel`` shape, batch and precision,
 body frozen, train mode, and ONE trainable vector added to the input of one attention output projection (the least
 a trained conditioning can cost); eager, and under ``torch.compile`` with ``--compile``. Ratios: every variant to
@@ -51,6 +56,9 @@ WIKI_BENCH = next((p / "shared" / "data" / "wiki-bench.jsonl.gz" for p in Path(_
                    if (p / "shared" / "data" / "wiki-bench.jsonl.gz").exists()), Path("../shared/data/wiki-bench.jsonl.gz"))
 # The variants of the paper's training-overhead comparison (Fixed first), under the names it used there.
 OVERHEAD_VARIANTS = {v.overhead_name: v for v in VARIANTS.values() if v.overhead_name}
+# Multi-sentence plans (issue 16): Soft/Unfreeze conditioned on 16 sampled plans of 4 sentences, per planner rollout.
+PLAN_HORIZON, PLAN_SAMPLES, PLAN_GOAL = 4, 16, 1.3
+PLAN_ROWS = {f"Soft plan H={PLAN_HORIZON} M={PLAN_SAMPLES} ({r})": r for r in ("context", "decoder")}
 
 def build_corpus(data: Path, n_articles: int, work: Path, num_actions: int, dim: int, seed: int):
     """A prepared corpus with wiki-bench's real sentence structure and random cached embeddings."""
@@ -161,11 +169,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time compiled Fixed and the compiled reference (default: on a GPU only)")
     ap.add_argument("--profile", action="store_true", help="count operators / kernels per step of each variant")
+    ap.add_argument("--only", default=None, help="comma-separated rows to time (Fixed always), e.g. "
+                    "'Soft/Unfreeze,Soft plan H=4 M=16 (decoder)'")
     args = ap.parse_args(argv)
     if args.prepared is None and not args.data.exists():
         sys.exit(f"bench/overhead.py: {args.data} not found; pass --data PATH to wiki-bench.jsonl.gz")
 
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    import dataclasses
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
@@ -187,12 +199,27 @@ def main(argv=None) -> dict:
     base = GPT2LMHeadModel(GPT2Config())  # GPT-2 small shape: 12 layers, 768 wide, vocab 50257 (124M)
     base_planner = Planner(pcfg, centroids=torch.from_numpy(corpus.centroids))
     modules, optims = {}, {}
-    for name, variant in OVERHEAD_VARIANTS.items():
-        planner = copy.deepcopy(base_planner) if variant.needs_planner else None
-        model = PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D,
-                                                               **variant.recipe.selection_fields()),
+    # name -> (recipe, planner or None, horizon): the paper's rows, then the plan rows (a horizon-4 planner)
+    rows = {name: (v.recipe, copy.deepcopy(base_planner) if v.needs_planner else None, 1)
+            for name, v in OVERHEAD_VARIANTS.items()}
+    for name, rollout in PLAN_ROWS.items():
+        plan_cfg = dataclasses.replace(pcfg, horizon=PLAN_HORIZON, rollout=rollout)
+        torch.manual_seed(0)
+        planner = Planner(plan_cfg, centroids=torch.from_numpy(corpus.centroids))
+        planner.load_state_dict(base_planner.state_dict(), strict=False)  # the same offset-1 planner
+        recipe = dataclasses.replace(OVERHEAD_VARIANTS["Soft/Unfreeze"].recipe, plan_samples=PLAN_SAMPLES)
+        rows[name] = (recipe, planner, PLAN_HORIZON)
+    if args.only:
+        keep = {"Fixed", *(n.strip() for n in args.only.split(","))}
+        unknown = keep - set(rows)
+        if unknown:
+            sys.exit(f"bench/overhead.py: unknown rows {sorted(unknown)}; rows: {', '.join(rows)}")
+        rows = {n: r for n, r in rows.items() if n in keep}
+    for name, (recipe, planner, horizon) in rows.items():
+        model = PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D, horizon=horizon,
+                                                               **recipe.selection_fields()),
                           centroids=torch.from_numpy(corpus.centroids), planner=planner).to(device)
-        module = PlannedLMModule(model, variant.recipe, OptimConfig(), total_steps=1000)
+        module = PlannedLMModule(model, recipe, OptimConfig(), total_steps=1000)
         modules[name] = module
         optims[name] = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     steps = {}  # name: (forward -> loss, optimizer)
@@ -237,7 +264,7 @@ def main(argv=None) -> dict:
     ops = {name: count_ops(lambda: one_step(name, batches[-1]), device) for name in names} if args.profile else {}
 
     ms = {n: statistics.median(t) * 1000 for n, t in times.items()}
-    ratios = {f"{n} / Fixed": ms[n] / ms["Fixed"] for n in OVERHEAD_VARIANTS}
+    ratios = {f"{n} / Fixed": ms[n] / ms["Fixed"] for n in rows}
     ratios["Fixed / HF reference"] = ms["Fixed"] / ms["HF reference"]
     if compile_too:
         ratios["Fixed (compiled) / HF reference (compiled)"] = ms["Fixed (compiled)"] / ms["HF reference (compiled)"]
@@ -249,13 +276,13 @@ def main(argv=None) -> dict:
         "sentences_per_window": round(sentences_per_window, 2),
         "collate_ms": round(collate_s * 1000, 2),
         "ms_per_step": {n: round(v, 1) for n, v in ms.items()},
-        "ratio_to_fixed": {n: round(ms[n] / ms["Fixed"], 3) for n in OVERHEAD_VARIANTS},
+        "ratio_to_fixed": {n: round(ms[n] / ms["Fixed"], 3) for n in rows},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
         "timed_steps": args.steps,
     }
     if ops:
         result["ops_per_step"] = ops
-        result["aten_ops_vs_fixed"] = {n: ops[n]["aten_ops"] - ops["Fixed"]["aten_ops"] for n in OVERHEAD_VARIANTS}
+        result["aten_ops_vs_fixed"] = {n: ops[n]["aten_ops"] - ops["Fixed"]["aten_ops"] for n in rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return result
@@ -266,7 +293,8 @@ def main(argv=None) -> dict:
     for n in names:
         v = OVERHEAD_VARIANTS.get(n)
         paper = f"{v.paper_overhead:.1f}x" if v is not None and v.paper_overhead else ""
-        goal = f"<={v.overhead_goal:.2f}" if v is not None and v.overhead_goal else ""
+        goal = f"<={v.overhead_goal:.2f}" if v is not None and v.overhead_goal else \
+            f"<={PLAN_GOAL:.2f}" if n in PLAN_ROWS else ""
         extra = f"  {ops[n]['aten_ops']:14d}" if ops else ""
         print(f"{n:28s} {ms[n]:9.1f} {ms[n] / ms['Fixed']:8.3f} {paper:>6s} {goal:>6s}{extra}")
     for k, v in ratios.items():

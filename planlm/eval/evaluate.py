@@ -262,6 +262,10 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
         "selection": model.config.selection,
         "split": split,
     }
+    if not lm_folder and model.config.plans:  # multi-sentence / sampled plans (issue 16)
+        metrics["horizon"], metrics["plan_samples"] = model.config.horizon, model.config.plan_samples
+        if not cfg.variant:
+            metrics["variant"] += f" + plans H={model.config.horizon} M={model.config.plan_samples}"
     p = training_p_predicted(ft_config)
     if p is not None:
         metrics["p_predicted"] = p
