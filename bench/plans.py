@@ -4,6 +4,7 @@ the planner compute each costs, through the ordinary stages (prepare, pretrain-l
     python bench/plans.py --out runs/plans                       # H in {1, 2, 4} x M in {1, 4, 16}, builtin corpus
     python bench/plans.py --out runs/plans --json                # + the results as one JSON object
     python bench/plans.py --out runs/plans --plot docs/plans.png # + perplexity vs planner compute (matplotlib)
+    python bench/plans.py --prepared runs/quick/prepared --lm runs/quick/lm   # reuse a `planlm run` corpus and LM
 
 Every run shares the prepared corpus, the LM (a small GPT-2 pretrained from scratch, the ``quick`` run preset's
 sizes) and the fine-tuning budget (same steps, batch, windows and seed); H picks the planner
@@ -42,9 +43,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", default="1,4,16", help="sampled plans M (0 = no sampling)")
     ap.add_argument("--temperature", type=float, default=1.0, help="plan sampling temperature")
     ap.add_argument("--rollout", default="context", help="planner rollout: context or decoder")
+    ap.add_argument("--prepared", type=Path, default=None, help="a prepared corpus to use instead of preparing one")
+    ap.add_argument("--lm", default=None, help="an LM folder (pretrain-lm) to use instead of pretraining one")
     ap.add_argument("--articles", type=int, default=40, help="builtin articles to prepare")
     ap.add_argument("--lm_steps", type=int, default=150, help="LM pretraining steps (small-cpu preset)")
-    ap.add_argument("--planner_epochs", type=int, default=4, help="NAP epochs per planner")
+    ap.add_argument("--planner_epochs", type=int, default=2, help="NAP epochs per planner")
+    ap.add_argument("--planner_ff", type=int, default=2048, help="planner feed-forward width (paper: 2048)")
+    ap.add_argument("--splits", default="test", help="splits to evaluate perplexity on (the first is plotted)")
     ap.add_argument("--steps", type=int, default=40, help="fine-tuning steps per run (the shared budget)")
     ap.add_argument("--batch", type=int, default=16, help="fine-tuning windows per step")
     ap.add_argument("--context_length", type=int, default=64, help="window length")
@@ -79,16 +84,18 @@ def main(argv=None) -> dict:
         seconds[name] = round(time.time() - t, 1)
         return result
 
-    prepared = timed("prepare", prepare, out=str(out / "prepared"),
-                     source=SourceConfig(source="builtin", max_articles=args.articles),
-                     encoder=EncoderConfig(name="all-MiniLM-L6-v2"), preset="small")
-    lm = str(out / "lm")
-    timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=lm, preset="small-cpu", max_steps=args.lm_steps,
-          seed=args.seed, trainer=trainer)
+    prepared = args.prepared or timed("prepare", prepare, out=str(out / "prepared"),
+                                      source=SourceConfig(source="builtin", max_articles=args.articles),
+                                      encoder=EncoderConfig(name="all-MiniLM-L6-v2"), preset="small")
+    lm = args.lm
+    if lm is None:
+        lm = str(out / "lm")
+        timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=lm, preset="small-cpu",
+              max_steps=args.lm_steps, seed=args.seed, trainer=trainer)
     nap = {}
     for h in sorted({h for h, _ in grid}):
         nap[h] = timed(f"train-planner H={h}", train_planner, prepared=str(prepared), out=str(out / f"planner-h{h}"),
-                       lm=lm, planner=PlannerConfig(horizon=h, rollout=args.rollout),
+                       lm=lm, planner=PlannerConfig(horizon=h, rollout=args.rollout, ff=args.planner_ff),
                        optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=args.planner_epochs), seed=args.seed,
                        trainer=trainer)
     rows = []
@@ -102,11 +109,16 @@ def main(argv=None) -> dict:
               stride=args.context_length - 1), trainer=trainer, seed=args.seed)
         ppl = PerplexityConfig(actions=["predicted"], protocols=["strided"], context_length=args.context_length,
                                stride=args.context_length // 2, max_tokens=args.eval_tokens, batch_size=64)
-        ev = timed(f"evaluate {name}", evaluate, run=out / "runs" / name, out=out / "eval" / name, ppl=ppl,
-                   variant=f"H={h} M={m}")
-        metrics = json.loads((Path(ev) / "metrics.json").read_text())
-        rows.append({"H": h, "M": m, "ppl": metrics["ppl"], "tokens": metrics["perplexity"]["strided"]["predicted"]
-                     ["tokens"], "test_nap": metrics.get("planner_offsets") or [metrics["planner"]]})
+        row = {"H": h, "M": m}
+        for split in args.splits.split(","):
+            ev = timed(f"evaluate {name} {split}", evaluate, run=out / "runs" / name, out=out / "eval" / split / name,
+                       split=split, ppl=ppl, variant=f"H={h} M={m}")
+            metrics = json.loads((Path(ev) / "metrics.json").read_text())
+            row.setdefault("ppl", metrics["ppl"])  # the first split's: the plotted one
+            row[f"ppl_{split}"] = metrics["ppl"]
+            row[f"tokens_{split}"] = metrics["perplexity"]["strided"]["predicted"]["tokens"]
+            row[f"nap_{split}"] = metrics.get("planner_offsets") or [metrics["planner"]]
+        rows.append(row)
 
     timing = planner_timing(out, grid, prepared, lm, args)
     for r in rows:
@@ -117,7 +129,7 @@ def main(argv=None) -> dict:
         "seconds": seconds, "settings": {k: str(v) for k, v in vars(args).items()},
     }
     (out / "plans.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(result))
+    print(markdown(result, args.splits.split(",")))
     if args.plot:
         plot(rows, args.plot)
         print(f"plot: {args.plot}")
@@ -180,15 +192,18 @@ def planner_timing(out: Path, grid, prepared, lm, args) -> dict:
     return result
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, splits: list[str]) -> str:
     rows = result["grid"]
     ref = next(r for r in rows if (r["H"], r["M"]) == REFERENCE)
-    lines = ["| H | M | test PPL | vs H=1 soft | planner ms / step | planner / LM step | test top-1 / top-5 per offset |",
-             "|---:|---:|---:|---:|---:|---:|---|"]
+    first = splits[0]
+    lines = ["| H | M | " + " | ".join(f"{s} PPL ({ref[f'tokens_{s}']} tokens)" for s in splits)
+             + f" | {first} vs H=1 soft | planner ms / step | planner / LM step | {first} NAP top-1 / top-5 per offset |",
+             "|---:|---:|" + "---:|" * len(splits) + "---:|---:|---:|---|"]
     for r in rows:
-        nap = ", ".join(f"{o['top1']:.3f} / {o['top5']:.3f}" for o in r["test_nap"])
+        nap = ", ".join(f"{o['top1']:.3f} / {o['top5']:.3f}" for o in r[f"nap_{first}"])
         m = "0 (soft)" if r["M"] == 0 else r["M"]
-        lines.append(f"| {r['H']} | {m} | {r['ppl']:.2f} | {r['ppl'] - ref['ppl']:+.2f} | {r['planner_ms']:.1f} | "
+        ppls = " | ".join(f"{r[f'ppl_{s}']:.2f}" for s in splits)
+        lines.append(f"| {r['H']} | {m} | {ppls} | {r['ppl'] - ref['ppl']:+.2f} | {r['planner_ms']:.1f} | "
                      f"{r['planner_x_lm']:.3f} | {nap} |")
     lines += ["", f"LM step alone (forward + backward): {result['lm_step_ms']} ms.", "",
               "| planner H | val NAP per offset: loss / top-1 / top-5 |", "|---:|---|"]
@@ -212,7 +227,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.annotate(f"M={m}" if m else "soft", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("planner time per training step (ms, forward + backward)")
-    ax.set_ylabel("test perplexity")
+    ax.set_ylabel("perplexity")
     ax.set_title("Multi-sentence plans: perplexity vs planner compute")
     ax.legend()
     fig.tight_layout()

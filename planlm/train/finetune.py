@@ -83,6 +83,10 @@ def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
     if cfg.planner is not None and not Path(cfg.planner).exists():
         problems.append(f"--planner {cfg.planner} does not exist; train one with `planlm train-planner`")
     problems += cfg.optim.problems()
+    from planlm.models.adapters import OFFSET_INITS
+
+    if cfg.adapters.offset_init not in OFFSET_INITS:
+        problems.append(f"adapters.offset_init must be one of {', '.join(OFFSET_INITS)} (got {cfg.adapters.offset_init!r})")
     if cfg.checkpoint_every < 1:
         problems.append(f"checkpoint_every must be positive (got {cfg.checkpoint_every})")
     if Path(out).resolve() == Path(cfg.prepared).resolve():
