@@ -23,8 +23,7 @@ import torch
 import torch.nn as nn
 
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.models.adapters import ActionAdapters
-from planlm.models.adapters import OFFSET_INITS
+from planlm.models.adapters import OFFSET_INITS, ActionAdapters
 from planlm.models.selection import (
     SelectionConfig, action_weights, draw_predicted_mask, needs_planner, plan_weights,
 )

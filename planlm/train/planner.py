@@ -85,10 +85,11 @@ class ArticleBatches:
 
 
 def _nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dict]):
-    horizon = planner.config.horizon
     import lightning as L
     import torch
     import torch.nn.functional as F
+
+    horizon = planner.config.horizon  # H > 1: every offset of the plan, teacher-forced
 
     class NAPModule(L.LightningModule):
         """NAP cross-entropy on oracle actions; validation accumulates exact sums so metrics are per sentence."""
