@@ -49,6 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--lm_steps", type=int, default=150, help="LM pretraining steps (small-cpu preset)")
     ap.add_argument("--planner_epochs", type=int, default=2, help="NAP epochs per planner")
     ap.add_argument("--planner_ff", type=int, default=2048, help="planner feed-forward width (paper: 2048)")
+    ap.add_argument("--planner_batch", type=int, default=32, help="NAP target sentences per step (paper: 32)")
     ap.add_argument("--splits", default="test", help="splits to evaluate perplexity on (the first is plotted)")
     ap.add_argument("--steps", type=int, default=40, help="fine-tuning steps per run (the shared budget)")
     ap.add_argument("--batch", type=int, default=16, help="fine-tuning windows per step")
@@ -96,7 +97,8 @@ def main(argv=None) -> dict:
     for h in sorted({h for h, _ in grid}):
         nap[h] = timed(f"train-planner H={h}", train_planner, prepared=str(prepared), out=str(out / f"planner-h{h}"),
                        lm=lm, planner=PlannerConfig(horizon=h, rollout=args.rollout, ff=args.planner_ff),
-                       optim=OptimConfig(lr=1e-3, weight_decay=1e-4, epochs=args.planner_epochs), seed=args.seed,
+                       optim=OptimConfig(lr=1e-3, weight_decay=1e-4, batch_size=args.planner_batch,
+                                         epochs=args.planner_epochs), seed=args.seed,
                        trainer=trainer)
     rows = []
     for h, m in grid:
