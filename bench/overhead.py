@@ -21,7 +21,8 @@ with the 110M-parameter sentence encoder inside every batch).
 Multi-sentence plans (issue 16): ``Soft plan H=4 M=16`` rows are Soft/Unfreeze with a horizon-4 planner and 16 plans
 sampled per sentence (``--recipe.plan_samples 16``), one row per planner rollout (``context``: the encoder re-run over
 context + plan slots; ``decoder``: one decoder query per offset); goal <= 1.3x Fixed. ``--only NAMES`` times a subset
-(comma-separated row names; Fixed is always timed).
+(comma-separated row names; Fixed is always timed). ``--planner_only`` times only the planner's part of each step
+(plans sampled, forward + backward) against Soft/Unfreeze's, where whole GPT-2-small steps are too slow or too noisy.
 
 Plain Hugging Face reference, timed in the same rounds: the same ``GPT2LMHeadModel`` shape, batch and precision,
 body frozen, train mode, and ONE trainable vector added to the input of one attention output projection (the least
@@ -148,6 +149,16 @@ def count_ops(step, device) -> dict:
     return out
 
 
+def planner_loss(model, batch) -> torch.Tensor:
+    """A scalar of the weights the planner gives a batch (plans sampled when the model reads plans), so that its
+    backward is the planner's backward of a training step."""
+    if model.config.plans:
+        weights = model.plan(batch["planner_inputs"])[1]  # (N, H, K)
+    else:
+        weights = torch.softmax(model.planner(**batch["planner_inputs"]) / model.config.temperature, -1)  # (N, K)
+    return weights.square().sum()
+
+
 def to_device(batch, device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
@@ -169,6 +180,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="also time compiled Fixed and the compiled reference (default: on a GPU only)")
     ap.add_argument("--profile", action="store_true", help="count operators / kernels per step of each variant")
+    ap.add_argument("--planner_only", action="store_true",
+                    help="time only the planner's part of each step (forward + backward), against Soft/Unfreeze's")
     ap.add_argument("--only", default=None, help="comma-separated rows to time (Fixed always), e.g. "
                     "'Soft/Unfreeze,Soft plan H=4 M=16 (decoder)'")
     args = ap.parse_args(argv)
@@ -225,6 +238,13 @@ def main(argv=None) -> dict:
     steps = {}  # name: (forward -> loss, optimizer)
     for name, module in modules.items():
         steps[name] = (lambda batch, m=module: m.step_losses(batch, train=True)["loss"], optims[name])
+    if args.planner_only:
+        # The planner's part of a step alone (plans sampled, forward + backward): cheap enough to time where a whole
+        # GPT-2-small step is too slow or too noisy; reported against Soft/Unfreeze's planner.
+        steps = {name: (lambda batch, m=module: planner_loss(m.model, batch), optims[name])
+                 for name, module in modules.items()
+                 if module.model.planner is not None and any(p.requires_grad for p in module.model.planner.parameters())}
+        compile_too = False
     if compile_too:
         fixed_c = PlannedLMModule(
             PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D, selection="fixed"),
@@ -232,7 +252,8 @@ def main(argv=None) -> dict:
             OVERHEAD_VARIANTS["Fixed"].recipe, OptimConfig(), total_steps=1000, compile=True)
         steps["Fixed (compiled)"] = (lambda batch: fixed_c.step_losses(batch, train=True)["loss"], torch.optim.Adam(
             [p for p in fixed_c.parameters() if p.requires_grad], lr=1e-4))
-    for name, compiled in [("HF reference", False)] + ([("HF reference (compiled)", True)] if compile_too else []):
+    references = [] if args.planner_only else [("HF reference", False)]
+    for name, compiled in references + ([("HF reference (compiled)", True)] if compile_too else []):
         ref, vector = reference_model(base, device)
         call = torch.compile(ref) if compiled else ref
         steps[name] = (lambda batch, call=call: call(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -264,6 +285,11 @@ def main(argv=None) -> dict:
     ops = {name: count_ops(lambda: one_step(name, batches[-1]), device) for name in names} if args.profile else {}
 
     ms = {n: statistics.median(t) * 1000 for n, t in times.items()}
+    if args.planner_only:
+        result = {"planner_ms_per_step": {n: round(v, 1) for n, v in ms.items()},
+                  "ratio_to_soft_planner": {n: round(v / ms["Soft/Unfreeze"], 3) for n, v in ms.items()}}
+        print(json.dumps(result, indent=2))
+        return result
     ratios = {f"{n} / Fixed": ms[n] / ms["Fixed"] for n in rows}
     ratios["Fixed / HF reference"] = ms["Fixed"] / ms["HF reference"]
     if compile_too:
