@@ -264,7 +264,7 @@ def perplexity(
 
     constant = not needs_planner(model.config.selection)
     row_of = None  # global sentence id -> row of `logits`
-    plans = actions == "predicted" and model.config.plans
+    plans = actions == "predicted" and not constant and model.config.plans
     if actions == "predicted" and not constant:
         if planner_logits is None or plans:
             if planner_inputs_fn is None:
