@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
     from planlm.train.finetune import WindowConfig, finetune
     from planlm.train.loop import RecipeConfig
     from planlm.train.planner import train_planner
-    from planlm.train.pretrain_lm import pretrain_lm
+    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
     from planlm.train.trainer import OptimConfig, TrainerConfig
 
     horizons = [int(h) for h in args.horizons.split(",")]
@@ -92,7 +92,7 @@ def main(argv=None) -> dict:
     if lm is None:
         lm = str(out / "lm")
         timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=lm, preset="small-cpu",
-              max_steps=args.lm_steps, seed=args.seed, trainer=trainer)
+              optim=lm_optim("small-cpu", max_steps=args.lm_steps), seed=args.seed, trainer=trainer)
     nap = {}
     for h in sorted({h for h, _ in grid}):
         nap[h] = timed(f"train-planner H={h}", train_planner, prepared=str(prepared), out=str(out / f"planner-h{h}"),

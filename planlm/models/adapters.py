@@ -20,7 +20,7 @@ starts them at the k-means centroids like E_A^l). Weights ``(N, K)`` condition o
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence, get_args
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,8 @@ ATTENTION_OUTPUT_PROJECTIONS: dict[str, str] = {
 }
 
 
-OFFSET_INITS = ("zeros", "centroids")
+OffsetInit = Literal["zeros", "centroids"]
+OFFSET_INITS: tuple[str, ...] = get_args(OffsetInit)
 
 
 def projection_path(model_type: str) -> str:

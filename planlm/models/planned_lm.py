@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.models.adapters import OFFSET_INITS, ActionAdapters
+from planlm.models.adapters import OFFSET_INITS, ActionAdapters, OffsetInit
 from planlm.models.selection import (
     SelectionConfig, action_weights, draw_predicted_mask, needs_planner, plan_weights,
 )
@@ -54,7 +54,7 @@ class PlannedLMConfig(SelectionConfig):
     horizon: int = 1
     """H, the sentences of a plan each token is conditioned on: its own and the H - 1 after it (1 = the paper's;
     the planner's horizon)."""
-    offset_init: str = "zeros"
+    offset_init: OffsetInit = "zeros"
     """How the action embeddings of offsets 2..H start: "zeros" (the model starts as the H = 1 model) or
     "centroids" (like offset 1's)."""
 

@@ -46,13 +46,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 CONTEXT_MODES = ("paper", "causal")
-ROLLOUTS = ("context", "decoder")
+Rollout = Literal["context", "decoder"]
+ROLLOUTS: tuple[str, ...] = get_args(Rollout)
 
 
 @dataclass
@@ -84,7 +85,7 @@ class PlannerConfig:
     horizon: int = 1
     """H, the sentences planned ahead: 1 = the paper's next-action planner; H > 1 adds offsets 2..H by an
     autoregressive rollout over the planner's own (sampled, or in NAP training oracle) actions."""
-    rollout: Literal["context", "decoder"] = "context"
+    rollout: Rollout = "context"
     """H > 1: how offset h reads the planned actions before it: "context" (appended to the real context, the whole
     encoder re-run) or "decoder" (a small decoder layer over the pooled state and the plan: faster)."""
 
@@ -325,7 +326,8 @@ class Planner(nn.Module):
         """Sample ``samples`` plans of H actions per target by the autoregressive rollout.
 
         Offset 1's logits are shared by every sample (same context): one call over N rows; each later offset is one
-        call over all N x M rows. ``temperature`` 0 takes the argmax (a greedy plan).
+        call over the distinct (target, sampled prefix) rows of all N x M. ``temperature`` 0 takes the argmax (a
+        greedy plan).
 
         Returns:
             ``actions (N, M, H)`` and ``logits (N, M, H, K)``, offset h's logits given the sample's offsets < h.

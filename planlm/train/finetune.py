@@ -15,6 +15,7 @@ from pathlib import Path
 
 from planlm.artifacts import writes_artifact
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.models.adapters import OFFSET_INITS, OffsetInit
 from planlm.models.mtp import MTPConfig
 from planlm.models.selection import needs_planner
 from planlm.train.loop import RecipeConfig
@@ -45,7 +46,7 @@ class AdapterConfig:
     """Conditioned layers; None = every layer but the first two (paper)."""
     gate: bool = False
     """Zero-initialised gate on every adapter, so training starts from the exact base LM (a departure)."""
-    offset_init: str = "zeros"
+    offset_init: OffsetInit = "zeros"
     """Plans of H > 1 sentences (a planner trained with --planner.horizon H): how the action embeddings of offsets
     2..H start, "zeros" (the model starts as the H = 1 model) or "centroids"."""
 
@@ -83,8 +84,6 @@ def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
     if cfg.planner is not None and not Path(cfg.planner).exists():
         problems.append(f"--planner {cfg.planner} does not exist; train one with `planlm train-planner`")
     problems += cfg.optim.problems()
-    from planlm.models.adapters import OFFSET_INITS
-
     if cfg.adapters.offset_init not in OFFSET_INITS:
         problems.append(f"adapters.offset_init must be one of {', '.join(OFFSET_INITS)} (got {cfg.adapters.offset_init!r})")
     if cfg.checkpoint_every < 1:
