@@ -241,6 +241,19 @@ def load_lm(lm: str):
 
 
 # ---- finetune runs (`planlm evaluate`, `planlm generate`) ---------------------------------------------------------
+def is_planned_pretraining(run: str | Path) -> bool:
+    """Whether ``run`` is a `planlm pretrain-lm --planned.actions ...` folder: a planned LM, not a plain LM."""
+    return (Path(run) / PLANNED_LM_CONFIG).exists() and (Path(run) / "manifest.json").exists()
+
+
+def read_planned_manifest(run: str | Path) -> dict:
+    """The manifest of a planned-LM run: a `finetune` folder, or a planned `pretrain-lm` one (one-line error else)."""
+    from planlm.artifacts import read_manifest
+
+    return read_manifest(run, "pretrain-lm" if is_planned_pretraining(run) and
+                         read_manifest(run).get("stage") == "pretrain-lm" else "finetune")
+
+
 def load_run(run: Path, prepared: Path | None = None, device: str | None = None):
     """A finetune run folder -> ``(model, tokenizer, corpus, manifest)``; refuses other folders with one line."""
     import torch
@@ -249,7 +262,7 @@ def load_run(run: Path, prepared: Path | None = None, device: str | None = None)
     from planlm.data.prepared import PreparedCorpus, check_action_space
 
     run = Path(run)
-    manifest = verify_artifact(run, read_manifest(run, "finetune"))
+    manifest = verify_artifact(run, read_planned_manifest(run))
     if prepared is None:
         prepared = resolve_input(run, manifest, "prepared", "--prepared")
     corpus = PreparedCorpus.load(prepared)

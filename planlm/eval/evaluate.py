@@ -120,7 +120,9 @@ def validate_evaluate(cfg: EvaluateConfig) -> None:
             problems.append(f"{cfg.run} is an LM without a planner: --generation needs a `planlm finetune` run")
     else:
         try:
-            read_manifest(cfg.run, "finetune")
+            from planlm.persist import read_planned_manifest
+
+            read_planned_manifest(cfg.run)  # a finetune run or a planned pretrain-lm folder
         except PlanlmError as e:
             problems.append(str(e))
     if cfg.prepared is not None and not Path(cfg.prepared).exists():

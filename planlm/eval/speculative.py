@@ -208,8 +208,11 @@ def decode(
 # ---- `planlm generate` for `planlm pretrain-lm` folders ------------------------------------------------------------
 def is_lm_folder(run: Path) -> bool:
     """Whether ``run`` is a `planlm pretrain-lm` output (an LM, possibly with MTP heads) rather than a finetune run."""
+    from planlm.persist import is_planned_pretraining
+
     manifest = Path(run) / "manifest.json"
-    return manifest.exists() and jsonlib.loads(manifest.read_text()).get("stage") == "pretrain-lm"
+    return (manifest.exists() and jsonlib.loads(manifest.read_text()).get("stage") == "pretrain-lm"
+            and not is_planned_pretraining(run))  # planned pretraining writes a planned LM
 
 
 def load_mtp_lm(run: Path, device: str | None = None):

@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.mtp import MTPConfig
 from planlm.presets import load_presets
+from planlm.train.finetune import AdapterConfig
+from planlm.train.loop import PlannedLMModule, RecipeConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "pretrain-lm"
@@ -68,6 +70,73 @@ def lm_optim(preset: str, **overrides) -> OptimConfig:
     """The ``optim`` section of a preset with ``overrides`` (``lm_optim("tiny", max_steps=6)``): what the command line
     gives for ``--preset tiny --optim.max_steps 6`` (planlm/cli.py reads the preset's section before the user's flags)."""
     return dataclasses.replace(PRESETS[preset].optim, **overrides)
+
+
+PlannedActions = Literal["fixed", "oracle", "predicted", "soft"]
+PLANNED_ACTIONS: tuple[str, ...] = get_args(PlannedActions)
+
+
+@dataclass
+class PlannedPretraining:
+    """Planned pretraining (beyond the paper): the LM is trained from scratch WITH action adapters, conditioned on
+    writing actions from its first step, as concept-conditioned pretraining does (CoCoMix, Tack et al. 2025).
+
+    It is a recipe of the ONE planned-LM loop (planlm/train/loop.py) on finetune's data path (article windows of
+    ``block_size`` tokens, stride ``block_size - 1``, planner inputs from the stored embeddings), with the LM, the
+    adapters (and, for soft, optionally the planner) trained by pretrain-lm's AdamW + cosine schedule.
+
+    Tokenizer and planner order: the planner's ``paper`` context counts LM tokens, and pretrain-lm trains its
+    tokenizer itself. BPE training is deterministic, so the same prepared corpus and ``--vocab_size`` give the same
+    tokenizer: train a plain LM first (``pretrain-lm``, also the baseline), the planner with ``train-planner --lm``
+    that folder, then planned pretraining; the stage checks that the planner's recorded LM has this very vocabulary.
+    A planner whose context counts sentences (``--planner.context_sentences``) or is ``causal`` needs no LM at all.
+    """
+
+    actions: PlannedActions | None = None
+    """None: plain next-token pretraining (the default). fixed: adapters with one constant action (the paper's
+    Fixed, the baseline of the same architecture and data); oracle: hard selection of each sentence's oracle action
+    (Cornille OA); predicted: hard selection of the planner's action (Cornille PA); soft: softmax of the planner's
+    logits (the paper's selection)."""
+    planner: str | None = None
+    """A NAP-pretrained planner (`planlm train-planner`) of the same prepared corpus; needed by oracle (for
+    evaluation with predicted actions), predicted and soft."""
+    planner_unfreeze: str = "never"
+    """soft: when the planner starts training with the LM (never | immediate | halfway | step:N | a fraction);
+    never keeps the NAP planner intact while the LM is still random."""
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    """Conditioned layers and optional zero gate, as finetune's ``--adapters``."""
+    snapshot_every: int = 0
+    """Save the planned LM every this many optimizer steps into OUT/snapshots/step-NNNNNN (0 = never): learning
+    curves (bench/planned_pretraining.py) without retraining."""
+
+    def recipe(self) -> RecipeConfig:
+        """The loop's recipe for these actions; the LM always trains (it starts from scratch)."""
+        selection = {"fixed": "fixed", "oracle": "hard", "predicted": "hard", "soft": "soft"}[self.actions]
+        return RecipeConfig(selection=selection, actions="oracle" if self.actions == "oracle" else "predicted",
+                            planner_unfreeze=self.planner_unfreeze if self.actions == "soft" else "never",
+                            train_lm=True)
+
+    def problems(self) -> list[str]:
+        if self.actions is None:
+            changed = [f"planned.{f.name}" for f in dataclasses.fields(self)
+                       if f.name != "actions" and getattr(self, f.name) != getattr(PlannedPretraining(), f.name)]
+            return [f"{', '.join(changed)} set without --planned.actions"] if changed else []
+        if self.actions not in PLANNED_ACTIONS:
+            return [f"planned.actions must be one of {', '.join(PLANNED_ACTIONS)} (got {self.actions!r})"]
+        out = [p.replace("recipe.", "planned.") for p in self.recipe().problems()]
+        if self.actions != "fixed" and self.planner is None:
+            out.append(f"planned.actions={self.actions} needs a NAP-pretrained planner: pass --planned.planner DIR "
+                       "(`planlm train-planner`)")
+        if self.actions == "fixed" and self.planner is not None:
+            out.append("planned.actions=fixed uses no planner: drop --planned.planner")
+        if self.actions != "soft" and self.planner_unfreeze != "never":
+            out.append(f"planned.planner_unfreeze trains the planner through soft selection only (got actions="
+                       f"{self.actions})")
+        if self.planner is not None and not Path(self.planner).is_dir():
+            out.append(f"--planned.planner {self.planner} does not exist; train one with `planlm train-planner`")
+        if self.snapshot_every < 0:
+            out.append(f"planned.snapshot_every must be >= 0 (got {self.snapshot_every})")
+        return out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int = 8192, min_frequency: int = 2):
@@ -164,24 +233,35 @@ def _lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mt
             self.validated_at_step = self.global_step
 
         def configure_optimizers(self):
-            from transformers import get_cosine_schedule_with_warmup
-
-            decay = [p for p in self.parameters() if p.dim() >= 2]  # matrices; not biases, norms (heads' too)
-            rest = [p for p in self.parameters() if p.dim() < 2]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                                     {"params": rest, "weight_decay": 0.0}], lr=optim.lr, betas=(0.9, 0.95))
-            total = int(self.trainer.estimated_stepping_batches)
-            sched = get_cosine_schedule_with_warmup(opt, max(1, int(warmup_fraction * total)), total)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+            return adamw_cosine(list(self.parameters()), optim, warmup_fraction,
+                                int(self.trainer.estimated_stepping_batches))
 
     return LMModule()
 
 
+def adamw_cosine(params: list, optim: OptimConfig, warmup_fraction: float, total_steps: int) -> dict:
+    """pretrain-lm's optimizer (plain and planned): AdamW with weight decay on matrices only (not biases, norms),
+    betas (0.9, 0.95), cosine schedule with linear warmup over ``total_steps``; as Lightning's configure_optimizers
+    returns it."""
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    decay = [p for p in params if p.dim() >= 2]
+    rest = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=optim.lr, betas=(0.9, 0.95))
+    sched = get_cosine_schedule_with_warmup(opt, max(1, int(warmup_fraction * total_steps)), total_steps)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
 def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, block_size: int | None,
                          optim: OptimConfig, mtp: MTPConfig = MTPConfig(),
-                         trainer: TrainerConfig = TrainerConfig()) -> None:
+                         trainer: TrainerConfig = TrainerConfig(), planned: PlannedPretraining = PlannedPretraining(),
+                         myopic: bool = False) -> None:
     """Raise one error listing every problem with the arguments of :func:`pretrain_lm`."""
-    problems = mtp_problems(mtp, trainer)
+    problems = mtp_problems(mtp, trainer) + planned.problems()
+    if planned.actions is not None and (mtp.n_heads > 1 or myopic):
+        problems.append("planned pretraining trains next-token prediction: drop --mtp.n_heads / --myopic")
     try:
         read_manifest(prepared, "prepare")
     except PlanlmError as e:
@@ -194,7 +274,7 @@ def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, 
         problems.append(f"block_size must be at least 2 (got {block_size})")
     problems += optim.problems()
     if optim.planner_lr is not None:
-        problems.append("optim.planner_lr belongs to finetune; pretrain-lm trains no planner")
+        problems.append("optim.planner_lr belongs to finetune; pretrain-lm trains everything at optim.lr")
     if Path(out).resolve() == Path(prepared).resolve():
         problems.append("--out must differ from the prepared corpus directory")
     raise_if_problems(problems, STAGE)
@@ -227,6 +307,7 @@ def pretrain_lm(
     myopic: bool = False,
     trainer: TrainerConfig = TrainerConfig(),
     mtp: MTPConfig = MTPConfig(),
+    planned: PlannedPretraining = PlannedPretraining(),
     force: bool = False,
 ) -> dict:
     """Train a byte-level BPE tokenizer and a GPT-2 from scratch on the train split (offline, no pretrained LM).
@@ -251,12 +332,17 @@ def pretrain_lm(
         mtp: multi-token prediction (Gloeckle et al. 2024): ``--mtp.n_heads 4`` trains heads 2..n (one block each,
             after the LM's own last block, head 1) on the sum of their losses; saved next to the LM
             (``mtp_heads.safetensors``). The LM folder itself stays an ordinary next-token LM (head 1).
+        planned: planned pretraining (beyond the paper): ``--planned.actions oracle|predicted|soft`` trains the LM
+            from scratch WITH action adapters (and a NAP-pretrained ``--planned.planner``), so that it relies on
+            writing actions from its first step; ``fixed`` is the same architecture on one constant action (the
+            fair baseline). OUT is then a planned-LM folder (planlm.persist; ``planlm evaluate`` measures it with
+            predicted and oracle actions) whose ``lm/`` subfolder is the trained LM alone.
         force: rebuild ``out`` even when it exists.
 
     Returns:
         ``{"val_loss", "val_perplexity", "val_loss_initial", "tokens_per_second", ...}``.
     """
-    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, optim, mtp, trainer)
+    validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, optim, mtp, trainer, planned, myopic)
     p = PRESETS[preset]
     block_size, optim = block_size or p.block_size, resolve_optim(preset, optim)
     shape = {k: v for k, v in dataclasses.asdict(p).items() if k != "optim"}  # the optim run is recorded as "optim"
@@ -267,13 +353,15 @@ def pretrain_lm(
         config["mtp"] = mtp
     if myopic:  # only when set, so that vanilla configs (and their reusable artifacts) are unchanged
         config["myopic"] = True
+    if planned.actions is not None:  # likewise: plain pretraining keeps its config
+        config["planned"] = planned
+        config["recipe"] = planned.recipe()  # what evaluate's variant_name reads
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
     import lightning as L
     import torch
     from torch.utils.data import DataLoader
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     from planlm.train.trainer import build_trainer
 
@@ -283,20 +371,15 @@ def pretrain_lm(
         if not t:
             raise PlanlmError(f"{prepared} has no {split} articles; prepare it with a non-empty {split} split")
     tokenizer = train_tokenizer(texts["train"], vocab_size)
+    if planned.actions is not None:
+        return _planned_pretrain(corpus, tokenizer, config, planned, p, block_size, optim, seed, trainer, Path(out))
     train_blocks = blocks(token_stream(tokenizer, texts["train"]), block_size, keep_tail=False)
     val_blocks = blocks(token_stream(tokenizer, texts["val"]), block_size, keep_tail=True)
     if not train_blocks:
         raise PlanlmError(f"the train split has fewer than {block_size} tokens; pass a smaller --block_size")
 
     L.seed_everything(seed, verbose=False)
-    model = GPT2LMHeadModel(GPT2Config(
-        # GPT-2's 1024 positions at least, so that generation and longer evaluation windows run (positions past
-        # block_size are untrained: train with the longest window you will use).
-        vocab_size=len(tokenizer), n_positions=max(block_size, 1024),
-        n_embd=p.n_embd, n_layer=p.n_layer, n_head=p.n_head,
-        resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    ))
+    model = new_gpt2(p, tokenizer, block_size)
     heads = None
     if mtp.n_heads > 1:
         from planlm.models.mtp import MTPHeads
@@ -356,3 +439,154 @@ def pretrain_lm(
     print(f"pretrain-lm {preset}{' (myopic)' if myopic else ''}: val perplexity {metrics['val_perplexity']:.2f} "
           f"(initial {math.exp(metrics['val_loss_initial']):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
     return metrics
+
+
+def new_gpt2(p: LMPreset, tokenizer, block_size: int):
+    """A randomly initialised GPT-2 of preset ``p`` for ``tokenizer`` (call after seeding)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(
+        # GPT-2's 1024 positions at least, so that generation and longer evaluation windows run (positions past
+        # block_size are untrained: train with the longest window you will use).
+        vocab_size=len(tokenizer), n_positions=max(block_size, 1024),
+        n_embd=p.n_embd, n_layer=p.n_layer, n_head=p.n_head,
+        resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+
+
+# ---- planned pretraining ------------------------------------------------------------------------------------------
+def check_planner_for_pretraining(planner_dir: str, corpus: PreparedCorpus, tokenizer) -> None:
+    """The planner must come from this prepared corpus and, when its context counts LM tokens, from an LM with the
+    tokenizer this run trained (see :class:`PlannedPretraining` on the order of stages)."""
+    from planlm.artifacts import check_input_id
+    from planlm.data.planner_inputs import needs_token_counts
+    from planlm.persist import load_tokenizer
+
+    m = read_manifest(planner_dir, "train-planner")
+    fix = "train the planner on this prepared corpus (`planlm train-planner --prepared ...`)"
+    check_input_id(planner_dir, m, "prepared", corpus.path, corpus.id, fix)
+    pcfg = m.get("planner_config") or {}
+    if not needs_token_counts(_recorded_context(pcfg)):
+        return
+    recorded = m.get("context_tokenizer")
+    if not recorded or load_tokenizer(str(recorded)).get_vocab() != tokenizer.get_vocab():
+        raise PlanlmError(
+            f"{planner_dir} counted its context in tokens of {recorded}, whose vocabulary differs from the tokenizer "
+            "pretrain-lm trains here; train the planner with `--lm` a plain `pretrain-lm` folder of this corpus and "
+            "--vocab_size, or with --planner.context_sentences N (or --planner.context causal)")
+
+
+def _recorded_context(d: dict):
+    """A recorded planner config (dict) as the object :func:`needs_token_counts` reads."""
+    import types
+
+    return types.SimpleNamespace(**{"context": "paper", "context_sentences": None, **d})
+
+
+def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: PlannedPretraining, p: LMPreset,
+                      block_size: int, optim: OptimConfig, seed: int, trainer_cfg: TrainerConfig, out: Path) -> dict:
+    """Planned pretraining: a fresh GPT-2 + action adapters (+ a frozen or later-trained planner), trained by the ONE
+    planned-LM loop on article windows, written as a planned-LM folder (planlm.persist)."""
+    import lightning as L
+    import torch
+
+    from planlm.data.planner_inputs import PlannerInputs
+    from planlm.data.windows import WindowDataset
+    from planlm.persist import load_planner, save_planned_lm
+    from planlm.train.finetune import check_planner_fits
+    from planlm.train.loop import LoopData
+    from planlm.train.trainer import build_trainer
+
+    recipe = planned.recipe()
+    planner = None
+    if planned.planner is not None:
+        check_planner_for_pretraining(planned.planner, corpus, tokenizer)
+        planner = load_planner(planned.planner)
+        check_planner_fits(planner, corpus, planned.planner)
+    train = WindowDataset.from_corpus(corpus, tokenizer, "train", block_size, block_size - 1)
+    val = WindowDataset.from_corpus(corpus, tokenizer, "val", block_size, block_size - 1)
+    if len(train) == 0:
+        raise PlanlmError(f"{corpus.path} has no training windows; prepare a corpus with train articles")
+    planner_fn = PlannerInputs.from_config(corpus, planner.config, tokenizer=tokenizer) if planner is not None else None
+    data = LoopData(train, val, train.collate_fn(planner_fn, pad_token_id=tokenizer.pad_token_id), optim.batch_size,
+                    optim.accumulate)
+    total = math.ceil(len(train) / optim.batch_size) * optim.epochs
+    total = min(total, optim.max_steps) if optim.max_steps > 0 else total
+
+    L.seed_everything(seed, verbose=False)
+    lm = new_gpt2(p, tokenizer, block_size)
+    # the same PlannedLM finetune builds, with the LM trained and no base LM to rebuild from (saved in lm/)
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+
+    model = PlannedLM(lm, PlannedLMConfig(
+        num_actions=corpus.num_actions, action_dim=corpus.embedding_dim, layers=planned.adapters.layers,
+        gate=planned.adapters.gate, **recipe.selection_fields(), train_lm=True, seed=seed,
+    ), centroids=torch.from_numpy(corpus.centroids), planner=planner)
+    module = PretrainModule(model, recipe, optim, total, seed=seed, data=data)
+    module.warmup_fraction, module.snapshot_every = p.warmup_fraction, planned.snapshot_every
+
+    with atomic_dir(out, force=True) as tmp:
+        module.snapshot_dir = tmp / "snapshots"
+        trainer = build_trainer(trainer_cfg, tmp, max_epochs=optim.epochs, max_steps=total,
+                                accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
+                                num_sanity_val_steps=0, enable_checkpointing=False, use_distributed_sampler=False)
+        initial = float(trainer.validate(module, verbose=False)[0]["val_loss"])
+        trainer.fit(module)
+        if "val_loss" not in trainer.callback_metrics or module.validated_at != trainer.global_step:
+            trainer.validate(module, verbose=False)
+        val_loss = float(trainer.callback_metrics["val_loss"])
+        metrics = {"val_loss_initial": initial, "val_loss": val_loss, "val_perplexity": math.exp(val_loss),
+                   "tokens_per_second": module.train_tokens / max(module.train_seconds, 1e-9),
+                   "train_seconds": module.train_seconds}
+        if trainer.is_global_zero:
+            save_planned_lm(model, tmp, save_lm=True)
+            tokenizer.save_pretrained(tmp / "tokenizer")  # where planlm.persist.load_run reads it
+            tokenizer.save_pretrained(tmp / "lm")  # lm/ is a complete Hugging Face LM folder too
+            inputs = {"prepared": corpus.path, **({"planner": planned.planner} if planned.planner else {})}
+            write_manifest(
+                tmp, STAGE, config, inputs=inputs,
+                counts={"train_windows": len(train), "val_windows": len(val), "trained_tokens": module.train_tokens,
+                        "steps": trainer.global_step, "snapshots": module.snapshots,
+                        "parameters": sum(q.numel() for q in model.parameters()),
+                        "adapter_parameters": model.adapter_parameters(), "vocab_size": len(tokenizer)},
+                metrics=metrics, planned=True, encoder=corpus.encoder, num_actions=corpus.num_actions,
+            )
+    print(f"pretrain-lm {config['preset']} planned ({planned.actions}): val perplexity {metrics['val_perplexity']:.2f} "
+          f"(initial {math.exp(initial):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
+    return metrics
+
+
+class PretrainModule(PlannedLMModule):
+    """The ONE planned-LM loop with pretrain-lm's optimizer (AdamW, cosine schedule), token counts and snapshots."""
+
+    warmup_fraction = 0.05
+    snapshot_every = 0
+    snapshot_dir: Path | None = None
+
+    def on_fit_start(self):
+        self.train_tokens, self.train_seconds, self._t0 = 0, 0.0, 0.0
+        self.snapshots: list[dict] = []  # {"step", "tokens"} of every snapshot written
+        self.validated_at = -1
+
+    def on_train_batch_start(self, batch, batch_idx):
+        super().on_train_batch_start(batch, batch_idx)
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.train_seconds += time.perf_counter() - self._t0  # forward + backward + optimizer step
+        self.train_tokens += batch["num_tokens"]  # real (unpadded) tokens, counted on the host
+        step = self.global_step  # optimizer steps done; with accumulation the first micro-batch after one saves
+        if (self.snapshot_every and step % self.snapshot_every == 0 and self.trainer.is_global_zero
+                and step not in {s["step"] for s in self.snapshots}):
+            from planlm.persist import save_planned_lm
+
+            save_planned_lm(self.model, self.snapshot_dir / f"step-{step:06d}", save_lm=True)
+            self.snapshots.append({"step": step, "tokens": self.train_tokens})
+
+    def on_validation_epoch_end(self):
+        self.validated_at = self.global_step
+
+    def configure_optimizers(self):
+        trained = [q for q in self.parameters() if q.requires_grad]  # LM, adapters (+ the planner once it trains)
+        return adamw_cosine(trained, self.optim, self.warmup_fraction, int(self.trainer.estimated_stepping_batches))
