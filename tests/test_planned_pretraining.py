@@ -108,6 +108,19 @@ def test_fixed_is_the_same_architecture_without_a_planner_and_evaluate_reads_it(
     assert m["selection"] == "fixed" and np.isfinite(m["ppl"]) and m["variant"].startswith("Fixed")
 
 
+def test_fixed_folder_is_also_the_same_plain_lm(setup):
+    from transformers import AutoModelForCausalLM
+
+    from planlm.persist import load_planned_lm
+
+    out, _ = _planned(setup, "planned-fixed", "fixed", steps=2)  # reused from the test above when it ran
+    planned, plain = load_planned_lm(out), AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(0, plain.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, planned(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(planned.lm(input_ids=ids).logits, plain(input_ids=ids).logits)  # adapters matter
+
+
 def test_evaluate_measures_predicted_and_oracle_actions(setup, tmp_path):
     from planlm.eval.evaluate import PerplexityConfig, evaluate
 

@@ -543,6 +543,9 @@ def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: 
             save_planned_lm(model, tmp, save_lm=True)
             tokenizer.save_pretrained(tmp / "tokenizer")  # where planlm.persist.load_run reads it
             tokenizer.save_pretrained(tmp / "lm")  # lm/ is a complete Hugging Face LM folder too
+            if planned.actions == "fixed":  # one constant action: OUT itself is the same LM as a plain HF folder
+                fold_constant_actions(model).save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
             inputs = {"prepared": corpus.path, **({"planner": planned.planner} if planned.planner else {})}
             write_manifest(
                 tmp, STAGE, config, inputs=inputs,
@@ -555,6 +558,38 @@ def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: 
     print(f"pretrain-lm {config['preset']} planned ({planned.actions}): val perplexity {metrics['val_perplexity']:.2f} "
           f"(initial {math.exp(initial):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
     return metrics
+
+
+def fold_constant_actions(model):
+    """A copy of a fixed- or uniform-selection planned LM's base LM with the adapters folded in: a plain LM that
+    computes the same logits.
+
+    Those selections add the same vector r^l to every token at the input of layer l's attention output projection,
+    and a projection is affine: (x + r) W + b = x W + (r W + b). So r^l W becomes part of the projection's bias.
+    """
+    import copy
+
+    import torch
+
+    from planlm.models.selection import action_weights
+
+    cfg = model.config
+    if cfg.selection not in ("fixed", "uniform"):
+        raise PlanlmError(f"only fixed and uniform selections add a constant vector; {cfg.selection!r} does not")
+    lm = copy.deepcopy(model.lm)
+    for handle_owner in lm.modules():  # the copy carries the adapters' hooks: a plain LM has none
+        handle_owner._forward_pre_hooks.clear()
+    weights = action_weights(cfg.selection, cfg.num_actions, fixed_action=cfg.fixed_action)  # (1, K)
+    with torch.no_grad():
+        for layer in model.adapters.layers:
+            r = model.adapters.adapters[str(layer)](weights.to(model.lm.device))[0]  # (H,)
+            proj = lm.get_submodule(model.adapters.path.format(i=layer))
+            if getattr(proj, "bias", None) is None:
+                raise PlanlmError(f"{model.adapters.path.format(i=layer)} has no bias to fold the action into")
+            # GPT-2's Conv1D computes x @ weight (H, H_out); nn.Linear computes x @ weight.T
+            w = proj.weight if not isinstance(proj, torch.nn.Linear) else proj.weight.T
+            proj.bias += r.to(w.dtype) @ w
+    return lm
 
 
 class PretrainModule(PlannedLMModule):
