@@ -76,6 +76,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--vocab_size", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=240, help="optimizer steps of every LM (the same token budget)")
     ap.add_argument("--snapshot_every", type=int, default=40)
+    ap.add_argument("--plain_steps", type=int, default=None,
+                    help="steps of the plain LM (default: --steps; 1 = only the tokenizer the planner counts with)")
     ap.add_argument("--planner_steps", type=int, default=-1, help="NAP steps (-1: one epoch, the paper's)")
     ap.add_argument("--layers", default=None, help="conditioned layers, e.g. 1,2 (default: all but the first two)")
     ap.add_argument("--variants", default="oracle,predicted", help="planned actions besides fixed")
@@ -111,7 +113,8 @@ def main(argv=None) -> dict:
 
     t = time.perf_counter()
     plain = pretrain_lm(args.prepared, out=str(out / "plain"), preset=args.preset, vocab_size=args.vocab_size,
-                        optim=optim, seed=args.seed, trainer=quiet)
+                        optim=lm_optim(args.preset, max_steps=args.plain_steps or args.steps), seed=args.seed,
+                        trainer=quiet)
     seconds["plain"] = time.perf_counter() - t
     t = time.perf_counter()
     nap = train_planner(args.prepared, out=str(out / "planner"), lm=str(out / "plain"), planner=PlannerConfig(),
@@ -155,7 +158,8 @@ def main(argv=None) -> dict:
     result.update(command="python bench/planned_pretraining.py " + " ".join(argv if argv is not None
                                                                            else sys.argv[1:]),
                   preset=args.preset, steps=args.steps, test_articles=int(len(article_ids)),
-                  test_tokens=int(curves["Fixed"]["count"].sum()), plain_lm_val_perplexity=plain["val_perplexity"],
+                  test_tokens=int(curves["Fixed"]["count"].sum()), plain_steps=args.plain_steps or args.steps,
+                  plain_lm_val_perplexity=plain["val_perplexity"],
                   planner_top1=nap["planner"]["top1"], planner_unigram_top1=nap["unigram"]["top1"],
                   seconds={k: round(v, 1) for k, v in seconds.items()}, uptime=os.getloadavg())
     if args.plot:
@@ -219,7 +223,8 @@ def table(r: dict) -> str:
         cells = [f"{row['gap_at_equal_tokens'][i]:+.2f} [{row['gap_ci'][i][0]:+.2f}, {row['gap_ci'][i][1]:+.2f}]"
                  for row in r["rows"]]
         lines.append(f"| {tok:.0f} (step {fixed['steps'][i]}) | " + " | ".join(cells) + " |")
-    lines += ["", f"plain LM (blocks across articles) val PPL {r['plain_lm_val_perplexity']:.2f}; NAP planner top-1 "
+    lines += ["", f"plain LM (blocks across articles, {r['plain_steps']} steps) val PPL "
+              f"{r['plain_lm_val_perplexity']:.2f}; NAP planner top-1 "
               f"{r['planner_top1']:.3f} (unigram {r['planner_unigram_top1']:.3f}); seconds {r['seconds']}; "
               f"load {tuple(round(x, 1) for x in r['uptime'])}"]
     return "\n".join(lines)
