@@ -57,3 +57,13 @@ def build_env(root: Path, selection: str = "soft", n_articles: int = 10) -> dict
     write_manifest(run, "finetune", {"recipe": {"selection": selection}, "seed": 0}, inputs={"prepared": root / "prep"},
                    encoder=corpus.encoder, num_actions=corpus.num_actions)
     return {"root": root, "corpus": corpus, "tokenizer": tokenizer, "model": model, "run": run, "lm": lm_dir}
+
+
+def planner_context(encoder, sentences, j: int, n_ctx: int) -> dict[str, torch.Tensor]:
+    """What the planner read before generated sentence ``j``: the last ``n_ctx`` finished sentences, re-encoded (as
+    float16, like the generator's table) into ``context_embeddings (1, C, d)`` and ``context_mask (1, C)``."""
+    import numpy as np
+
+    before = [t.text for t in sentences[:j]][-n_ctx:]
+    ctx = torch.from_numpy(encoder.encode(before).astype(np.float16).astype(np.float32))[None]  # (1, C, d)
+    return {"context_embeddings": ctx, "context_mask": torch.ones(1, len(before), dtype=torch.bool)}

@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from planlm.artifacts import write_manifest
+from planlm.data.alignment import sentence_token_counts
+from planlm.data.corpus import SourceConfig
+from planlm.data.encoders import EncoderConfig
+from planlm.data.planner_inputs import PlannerInputs
 from planlm.data.prepared import PreparedCorpus, write_prepared
+from planlm.data.windows import WindowDataset, collate_windows
+from planlm.train.trainer import OptimConfig, TrainerConfig
 
 SENTENCES = [
     "The Moon is Earth's only natural satellite.",
@@ -226,3 +232,61 @@ def spans_of(text: str, sentences: list[str]) -> list[tuple[int, int]]:
         out.append((start, start + len(s)))
         pos = start + len(s)
     return out
+
+
+NAP = functools.partial(OptimConfig, weight_decay=1e-4)  # train-planner's optimisation defaults (the paper's)
+QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="csv")
+
+
+def patterned_prepared(directory, n_articles=40, num_actions=6, dim=16, seed=0) -> PreparedCorpus:
+    """A prepared corpus whose actions follow a rule a planner can learn from the previous sentence's embedding:
+    the first action of an article is random, then a_j = (a_{j-1} + 1) mod K. Embeddings are noisy centroids."""
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True)
+    centroids = rng.standard_normal((num_actions, dim)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    titles, texts, splits, arts, starts, ends, actions = [], [], [], [], [], [], []
+    for a in range(n_articles):
+        n = int(rng.integers(6, 12))
+        acts = (int(rng.integers(num_actions)) + np.arange(n)) % num_actions
+        text = ""
+        for act in acts:
+            text += " " if text else ""
+            starts.append(len(text))
+            text += SENTENCES[int(act) % len(SENTENCES)]
+            ends.append(len(text))
+            arts.append(a)
+        actions += acts.tolist()
+        titles.append(f"Patterned {a}")
+        texts.append(text)
+        splits.append("val" if a < 8 else "test" if a < 12 else "train")
+    actions = np.array(actions)
+    emb = centroids[actions] + 0.2 * rng.standard_normal((len(actions), dim)).astype(np.float32) / np.sqrt(dim)
+    exemplars = [{"action": k, "size": int((actions == k).sum()), "exemplars": []} for k in range(num_actions)]
+    write_prepared(directory, titles, texts, splits, np.array(arts), np.array(starts), np.array(ends), emb,
+                   centroids, actions, exemplars)
+    write_manifest(directory, "prepare", {"patterned": True, "seed": seed}, encoder="synthetic", embedding_dim=dim,
+                   num_actions=num_actions)
+    return PreparedCorpus.load(directory)
+
+
+def corpus_batch(corpus, split="train", n=4, context_length=32):
+    tok = tiny_tokenizer()
+    ds = WindowDataset.from_corpus(corpus, tok, split, context_length=context_length, stride=context_length - 1)
+    fn = PlannerInputs(corpus, "paper", context_tokens=32, token_counts=sentence_token_counts(corpus, tok, False))
+    return collate_windows([ds[i] for i in range(n)], fn, pad_token_id=tok.pad_token_id)
+
+
+def model_inputs(batch):
+    keys = ("input_ids", "attention_mask", "labels", "token_slot", "oracle_actions", "planner_inputs")
+    return {k: batch[k] for k in keys}
+
+
+def prepare_builtin_slice(out, n_articles: int = 12, num_actions: int = 16) -> Path:
+    """`planlm prepare` of the first ``n_articles`` builtin Wikipedia articles (fake 32-d encoder, K=16) into out."""
+    from planlm.prepare import prepare
+
+    prepare(out=str(out), source=SourceConfig(max_articles=n_articles), encoder=EncoderConfig(name="fake:32"),
+            num_actions=num_actions, progress=False)
+    return Path(out)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from generate_env import ENCODER, build_env
+from generate_env import ENCODER, build_env, planner_context
 from planlm.cli import main
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
@@ -90,10 +89,8 @@ def test_planner_takes_over_and_reads_the_finished_sentences(env, generator):
     for j, s in enumerate(g.sentences):
         if s.source != "planner":
             continue
-        before = [t.text for t in g.sentences[:j]][-n_ctx:]
-        ctx = torch.from_numpy(enc.encode(before).astype(np.float16).astype(np.float32))[None]  # (1, C, d)
         with torch.no_grad():
-            logits = model.planner(context_embeddings=ctx, context_mask=torch.ones(1, len(before), dtype=torch.bool))
+            logits = model.planner(**planner_context(enc, g.sentences, j, n_ctx))
         assert s.action == int(logits.argmax())
         assert s.probability == pytest.approx(float(torch.softmax(logits, -1).max()), rel=1e-5)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import ARCHS, handmade_prepared, random_lm, spans_of, tiny_tokenizer
+from helpers import ARCHS, corpus_batch, handmade_prepared, model_inputs, random_lm, spans_of, tiny_tokenizer
 
 from planlm.data.alignment import sentence_token_counts
 from planlm.data.planner_inputs import PlannerInputs
@@ -27,18 +27,6 @@ def make_model(arch, corpus, planner=True, **cfg) -> PlannedLM:
     config = PlannedLMConfig(num_actions=corpus.num_actions, action_dim=corpus.embedding_dim, **cfg)
     return PlannedLM(random_lm(arch), config, centroids=torch.from_numpy(corpus.centroids),
                      planner=make_planner(corpus) if planner else None)
-
-
-def corpus_batch(corpus, split="train", n=4, context_length=32):
-    tok = tiny_tokenizer()
-    ds = WindowDataset.from_corpus(corpus, tok, split, context_length=context_length, stride=context_length - 1)
-    fn = PlannerInputs(corpus, "paper", context_tokens=32, token_counts=sentence_token_counts(corpus, tok, False))
-    return collate_windows([ds[i] for i in range(n)], fn, pad_token_id=tok.pad_token_id)
-
-
-def model_inputs(batch):
-    keys = ("input_ids", "attention_mask", "labels", "token_slot", "oracle_actions", "planner_inputs")
-    return {k: batch[k] for k in keys}
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -10,9 +10,7 @@ import pytest
 import torch
 
 from finetune_env import cli_args, make_env
-from helpers import synthetic_prepared
-from test_planned_lm import corpus_batch, model_inputs
-from test_train_planner import NAP, QUIET, patterned_prepared
+from helpers import NAP, QUIET, corpus_batch, model_inputs, patterned_prepared, synthetic_prepared
 from planlm.cli import main
 from planlm.errors import PlanlmError
 from planlm.eval.nap import next_actions, offset_name
@@ -290,7 +288,7 @@ def test_plans_need_predicted_training_actions(stage_env, capsys):
 
 
 def test_generation_replans_h_sentences_at_every_sentence_end(tmp_path):
-    from generate_env import ENCODER, build_env
+    from generate_env import ENCODER, build_env, planner_context
     from planlm.data.encoders import load_encoder
     from planlm.eval.generator import PlannedGenerator, SamplingConfig
 
@@ -321,9 +319,7 @@ def test_generation_replans_h_sentences_at_every_sentence_end(tmp_path):
     for j, s in enumerate(g.sentences):
         if s.source != "planner":
             continue
-        before = [t.text for t in g.sentences[:j]][-n_ctx:]
-        ctx = torch.from_numpy(enc.encode(before).astype(np.float16).astype(np.float32))[None]  # (1, C, d)
         with torch.no_grad():
-            _, plan = model.plan({"context_embeddings": ctx, "context_mask": torch.ones(1, len(before), dtype=bool)})
+            _, plan = model.plan(planner_context(enc, g.sentences, j, n_ctx))
         assert int(plan[0, 0].argmax()) == s.action  # greedy: offset 1 is the planner's argmax
         assert tuple(plan[0].flatten().tolist()) in rows  # this sentence's plan of 2 conditioned its tokens

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers import prepare_builtin_slice
 from planlm.cli import main
 from planlm.data.actions import KMeansConfig
 from planlm.data.corpus import SourceConfig, SplitConfig, read_corpus
@@ -21,9 +22,7 @@ FAKE = EncoderConfig(name="fake:32")
 @pytest.fixture(scope="module")
 def builtin_slice(tmp_path_factory):
     """A prepared corpus of the first 12 builtin Wikipedia articles (fake encoder, K=16)."""
-    out = tmp_path_factory.mktemp("prep") / "builtin12"
-    prepare(out=str(out), source=SourceConfig(max_articles=12), encoder=FAKE, num_actions=16, progress=False)
-    return out
+    return prepare_builtin_slice(tmp_path_factory.mktemp("prep") / "builtin12")
 
 
 def _write_jsonl(path, records):

@@ -1,60 +1,21 @@
 """`planlm train-planner`: NAP learns a learnable action pattern, baselines, artifact, reuse, validation, --help."""
 
-import functools
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import SENTENCES
-from planlm.artifacts import read_manifest, write_manifest
+from helpers import NAP, QUIET, patterned_prepared
+from planlm.artifacts import read_manifest
 from planlm.data.planner_inputs import PlannerInputs
-from planlm.data.prepared import PreparedCorpus, write_prepared
 from planlm.errors import PlanlmError
 from planlm.models.planner import PlannerConfig
 from planlm.persist import load_planner, save_planned_lm
 from planlm.eval.latent import BigramCritic
 from planlm.eval.nap import action_metrics, baseline_metrics
 from planlm.train.planner import ArticleBatches, train_planner
-from planlm.train.trainer import OptimConfig, TrainerConfig
-
-NAP = functools.partial(OptimConfig, weight_decay=1e-4)  # train-planner's optimisation defaults (the paper's)
-QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="csv")
-
-
-def patterned_prepared(directory, n_articles=40, num_actions=6, dim=16, seed=0) -> PreparedCorpus:
-    """A prepared corpus whose actions follow a rule a planner can learn from the previous sentence's embedding:
-    the first action of an article is random, then a_j = (a_{j-1} + 1) mod K. Embeddings are noisy centroids."""
-    rng = np.random.default_rng(seed)
-    directory = Path(directory)
-    directory.mkdir(parents=True)
-    centroids = rng.standard_normal((num_actions, dim)).astype(np.float32)
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    titles, texts, splits, arts, starts, ends, actions = [], [], [], [], [], [], []
-    for a in range(n_articles):
-        n = int(rng.integers(6, 12))
-        acts = (int(rng.integers(num_actions)) + np.arange(n)) % num_actions
-        text = ""
-        for act in acts:
-            text += " " if text else ""
-            starts.append(len(text))
-            text += SENTENCES[int(act) % len(SENTENCES)]
-            ends.append(len(text))
-            arts.append(a)
-        actions += acts.tolist()
-        titles.append(f"Patterned {a}")
-        texts.append(text)
-        splits.append("val" if a < 8 else "test" if a < 12 else "train")
-    actions = np.array(actions)
-    emb = centroids[actions] + 0.2 * rng.standard_normal((len(actions), dim)).astype(np.float32) / np.sqrt(dim)
-    exemplars = [{"action": k, "size": int((actions == k).sum()), "exemplars": []} for k in range(num_actions)]
-    write_prepared(directory, titles, texts, splits, np.array(arts), np.array(starts), np.array(ends), emb,
-                   centroids, actions, exemplars)
-    write_manifest(directory, "prepare", {"patterned": True, "seed": seed}, encoder="synthetic", embedding_dim=dim,
-                   num_actions=num_actions)
-    return PreparedCorpus.load(directory)
+from planlm.train.trainer import TrainerConfig
 
 
 @pytest.fixture

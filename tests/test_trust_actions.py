@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from finetune_env import cli_args, make_env
-from helpers import synthetic_prepared
+from helpers import prepare_builtin_slice, synthetic_prepared
 from planlm.cli import main
 from planlm.data.corpus import SourceConfig, SplitConfig
 from planlm.data.encoders import EncoderConfig
@@ -23,9 +23,7 @@ FAKE = EncoderConfig(name="fake:32")
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """12 builtin articles, fake encoder, K=16: the corpus whose actions are applied elsewhere."""
-    out = tmp_path_factory.mktemp("src") / "prepared"
-    prepare(out=str(out), source=SourceConfig(max_articles=12), encoder=FAKE, num_actions=16, progress=False)
-    return out
+    return prepare_builtin_slice(tmp_path_factory.mktemp("src") / "prepared")
 
 
 def test_actions_from_gives_the_source_actions_for_the_source_sentences(source, tmp_path):
