@@ -36,7 +36,7 @@ import numpy as np
 
 from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest, writes_artifact
 from planlm.errors import raise_if_problems
-from planlm.eval.figures import plot_mixing, plot_planner_correct
+from planlm.eval.figures import plot_mixing, plot_planner_correct, pyplot
 from planlm.variants import PAPER_PPL
 
 METRICS = "metrics.json"
@@ -377,20 +377,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "variant"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_overhead(overhead: dict[str, float], path: Path, baseline: str = "fixed") -> Path | None:
     """Bars: training-step time of each variant relative to Fixed."""
     if not overhead:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(overhead, key=lambda v: (v.lower() != baseline.lower(), list(overhead).index(v)))
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names)), 4))
     bars = ax.bar(names, [overhead[n] for n in names], color="tab:blue")
@@ -422,7 +413,7 @@ def plot_seeds(runs: list[Run], path: Path, baseline: str = "fixed",
             panels.append((key, label, per))
     if not panels or not any(len(xs) > 1 for xs in panels[0][2].values()):
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 1.1 * len(variants)) * len(panels), 4.2), squeeze=False)
     for ax, (key, label, per) in zip(axes[0], panels):
         for i, (v, xs) in enumerate(per.items()):

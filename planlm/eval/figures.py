@@ -29,7 +29,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed): the one place planlm picks it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,7 @@ def plot_mixing(metrics: list[dict], path: Path) -> Path | None:
     ps = sorted({float(m["p_predicted"]) for m in mixed})
     if len(ps) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, marker, color in (("ppl", "predicted actions at test", "o", "tab:blue"),
                                       ("ppl_oracle", "oracle actions at test", "s", "tab:orange")):
@@ -96,7 +97,7 @@ def plot_planner_correct(metrics: list[dict], path: Path, actions: str = "predic
     rows = planner_correct_rows(metrics, actions)
     if not rows:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(5, 1.4 * len(rows)), 4))
     for offset, part, color in ((-0.2, "right", "tab:green"), (0.2, "wrong", "tab:red")):
