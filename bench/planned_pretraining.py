@@ -33,14 +33,6 @@ from pathlib import Path
 import numpy as np
 
 
-def article_nll(result, corpus) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-article NLL sums and token counts of a PerplexityResult: ``(article ids (A,), nll (A,), tokens (A,))``."""
-    arts = corpus.sentence_article[result.token_sentence]  # (tokens,)
-    ids, index = np.unique(arts, return_inverse=True)
-    nll = np.bincount(index, weights=result.token_nll.astype(np.float64), minlength=len(ids))
-    return ids, nll, np.bincount(index, minlength=len(ids)).astype(np.float64)
-
-
 def ppl(nll: np.ndarray, tokens: np.ndarray, arts=None) -> float:
     """Token-weighted perplexity over articles ``arts`` (indices, repeats allowed; None = all)."""
     if arts is None:
@@ -145,7 +137,9 @@ def main(argv=None) -> dict:
                 model = load_planned_lm(folder / "snapshots" / f"step-{s['step']:06d}")
                 r = perplexity(model, corpus, tokenizer, "test", actions, "strided", block,
                                max_articles=args.max_articles, progress=False)
-                ids, nll, count = article_nll(r, corpus)
+                record = r.by_article(corpus.sentence_article)  # per-article NLL sums and token counts
+                ids, nll = np.asarray(record["article_ids"]), np.asarray(record["nll_sum"])
+                count = np.asarray(record["tokens"], dtype=np.float64)
                 if article_ids is None:
                     article_ids = ids
                 assert np.array_equal(ids, article_ids)  # the same scored articles for every model (paired)

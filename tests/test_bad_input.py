@@ -183,13 +183,19 @@ def _unhashed_swapped_embeddings(env, tmp):
     return _finetune(env, tmp, prepared=prep), r"inconsistent \(embeddings\.npy has shape \(3, 16\)"
 
 
-def _planner_of_another_lm(env, tmp):
+def _planner_counted_with(env, tmp, lm) -> Path:
+    """A copy of the planner whose manifest says its paper context was counted in tokens of ``lm``."""
     planner = _copy(env, tmp, "planner")
-    other_lm = shutil.copytree(env["lm"], tmp / "other_lm")  # same tokenizer files, but another LM as far as recorded
     m = json.loads((planner / "manifest.json").read_text())
-    write_manifest(planner, "train-planner", m["config"], inputs={"prepared": env["prepared"], "lm": other_lm},
+    write_manifest(planner, "train-planner", m["config"], inputs={"prepared": env["prepared"], "lm": lm},
                    num_actions=m["num_actions"], encoder=m["encoder"],
                    planner_config={"context": "paper", "context_sentences": None})
+    return planner
+
+
+def _planner_of_another_lm(env, tmp):
+    other_lm = shutil.copytree(env["lm"], tmp / "other_lm")  # same tokenizer files, but another LM as far as recorded
+    planner = _planner_counted_with(env, tmp, other_lm)
     return _finetune(env, tmp, planner=planner), r"counted its context in tokens of the LM .*other_lm"
 
 
@@ -405,11 +411,7 @@ def test_a_planner_counted_in_a_plain_hf_lm_folders_tokens_is_accepted(env, tmp_
     counted its context with is recognised when the same folder comes back as --lm (and another one is refused)."""
     from planlm.train.finetune import FinetuneConfig, check_planner_inputs
 
-    planner = _copy(env, tmp_path, "planner")
-    m = json.loads((planner / "manifest.json").read_text())
-    write_manifest(planner, "train-planner", m["config"], inputs={"prepared": env["prepared"], "lm": env["lm"]},
-                   num_actions=m["num_actions"], encoder=m["encoder"],
-                   planner_config={"context": "paper", "context_sentences": None})
+    planner = _planner_counted_with(env, tmp_path, env["lm"])
     config = lambda lm: FinetuneConfig(prepared=env["prepared"], lm=lm, planner=planner)  # noqa: E731
     check_planner_inputs(config(env["lm"]), env["corpus"])
     with pytest.raises(PlanlmError, match="counted its context in tokens of the LM"):
