@@ -20,7 +20,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.evaluate import evaluate
 from planlm.eval.generate import generate
 from planlm.mtp_compare import mtp_compare
-from planlm.myopia import LMBudget, myopia_dp, myopia_lm
+from planlm.myopia import LMBudget, myopia_dp, myopia_lm, myopia_planned
 from planlm.prepare import actions_show, prepare
 from planlm.report import report
 from planlm.run import run
@@ -40,7 +40,7 @@ COMMANDS: dict = {
     "report": report,
     "run": run,
     "mtp-compare": mtp_compare,
-    "myopia": {"dp": myopia_dp, "lm": myopia_lm},
+    "myopia": {"dp": myopia_dp, "lm": myopia_lm, "planned": myopia_planned},
 }
 
 # Commands whose LM preset supplies a nested section: (command words, preset option, its default, section). The

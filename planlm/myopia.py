@@ -10,6 +10,9 @@ into the hidden states of positions i < j) minus the loss of a vanilla one train
   bootstrap confidence interval over seeds and articles, the gap by position in the window (does it grow as more
   context could have been pre-cached?), and linear probes of future tokens on both models' hidden states
   (planlm/eval/probes.py).
+- ``planlm myopia planned``: does a plan of the next sentence replace the LM's own pre-caching? Fixed and a
+  planner-conditioned variant, each fine-tuned vanilla and myopic from one pretrained LM (`finetune --myopic`): both
+  gaps and their difference, with paired bootstrap intervals over articles and seeds.
 
 Each writes one folder atomically: ``myopia.json``, ``myopia.md`` (the table), ``myopia.png`` and ``manifest.json``.
 """
@@ -427,6 +430,200 @@ def myopia_lm(
     print(f"myopia lm: vanilla {mean_loss['vanilla']:.4f}, myopic {mean_loss['myopic']:.4f} nats/token, "
           f"gap {stats['gap']:.4f}{_ci_text(stats['gap_ci'])} -> {out}")
     return result
+
+
+# ----------------------------------------------------------------------------------- planned vs Fixed LMs
+
+
+MODELS = ("fixed-vanilla", "fixed-myopic", "planned-vanilla", "planned-myopic")
+
+
+def validate_myopia_planned(prepared: str, lm: str, planner: str, out: str, variant: str, seeds: list[int],
+                            optim: OptimConfig, bootstrap: int) -> None:
+    """Raise one error listing every problem with the arguments of :func:`myopia_planned`."""
+    from planlm.models.selection import needs_planner
+    from planlm.variants import VARIANTS
+
+    problems = []
+    for role, path, stage, fix in (("prepared", prepared, "prepare", "planlm prepare"),
+                                   ("planner", planner, "train-planner", "planlm train-planner")):
+        try:
+            read_manifest(path, stage)
+        except PlanlmError as e:
+            problems.append(f"--{role}: {e} (build it with `{fix} --out {path}`)")
+    if not Path(lm).is_dir():
+        problems.append(f"--lm {lm} is not a folder; pass a `planlm pretrain-lm` output or a local HF model folder")
+    if variant not in VARIANTS:
+        problems.append(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    elif not needs_planner(VARIANTS[variant].recipe.selection):
+        problems.append(f"variant {variant!r} reads no plan; compare a planner-conditioned one (e.g. 'Cornille PA')")
+    problems += optim.problems()
+    if bootstrap < 100:
+        problems.append(f"bootstrap must be at least 100 (got {bootstrap})")
+    if Path(out).resolve() in {Path(x).resolve() for x in (prepared, lm, planner)}:
+        problems.append("--out must differ from --prepared, --lm and --planner")
+    problems += _seed_problems(seeds)
+    raise_if_problems(problems, "myopia planned")
+
+
+def myopia_planned(
+    prepared: str = "runs/demo/prepared",
+    lm: str = "runs/demo/lm",
+    planner: str = "runs/demo/planner",
+    out: str = "runs/myopia-planned",
+    variant: str = "Cornille PA",
+    seeds: list[int] = [0, 1],  # noqa: B006  (jsonargparse reads the default)
+    optim: OptimConfig = OptimConfig(lr=1.0e-3),
+    context_length: int = 128,
+    eval_stride: int = 64,
+    eval_max_articles: int | None = 1000,
+    train_lm: bool = True,
+    bootstrap: int = 2000,
+    trainer: TrainerConfig = TrainerConfig(logger="none"),
+    force: bool = False,
+) -> dict:
+    """Does an explicit plan of the next sentence replace the LM's own pre-caching? The myopia gap of a
+    planner-conditioned LM vs that of a Fixed one.
+
+    Per seed, four `planlm finetune` runs from the same pretrained LM, data order and initialisation: Fixed and
+    ``variant``, each vanilla and myopic (``--myopic``: the loss at j sends no gradient into earlier positions' hidden
+    states, so the LM and the adapters cannot learn to pre-cache); the LM trains with its adapters (``train_lm``,
+    a myopic fine-tuning as in Wu et al.'s Pythia figures). Each is scored by `planlm evaluate` on the test articles
+    (windows of ``context_length``, stride ``eval_stride``; planner-predicted actions, and oracle actions for the
+    planned LM). Reported, in nats per token, each with a paired bootstrap 95 % interval over articles and seeds
+    (:func:`planlm.report.pooled_bootstrap`): the gap of Fixed, the gap of the planned LM, and their difference
+    (planned minus Fixed: negative = the plan replaces some pre-caching).
+
+    Args:
+        prepared: a `planlm prepare` output.
+        lm: the pretrained (vanilla) base LM every run starts from (a `planlm pretrain-lm` folder or HF folder).
+        planner: a NAP-pretrained planner (`planlm train-planner`) on the same corpus.
+        out: output folder (written atomically): myopia.json, myopia.md, myopia.png, manifest.json; the fine-tuned
+            runs go to OUT-runs/ (each reused when up to date, so a killed comparison resumes at its current run).
+        variant: the planner-conditioned row of planlm.variants compared with Fixed.
+        seeds: four runs per seed.
+        optim: fine-tuning optimisation of every run (default: the CPU run preset's rate, one epoch, batch 32).
+        context_length: training and evaluation window length (training stride context_length - 1).
+        eval_stride: stride of the strided perplexity protocol.
+        eval_max_articles: test articles scored (the first this many).
+        train_lm: fine-tune the LM with the adapters (False: only the adapters, whose gradients myopia then cuts).
+        bootstrap: bootstrap resamples.
+        trainer: devices, precision, logging of `finetune`.
+        force: retrain and rescore everything.
+
+    Returns:
+        The content of myopia.json.
+    """
+    validate_myopia_planned(prepared, lm, planner, out, variant, seeds, optim, bootstrap)
+    config = {"task": "planned", "prepared_id": read_manifest(prepared, "prepare").get("id"), "lm": str(lm),
+              "planner_id": read_manifest(planner, "train-planner").get("id"), "variant": variant,
+              "seeds": list(seeds), "optim": asdict(optim), "context_length": context_length,
+              "eval_stride": eval_stride, "eval_max_articles": eval_max_articles, "train_lm": train_lm,
+              "bootstrap": bootstrap}
+    if up_to_date(out, STAGE, config, force):
+        return read_manifest(out, STAGE).get("metrics", {})
+
+    import json
+
+    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.run import slug
+    from planlm.train.finetune import WindowConfig, finetune
+    from planlm.variants import VARIANTS
+
+    runs_dir = Path(f"{out}-runs")
+    records, losses = [], []  # per seed: model -> per-article record; rows of the losses table
+    for seed in seeds:
+        records.append({})
+        for model in MODELS:
+            name = "Fixed" if model.startswith("fixed") else variant
+            myopic = model.endswith("myopic")
+            run_dir = runs_dir / f"{slug(name)}-{'myopic' if myopic else 'vanilla'}-seed{seed}"
+            print(f"\n=== planlm myopia planned: {name}, {'myopic' if myopic else 'vanilla'}, seed {seed} ===",
+                  flush=True)
+            recipe = replace(VARIANTS[name].recipe, train_lm=train_lm)
+            finetune(prepared=Path(prepared), lm=str(lm), planner=Path(planner) if name != "Fixed" else None,
+                     out=run_dir, recipe=recipe, optim=optim,
+                     windows=WindowConfig(context_length=context_length, stride=context_length - 1),
+                     trainer=trainer, seed=seed, myopic=myopic, force=force)
+            actions = ["predicted"] if name == "Fixed" else ["predicted", "oracle"]
+            ev = evaluate(run=run_dir, variant=name, force=force, ppl=PerplexityConfig(
+                actions=actions, protocols=["strided"], context_length=context_length, stride=eval_stride,
+                max_articles=eval_max_articles, batch_size=64))
+            ppl = json.loads((Path(ev) / "metrics.json").read_text())["perplexity"]["strided"]
+            for source in actions:
+                key = model if source == "predicted" else model + "-oracle"
+                records[-1][key] = ppl[source]["by_article"]
+                losses.append({"seed": seed, "model": key, "loss": math.log(ppl[source]["ppl"])})
+    result = {"task": "planned", "config": config, "losses": losses, **_planned_gaps(records, bootstrap)}
+    with atomic_dir(out, force=True) as tmp:
+        _plot_planned(result, variant, tmp / "myopia.png")
+        _write_result(tmp, result, _planned_markdown(result, variant), config,
+                      inputs={"prepared": prepared, "lm": lm, "planner": planner},
+                      metrics={k: result[k] for k in ("gap_fixed", "gap_planned", "gap_difference")})
+    print(f"myopia planned: gap Fixed {result['gap_fixed']['estimate']:.4f}, {variant} "
+          f"{result['gap_planned']['estimate']:.4f}, difference {result['gap_difference']['estimate']:.4f} "
+          f"[{result['gap_difference']['low']:.4f}, {result['gap_difference']['high']:.4f}] nats/token -> {out}")
+    return result
+
+
+def _planned_gaps(records: list[dict[str, dict]], n_boot: int) -> dict:
+    """The gaps (myopic - vanilla loss, nats/token) of Fixed and of the planned LM (predicted and oracle actions)
+    and their differences, each with its paired bootstrap interval (one article draw for all models of a seed)."""
+    from planlm.report import pooled_bootstrap
+
+    def gap(model):
+        return lambda nll: nll[f"{model}-myopic"] - nll[f"{model}-vanilla"]
+
+    def oracle_gap(nll):
+        return nll["planned-myopic-oracle"] - nll["planned-vanilla-oracle"]
+
+    def stat(fn):
+        return pooled_bootstrap(records, fn, n_boot)
+
+    fixed = gap("fixed")
+    return {
+        "gap_fixed": stat(fixed), "gap_planned": stat(gap("planned")), "gap_planned_oracle": stat(oracle_gap),
+        "gap_difference": stat(lambda nll: gap("planned")(nll) - fixed(nll)),
+        "gap_difference_oracle": stat(lambda nll: oracle_gap(nll) - fixed(nll)),
+    }
+
+
+def _planned_markdown(r: dict, variant: str) -> list[str]:
+    cfg = r["config"]
+    ci = r["gap_fixed"]
+    lines = [f"# Myopia gap of {variant} vs Fixed (fine-tuned from one LM, train_lm {cfg['train_lm']}; "
+             f"{len(cfg['seeds'])} seed(s), {ci['articles'][0]} test articles; {ci['resampled']} resampled)", "",
+             "| seed | model | test loss (nats/token) |", "|---|---|---|"]
+    lines += [f"| {x['seed']} | {x['model']} | {x['loss']:.4f} |" for x in r["losses"]]
+    lines += ["", "| gap (myopic - vanilla, nats/token) | estimate | 95 % CI |", "|---|---|---|"]
+    for key, label in (("gap_fixed", "Fixed"), ("gap_planned", f"{variant}, predicted actions"),
+                       ("gap_planned_oracle", f"{variant}, oracle actions"),
+                       ("gap_difference", f"{variant} - Fixed (predicted)"),
+                       ("gap_difference_oracle", f"{variant} - Fixed (oracle)")):
+        x = r[key]
+        mark = " *" if x["low"] > 0 or x["high"] < 0 else ""
+        lines.append(f"| {label} | {x['estimate']:+.4f} | [{x['low']:+.4f}, {x['high']:+.4f}]{mark} |")
+    lines += ["", "(* = the interval excludes 0. A negative difference: the planned LM loses less by myopia, i.e. its "
+              "plan stands in for some of the pre-caching the Fixed LM does.)", ""]
+    return lines
+
+
+def _plot_planned(r: dict, variant: str, path: Path) -> None:
+    from planlm.eval.figures import pyplot
+
+    plt = pyplot()
+    keys = ("gap_fixed", "gap_planned", "gap_planned_oracle")
+    labels = ("Fixed", f"{variant}\n(predicted)", f"{variant}\n(oracle)")
+    est = np.array([r[k]["estimate"] for k in keys])
+    err = np.array([[r[k]["estimate"] - r[k]["low"] for k in keys], [r[k]["high"] - r[k]["estimate"] for k in keys]])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.bar(range(len(keys)), est, yerr=err, capsize=6, color=["tab:gray", "tab:blue", "tab:green"])
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(keys)), labels)
+    ax.set(title="myopia gap (95 % CI)", ylabel="myopic - vanilla test loss (nats/token)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------------- shared

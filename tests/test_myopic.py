@@ -204,3 +204,54 @@ def test_finetune_myopic_changes_training_not_the_recipe(tmp_path):
     assert read_manifest(tmp_path / "myopic", "finetune")["config"]["myopic"] is True
     assert weights["vanilla"].keys() == weights["myopic"].keys()
     assert any(not torch.allclose(weights["vanilla"][k], weights["myopic"][k]) for k in weights["vanilla"])
+
+
+def test_myopia_planned_gaps_and_their_difference(tmp_path):
+    """Four fine-tunes per seed from one LM; the reported gaps are the losses' differences, their difference the
+    difference of the gaps, each inside its interval; the runs are reused on a second call."""
+    import math
+
+    from helpers import synthetic_prepared, tiny_lm, tiny_planner
+    from planlm.myopia import myopia_planned
+    from planlm.train.trainer import OptimConfig, TrainerConfig
+
+    corpus = synthetic_prepared(tmp_path / "prep", n_articles=20)
+    lm = tiny_lm(tmp_path / "lm", corpus.texts, dropout=0.0)
+    planner = tiny_planner(tmp_path / "planner", corpus)
+    kwargs = dict(prepared=str(tmp_path / "prep"), lm=lm, planner=planner, out=str(tmp_path / "gap"),
+                  seeds=[0, 1], optim=OptimConfig(lr=1e-3, batch_size=4, max_steps=3), context_length=32,
+                  eval_stride=16, bootstrap=200, trainer=TrainerConfig(accelerator="cpu", progress_bar=False,
+                                                                       logger="none"))
+    result = myopia_planned(**kwargs)
+    loss = {(x["seed"], x["model"]): x["loss"] for x in result["losses"]}
+    assert len(loss) == 2 * 6  # four models, and oracle actions for the two planned ones
+    gap = {m: sum(loss[s, f"{m}-myopic"] - loss[s, f"{m}-vanilla"] for s in (0, 1)) / 2 for m in ("fixed", "planned")}
+    assert result["gap_fixed"]["estimate"] == pytest.approx(gap["fixed"], abs=1e-9)
+    assert result["gap_planned"]["estimate"] == pytest.approx(gap["planned"], abs=1e-9)
+    assert result["gap_difference"]["estimate"] == pytest.approx(gap["planned"] - gap["fixed"], abs=1e-9)
+    assert not math.isclose(gap["fixed"], 0.0, abs_tol=1e-9)  # myopia changed the training
+    for key in ("gap_fixed", "gap_planned", "gap_planned_oracle", "gap_difference", "gap_difference_oracle"):
+        r = result[key]
+        assert r["low"] <= r["estimate"] <= r["high"] and r["resampled"] == "seeds and articles"
+    out = tmp_path / "gap"
+    assert (out / "myopia.png").stat().st_size > 0 and "Cornille PA - Fixed" in (out / "myopia.md").read_text()
+    runs = sorted(p.name for p in (tmp_path / "gap-runs").iterdir())
+    assert runs == sorted(f"{v}-{k}-seed{s}" for v in ("fixed", "cornille-pa") for k in ("vanilla", "myopic")
+                          for s in (0, 1))
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "gap-runs").rglob("metrics.json")}
+    again = myopia_planned(**{**kwargs, "out": str(tmp_path / "gap2")})  # another summary, the same runs reused
+    assert again["gap_difference"] == result["gap_difference"]
+    assert stamp == {p: p.stat().st_mtime_ns for p in (tmp_path / "gap-runs").rglob("metrics.json")}
+
+
+def test_myopia_planned_bad_arguments_fail_before_any_work(tmp_path):
+    from planlm.errors import PlanlmError
+    from planlm.myopia import myopia_planned
+
+    with pytest.raises(PlanlmError) as e:
+        myopia_planned(prepared=str(tmp_path / "p"), lm=str(tmp_path / "lm"), planner=str(tmp_path / "pl"),
+                       out=str(tmp_path / "o"), variant="Fixed", seeds=[0, 0])
+    message = str(e.value)
+    for part in ("planlm prepare", "planlm train-planner", "--lm", "reads no plan", "distinct"):
+        assert part in message
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o-runs").exists()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from planlm.report import paired_bootstrap, report
+from planlm.report import paired_bootstrap, pooled_bootstrap, report
 
 
 def articles(rng, n=200, shift=0.0, noise=0.0, base=None):
@@ -62,6 +62,28 @@ def test_seeds_widen_the_interval_and_are_resampled():
     assert joint["high"] - joint["low"] > 2 * widest_single
     with pytest.raises(ValueError, match="different articles"):
         paired_bootstrap([(per_seed[0], {**fixed, "article_ids": list(range(1, 201))})])
+
+
+def test_pooled_bootstrap_of_a_difference_of_gaps():
+    """Four models per seed, one article draw for all of them: a difference of two gaps (0.03 - 0.01 nats) is
+    recovered and excludes 0, while each model's own article spread (0.5 nats) would swamp it unpaired."""
+    rng = np.random.default_rng(4)
+    seeds = []
+    for _ in range(2):
+        base = articles(rng)
+        seeds.append({"a": base, "a+": articles(rng, shift=0.03, noise=0.005, base=base),
+                      "b": articles(rng, shift=-0.2, base=base), "b+": articles(rng, shift=-0.19, noise=0.005,
+                                                                                  base=base)})
+    gap = pooled_bootstrap(seeds, lambda nll: (nll["a+"] - nll["a"]) - (nll["b+"] - nll["b"]))
+    assert gap["estimate"] == pytest.approx(0.02, abs=0.003) and 0 < gap["low"] < gap["estimate"] < gap["high"]
+    assert gap["resampled"] == "seeds and articles" and gap["articles"] == [200, 200]
+    # the two-model case is paired_bootstrap itself, resample for resample
+    pairs = [(s["a+"], s["a"]) for s in seeds]
+    assert pooled_bootstrap([{"variant": v, "baseline": b} for v, b in pairs],
+                            lambda nll: 100 * np.expm1(nll["variant"] - nll["baseline"])) == paired_bootstrap(pairs)
+    with pytest.raises(ValueError, match="different articles"):
+        pooled_bootstrap([{**seeds[0], "b": {**seeds[0]["b"], "article_ids": list(range(1, 201))}}],
+                         lambda nll: nll["a"] - nll["b"])
 
 
 def _metrics(variant, seed, by_article):
