@@ -451,8 +451,9 @@ def validate_myopia_planned(prepared: str, lm: str, planner: str, out: str, vari
             read_manifest(path, stage)
         except PlanlmError as e:
             problems.append(f"--{role}: {e} (build it with `{fix} --out {path}`)")
-    if not Path(lm).is_dir():
-        problems.append(f"--lm {lm} is not a folder; pass a `planlm pretrain-lm` output or a local HF model folder")
+    if not Path(lm).is_dir() and (Path(lm).is_absolute() or lm.startswith((".", "~")) or lm.count("/") > 1):
+        problems.append(f"--lm {lm} is not a folder; pass a `planlm pretrain-lm` output, a local HF model folder or "
+                        "a Hub name")
     if variant not in VARIANTS:
         problems.append(f"unknown variant {variant!r}; use one of {', '.join(VARIANTS)}")
     elif not needs_planner(VARIANTS[variant].recipe.selection):
