@@ -343,13 +343,11 @@ def validate_myopia_lm(prepared: str, out: str, budget: LMBudget, seeds: list[in
     problems += [f"budget.{p}" for p in budget.optim.problems()]
     if split not in get_args(EvalSplit):
         problems.append(f"split must be one of {', '.join(get_args(EvalSplit))} (got {split!r})")
-    if bootstrap < 100:
-        problems.append(f"bootstrap must be at least 100 (got {bootstrap})")
     if any(d < 1 for d in probes.distances) or not probes.distances:
         problems.append(f"probes.distances must be positive token distances (got {probes.distances})")
     if Path(out).resolve() == Path(prepared).resolve():
         problems.append("--out must differ from --prepared")
-    problems += _seed_problems(seeds)
+    problems += _seed_problems(seeds, bootstrap)
     raise_if_problems(problems, "myopia lm")
 
 
@@ -459,11 +457,9 @@ def validate_myopia_planned(prepared: str, lm: str, planner: str, out: str, vari
     elif not needs_planner(VARIANTS[variant].recipe.selection):
         problems.append(f"variant {variant!r} reads no plan; compare a planner-conditioned one (e.g. 'Cornille PA')")
     problems += optim.problems()
-    if bootstrap < 100:
-        problems.append(f"bootstrap must be at least 100 (got {bootstrap})")
     if Path(out).resolve() in {Path(x).resolve() for x in (prepared, lm, planner)}:
         problems.append("--out must differ from --prepared, --lm and --planner")
-    problems += _seed_problems(seeds)
+    problems += _seed_problems(seeds, bootstrap)
     raise_if_problems(problems, "myopia planned")
 
 
@@ -630,12 +626,13 @@ def _plot_planned(r: dict, variant: str, path: Path) -> None:
 # --------------------------------------------------------------------------------------------------- shared
 
 
-def _seed_problems(seeds: list[int]) -> list[str]:
+def _seed_problems(seeds: list[int], bootstrap: int | None = None) -> list[str]:
+    out = [f"bootstrap must be at least 100 (got {bootstrap})"] if bootstrap is not None and bootstrap < 100 else []
     if not seeds:
-        return ["seeds must name at least one seed"]
+        return out + ["seeds must name at least one seed"]
     if len(set(seeds)) != len(seeds):
-        return [f"seeds must be distinct (got {seeds})"]
-    return []
+        return out + [f"seeds must be distinct (got {seeds})"]
+    return out
 
 
 def _ci_text(ci) -> str:
