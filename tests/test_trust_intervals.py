@@ -153,7 +153,7 @@ def tiny_run(tmp_path_factory):
         "eval_protocol": "strided", "eval_max_articles": 2, "eval_batch_size": 64})
     try:
         out = run(out=root / "out", lm=lm, preset="test-tiny", variants=["Fixed", "Cornille PA"], seeds="0,1",
-                  trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))
+                  finetune_max_steps=3, trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))
     finally:
         del run_module.PRESETS["test-tiny"]
     return out
@@ -169,11 +169,14 @@ def test_run_with_two_seeds_writes_each_seed_and_the_interval_table(tiny_run):
             assert sum(rec["tokens"]) == m["perplexity"]["strided"]["predicted"]["tokens"]
             assert len(rec["article_ids"]) == 2
             assert np.exp(sum(rec["nll_sum"]) / sum(rec["tokens"])) == pytest.approx(m["ppl"], rel=1e-9)
+            manifest = json.loads((out / f"seed-{seed}" / "runs" / v / "manifest.json").read_text())
+            assert manifest["counts"]["optimizer_steps"] == 3  # --finetune_max_steps over the preset's 2
         assert (out / f"seed-{seed}" / "lm").exists() is False  # --lm given: no LM pretrained
         assert (out / f"seed-{seed}" / "planner" / "manifest.json").exists()
     assert not (out / "seed-0" / "prepared").exists() and (out / "prepared" / "manifest.json").exists()
     results = (out / "results.md").read_text()
-    assert "seeds 0,1" in results and "| Cornille PA | 2 |" in results and "95% CI vs Fixed" in results
+    assert "seeds 0,1, fine-tuning capped at 3 steps" in results and "| Cornille PA | 2 |" in results
+    assert "95% CI vs Fixed" in results
     table = {r["variant"]: r for r in json.loads((out / "report" / "report.json").read_text())["table"]}
     assert table["Cornille PA"]["ppl_rel_ci"]["seeds"] == 2 and table["Cornille PA"]["seeds"] == [0, 1]
     assert (out / "report" / "seeds.png").exists()
@@ -188,3 +191,4 @@ def test_seeds_are_checked(tmp_path):
 
     assert main(["run", "--out", str(tmp_path / "x"), "--seeds", "0,0"]) == 2
     assert main(["run", "--out", str(tmp_path / "x"), "--seeds", "a,1"]) == 2
+    assert main(["run", "--out", str(tmp_path / "x"), "--finetune_max_steps", "0"]) == 2
