@@ -48,15 +48,25 @@ def build_env(root: Path, selection: str = "soft", n_articles: int = 10) -> dict
                           base_lm=lm_dir)
     model = PlannedLM(AutoModelForCausalLM.from_pretrained(lm_dir), cfg,
                       centroids=torch.from_numpy(corpus.centroids), planner=planner).eval()
-    with torch.no_grad():  # visible adapters: a random projection of the centroids is tiny next to the LM's states
-        for a in model.adapters.adapters.values():
-            a.proj.weight.mul_(2.0)
     run = root / "run"
     save_planned_lm(model, run)
     tokenizer.save_pretrained(run / "tokenizer")
     write_manifest(run, "finetune", {"recipe": {"selection": selection}, "seed": 0}, inputs={"prepared": root / "prep"},
                    encoder=corpus.encoder, num_actions=corpus.num_actions)
     return {"root": root, "corpus": corpus, "tokenizer": tokenizer, "model": model, "run": run, "lm": lm_dir}
+
+
+def first_generation(generate, condition, seeds=range(10)):
+    """``generate(seed)`` for each seed until one meets ``condition``; that generation.
+
+    The tiny LM's text (and so where its sentences end) follows the CPU's float rounding: a test that needs a text
+    with several sentence ends searches a few seeds for one instead of trusting a single seed on every machine.
+    """
+    for seed in seeds:
+        g = generate(seed)
+        if condition(g):
+            return g
+    raise AssertionError(f"no seed in {seeds} gave a generation that meets the test's precondition")
 
 
 def planner_context(encoder, sentences, j: int, n_ctx: int) -> dict[str, torch.Tensor]:

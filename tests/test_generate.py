@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from generate_env import ENCODER, build_env, planner_context
+from generate_env import ENCODER, build_env, first_generation, planner_context
 from planlm.cli import main
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
 from planlm.eval.generate import parse_plan
-from planlm.eval.generator import PlannedGenerator, SamplingConfig
+from planlm.eval.generator import DecodingState, PlannedGenerator, SamplingConfig
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +26,36 @@ def generator(env):
 
 
 class ConditioningRecorder:
-    """Records, for every position, the action weights the adapters used when it was LAST fed to the LM."""
+    """Records, for every position, the action weights of its live KV-cache column: the feed that conditions what
+    follows it. A re-feed masks the earlier column, so that is normally the position's last feed; a recall (the
+    generator unmasks an earlier feed's column instead of feeding again) makes that earlier feed's weights count."""
 
     def __init__(self, model):
-        self.model, self.rows = model, {}
+        self.model, self.rows, self.by_column = model, {}, {}
         self.handle = model.lm.register_forward_pre_hook(self.hook, with_kwargs=True)
+        self.recall = DecodingState.recall
+        recorder = self
+
+        def recall(state, valid, row):
+            logits = recorder.recall(state, valid, row)
+            if logits is not None:  # the position is live again in the column it was fed into before
+                recorder.rows[len(state.ids) - 1] = recorder.by_column[state.columns[-1]]
+            return logits
+
+        DecodingState.recall = recall
 
     def hook(self, module, args, kwargs):
         adapters = self.model.adapters
         positions = kwargs["position_ids"][0]  # (T,) the generator passes every fed position explicitly
+        first_column = kwargs["attention_mask"].shape[1] - positions.shape[0]  # the cache length before this feed
         slot = adapters._token_slot[0]  # (T,)
         for p in range(slot.shape[0]):
-            self.rows[int(positions[p])] = adapters._weights[slot[p]].detach().clone()  # (K,)
+            weights = adapters._weights[slot[p]].detach().clone()  # (K,)
+            self.rows[int(positions[p])] = self.by_column[first_column + p] = weights
 
     def close(self):
         self.handle.remove()
+        DecodingState.recall = self.recall
 
 
 def conditioning_of_sentences(g, rows) -> list[set[int]]:
@@ -58,16 +73,21 @@ def conditioning_of_sentences(g, rows) -> list[set[int]]:
 
 def test_forced_plan_is_exactly_the_plan_used(env, generator):
     plan = [3, 6, 1]
-    rec = ConditioningRecorder(env["model"])
-    try:
-        g = generator.generate_one("", plan, SamplingConfig(max_new_tokens=250, temperature=1.5, seed=3))
-    finally:
-        rec.close()
-    assert g.stop_reason == "plan", "the tiny LM should finish three sentences within 250 tokens"
+
+    def recorded(seed):
+        rec = ConditioningRecorder(env["model"])
+        try:
+            g = generator.generate_one("", plan, SamplingConfig(max_new_tokens=250, temperature=1.5, seed=seed))
+        finally:
+            rec.close()
+        return g, rec.rows
+
+    # the tiny LM finishes three sentences within 250 tokens for some seeds (which ones follows the CPU's rounding)
+    g, rows = first_generation(recorded, lambda r: r[0].stop_reason == "plan", seeds=range(3, 23))
     assert g.plan == plan and [s.source for s in g.sentences] == ["plan"] * 3
-    assert conditioning_of_sentences(g, rec.rows) == [{3}, {6}, {1}]
+    assert conditioning_of_sentences(g, rows) == [{3}, {6}, {1}]
     # what the generator reports is what conditioned the LM
-    assert all(g.position_actions[p] == int(rec.rows[p].argmax()) for p in range(len(g.token_ids)))
+    assert all(g.position_actions[p] == int(rows[p].argmax()) for p in range(len(g.token_ids)))
     # the sentences are the splitter's sentences of the generated text
     from planlm.data.sentences import split_sentences
 
@@ -78,8 +98,10 @@ def test_planner_takes_over_and_reads_the_finished_sentences(env, generator):
     corpus, model = env["corpus"], env["model"]
     plan = [2]
     # the tiny LM writes long sentences: the longest generation its 256 positions allow, a seed that ends several
-    g = generator.generate_one("The Moon is big.", plan, SamplingConfig(max_new_tokens=240, temperature=0.7, seed=5),
-                               after_plan="planner")
+    g = first_generation(
+        lambda seed: generator.generate_one("The Moon is big.", plan, SamplingConfig(
+            max_new_tokens=240, temperature=0.7, seed=seed), after_plan="planner"),
+        lambda g: [s.source for s in g.sentences].count("planner") >= 2, seeds=range(5, 25))
     sources = [s.source for s in g.sentences]
     assert sources[0] == "prompt" and sources[1] == "plan" and sources.count("planner") >= 2
     assert g.sentences[0].action == int(((corpus.centroids - load_encoder(ENCODER).encode(["The Moon is big."])) ** 2)

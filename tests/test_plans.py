@@ -288,7 +288,7 @@ def test_plans_need_predicted_training_actions(stage_env, capsys):
 
 
 def test_generation_replans_h_sentences_at_every_sentence_end(tmp_path):
-    from generate_env import ENCODER, build_env, planner_context
+    from generate_env import ENCODER, build_env, first_generation, planner_context
     from planlm.data.encoders import load_encoder
     from planlm.eval.generator import PlannedGenerator, SamplingConfig
 
@@ -303,14 +303,15 @@ def test_generation_replans_h_sentences_at_every_sentence_end(tmp_path):
     seen = []  # the plan weights of every forward pass
     handle = model.lm.register_forward_pre_hook(lambda m, a, k: seen.append(model.adapters._weights), with_kwargs=True)
     generator = PlannedGenerator(model, env["tokenizer"], env["corpus"], load_encoder(ENCODER))
-    for seed in range(5, 15):  # the tiny LM writes long sentences: a seed whose text ends several
+
+    def generate(seed):
         seen.clear()
-        g = generator.generate_one("The Moon is big.", [2], SamplingConfig(max_new_tokens=240, temperature=0.7,
-                                                                           seed=seed), after_plan="planner")
-        if sum(s.source == "planner" for s in g.sentences) >= 2:
-            break
+        return generator.generate_one("The Moon is big.", [2], SamplingConfig(max_new_tokens=240, temperature=0.7,
+                                                                              seed=seed), after_plan="planner")
+
+    # the tiny LM writes long sentences: a seed whose text ends several
+    g = first_generation(generate, lambda g: sum(s.source == "planner" for s in g.sentences) >= 2, seeds=range(5, 25))
     handle.remove()
-    assert sum(s.source == "planner" for s in g.sentences) >= 2
     planned = [w for w in seen if w.dim() == 3]  # feeds before the planner takes over carry forced actions only
     assert planned and all(w.shape[1:] == (2, 8) for w in planned)
     rows = {tuple(r.flatten().tolist()) for w in planned for r in w}
