@@ -446,7 +446,7 @@ def plot_seeds(runs: list[Run], path: Path, baseline: str = "fixed",
         ax.axhline(0.0, color="k", ls="--", lw=1)
         ax.set_xticks(range(len(per)), list(per), rotation=30, ha="right")
         ax.set(ylabel=f"{label} vs Fixed of the same seed (%)", title=label)
-    fig.suptitle("Seeds (dots), their mean (red bar), PPL: paired bootstrap 95% interval (grey)")
+    fig.suptitle("Seeds (dots), their mean (red bar),\nPPL: paired bootstrap 95% interval (grey)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
