@@ -24,7 +24,7 @@ from typing import Literal
 from pathlib import Path
 
 from planlm.artifacts import writes_artifact
-from planlm.errors import raise_if_problems
+from planlm.errors import check_max_steps, raise_if_problems
 from planlm.prepare import ActionsPresetName
 from planlm.presets import load_presets
 from planlm.train.pretrain_lm import LMPresetName
@@ -87,11 +87,9 @@ def parse_seeds(seeds: list[int] | str) -> list[int]:
 
 
 def validate_run(preset: str, variants: list[str], lm: str | None, seeds: list[int] | str = "0",
-                 finetune_max_steps: int | None = None) -> None:
+                 finetune_max_steps: int = -1) -> None:
     problems = []
-    if finetune_max_steps is not None and finetune_max_steps < 1:
-        problems.append(f"--finetune_max_steps must be a positive number of steps, or unset for the preset's epochs "
-                        f"(got {finetune_max_steps})")
+    check_max_steps(problems, finetune_max_steps, "--finetune_max_steps")
     try:
         parse_seeds(seeds)
     except ValueError:
@@ -170,7 +168,7 @@ def run(
     variants: list[str] | str = DEFAULT_VARIANTS,
     seeds: list[int] | str = "0",
     split_seed_follows: bool = False,
-    finetune_max_steps: int | None = None,
+    finetune_max_steps: int = -1,
     trainer: TrainerConfig = TrainerConfig(),
     force: bool = False,
 ) -> Path:
@@ -194,7 +192,7 @@ def run(
         seeds: the seeds to run, e.g. 0,1,2 (the paper's Appendix C): each sets the initialisation and data order of
             every training stage, and the article split with --split_seed_follows true.
         split_seed_follows: each seed also draws its own train/val/test article split (a prepared corpus per seed).
-        finetune_max_steps: cap on each variant's fine-tuning steps (unset = the preset's epochs). A departure from
+        finetune_max_steps: cap on each variant's fine-tuning steps (-1 = the preset's epochs). A departure from
             the paper's one epoch, for a corpus whose epoch the budget cannot afford; recorded in each run's manifest.
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
@@ -210,7 +208,7 @@ def run(
     from planlm.report import results_table as report_rows
 
     p = PRESETS[preset]
-    if finetune_max_steps is not None:
+    if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +231,7 @@ def run(
     header = (
         f"# planlm run ({preset} preset, seeds {','.join(map(str, seeds))}"
         + (", split per seed" if split_seed_follows else "")
-        + (f", fine-tuning capped at {finetune_max_steps} steps" if finetune_max_steps else "") + ")\n\n"
+        + (f", fine-tuning capped at {finetune_max_steps} steps" if finetune_max_steps != -1 else "") + ")\n\n"
         f"Corpus: {data} ({len(corpus.texts)} articles, K={corpus.num_actions} actions, encoder {corpus.encoder}); "
         f"LM: {lm or 'pretrained from scratch per seed'}; perplexity on the test split with planner-predicted "
         f"actions, {p.eval_protocol} protocol (windows of {p.context_length} tokens"
