@@ -54,7 +54,7 @@ def synthetic_setup(args):
     from planlm.data.prepared import PreparedCorpus
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
-    from planlm.train.pretrain_lm import train_tokenizer
+    from planlm.train.lm_pretraining import train_tokenizer
 
     with gzip.open(WIKI_BENCH, "rt") as f:
         texts = [json.loads(line)["text"] for _, line in zip(range(200), f)]

@@ -131,7 +131,7 @@ def measure_time(args) -> dict[str, float]:
 
 def measure_decoding(args) -> dict:
     from planlm.data.prepared import PreparedCorpus
-    from planlm.eval.mtp_eval import load_lm_run
+    from planlm.persist import load_lm_run
     from planlm.eval.speculative import decode
 
     model, heads, tok, corpus, _ = load_lm_run(Path(args.model), device=args.device)

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from planlm.train.pretrain_lm import PRESETS  # the LM shapes: planlm/presets/pretrain-lm/*.yaml
+from planlm.train.lm_pretraining import PRESETS  # the LM shapes: planlm/presets/pretrain-lm/*.yaml
 
 
 def shape(preset: str) -> tuple[int, int, int]:

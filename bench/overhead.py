@@ -97,7 +97,7 @@ def bench_corpus(args, tmp: str):
     """The benches' corpus and BPE tokenizer: ``--prepared DIR`` when it exists (a GPU machine without spaCy), else
     one built from ``--data`` (K = 1024, 768-d random embeddings) in ``tmp``."""
     from planlm.data.prepared import PreparedCorpus
-    from planlm.train.pretrain_lm import train_tokenizer
+    from planlm.train.lm_pretraining import train_tokenizer
 
     folder = args.prepared or Path(tmp) / "prepared"
     if folder.exists():
@@ -194,7 +194,8 @@ def main(argv=None) -> dict:
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
-    from planlm.train.loop import OptimConfig, PlannedLMModule
+    from planlm.train.loop import PlannedLMModule
+    from planlm.train.trainer import OptimConfig
 
     device = torch.device(args.device)
     batch_size = args.batch or (32 if device.type == "cuda" else 8)

@@ -92,9 +92,10 @@ def main(argv=None) -> dict:
     from planlm.eval.perplexity import perplexity
     from planlm.models.planner import PlannerConfig
     from planlm.persist import load_planned_lm, load_tokenizer
-    from planlm.train.finetune import AdapterConfig
-    from planlm.train.planner import train_planner
-    from planlm.train.pretrain_lm import PRESETS, PlannedPretraining, lm_optim, pretrain_lm
+    from planlm.train.start import AdapterConfig
+    from planlm.stages.train_planner import train_planner
+    from planlm.train.lm_pretraining import PRESETS, PlannedPretraining, lm_optim
+    from planlm.stages.pretrain_lm import pretrain_lm
     from planlm.train.trainer import OptimConfig, TrainerConfig
 
     quiet = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")

@@ -62,13 +62,17 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from planlm.data.corpus import SourceConfig
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.eval.perplexity import PerplexityConfig
+    from planlm.stages.evaluate import evaluate
     from planlm.models.planner import PlannerConfig
-    from planlm.prepare import EncoderConfig, prepare
-    from planlm.train.finetune import WindowConfig, finetune
-    from planlm.train.loop import RecipeConfig
-    from planlm.train.planner import train_planner
-    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
+    from planlm.data.encoders import EncoderConfig
+    from planlm.stages.prepare import prepare
+    from planlm.train.start import WindowConfig
+    from planlm.stages.finetune import finetune
+    from planlm.train.recipe import RecipeConfig
+    from planlm.stages.train_planner import train_planner
+    from planlm.train.lm_pretraining import lm_optim
+    from planlm.stages.pretrain_lm import pretrain_lm
     from planlm.train.trainer import OptimConfig, TrainerConfig
 
     horizons = [int(h) for h in args.horizons.split(",")]

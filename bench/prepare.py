@@ -30,7 +30,7 @@ STEPS = ("load encoder", "read", "sentences", "split", "embed", "k-means", "exem
 def bench_corpus(name: str, source: str, max_articles: int | None, encoder: str, work: Path) -> dict:
     from planlm.data.corpus import SourceConfig
     from planlm.data.encoders import EncoderConfig
-    from planlm.prepare import prepare
+    from planlm.stages.prepare import prepare
 
     out = work / f"prepared-{name}"
     t0, c0 = time.perf_counter(), time.process_time()

@@ -92,7 +92,7 @@ def build_lm(folder: Path, texts: list[str], n_layer: int, n_embd: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from planlm.train.pretrain_lm import train_tokenizer
+    from planlm.train.lm_pretraining import train_tokenizer
 
     tokenizer = train_tokenizer(texts, vocab_size=8192)
     torch.manual_seed(0)

@@ -339,7 +339,6 @@ def output_lock(out: str | Path) -> Iterator[None]:
     holder dies, so a killed run never blocks the next."""
     import fcntl
 
-    import tempfile
 
     out = Path(out)
     for parent in out.absolute().parents:  # the first existing ancestor must be a folder

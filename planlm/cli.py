@@ -17,16 +17,17 @@ import typing
 import yaml
 
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.eval.evaluate import evaluate
-from planlm.eval.generate import generate
-from planlm.mtp_compare import mtp_compare
-from planlm.myopia import LMBudget, myopia_dp, myopia_lm, myopia_planned
-from planlm.prepare import actions_show, prepare
-from planlm.report import report
-from planlm.run import run
-from planlm.train.finetune import finetune
-from planlm.train.planner import train_planner
-from planlm.train.pretrain_lm import PRESETS as LM_PRESETS, pretrain_lm
+from planlm.stages.evaluate import evaluate
+from planlm.stages.generate import generate
+from planlm.studies.mtp_compare import mtp_compare
+from planlm.studies.myopia import LMBudget, myopia_dp, myopia_lm, myopia_planned
+from planlm.stages.prepare import actions_show, prepare
+from planlm.stages.report import report
+from planlm.stages.run import run
+from planlm.stages.finetune import finetune
+from planlm.stages.train_planner import train_planner
+from planlm.train.lm_pretraining import PRESETS as LM_PRESETS
+from planlm.stages.pretrain_lm import pretrain_lm
 
 # subcommand -> stage function; nested dicts are command groups (`planlm actions show`).
 COMMANDS: dict = {

@@ -258,7 +258,12 @@ def load_run(run: Path, prepared: Path | None = None, device: str | None = None)
     """A finetune run folder -> ``(model, tokenizer, corpus, manifest)``; refuses other folders with one line."""
     import torch
 
-    from planlm.artifacts import check_input_id, check_same, read_manifest, resolve_input, verify_artifact
+    from planlm.artifacts import (
+        check_input_id,
+        check_same,
+        resolve_input,
+        verify_artifact,
+    )
     from planlm.data.prepared import PreparedCorpus, check_action_space
 
     run = Path(run)
@@ -320,3 +325,40 @@ def load_mtp_heads(directory: str | Path, lm):
         raise PlanlmError(f"{directory}/{MTP_WEIGHTS} does not fit {meta['n_heads']} heads on this LM "
                           f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     return heads.eval()
+
+
+# ---- `planlm pretrain-lm` folders (`planlm evaluate`, `planlm generate`) -------------------------------------------
+def is_lm_folder(run: Path) -> bool:
+    """Whether ``run`` is a `planlm pretrain-lm` output (an LM, possibly with MTP heads) rather than a finetune run."""
+    manifest = Path(run) / "manifest.json"
+    return (manifest.exists() and json.loads(manifest.read_text()).get("stage") == "pretrain-lm"
+            and not is_planned_pretraining(run))  # planned pretraining writes a planned LM
+
+
+def load_mtp_lm(run: Path, device: str | None = None):
+    """``(lm, heads or None, tokenizer)`` of a `planlm pretrain-lm` folder, in eval mode on ``device``."""
+    import torch
+
+    lm, tokenizer = load_lm(str(run))
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lm = lm.to(dev).eval()
+    heads = load_mtp_heads(run, lm)
+    return lm, (heads.to(dev) if heads is not None else None), tokenizer
+
+
+def load_lm_run(run: Path, prepared: Path | None = None, device: str | None = None):
+    """A `planlm pretrain-lm` folder -> ``(UnplannedLM, heads or None, tokenizer, corpus, manifest)``."""
+    from planlm.artifacts import read_manifest
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.errors import PlanlmError
+    from planlm.models.unplanned import UnplannedLM
+
+    manifest = read_manifest(run, "pretrain-lm")
+    if prepared is None:
+        recorded = (manifest.get("inputs") or {}).get("prepared") or {}
+        if "path" not in recorded:
+            raise PlanlmError(f"{run}/manifest.json records no prepared corpus; pass --prepared DIR")
+        prepared = Path(recorded["path"])
+    corpus = PreparedCorpus.load(prepared)
+    lm, heads, tokenizer = load_mtp_lm(run, device)
+    return UnplannedLM(lm, corpus.num_actions).eval(), heads, tokenizer, corpus, manifest

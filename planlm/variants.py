@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from planlm.models.selection import needs_planner
-from planlm.train.loop import RecipeConfig, unfreeze_point
+from planlm.train.recipe import RecipeConfig, unfreeze_point
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ def tiny_lm(directory: str | Path, texts: list[str], vocab_size: int = 300, seed
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    from planlm.train.pretrain_lm import train_tokenizer
+    from planlm.train.lm_pretraining import train_tokenizer
 
     directory = Path(directory)
     tokenizer = train_tokenizer(texts, vocab_size=vocab_size, min_frequency=1)
@@ -285,7 +285,7 @@ def model_inputs(batch):
 
 def prepare_builtin_slice(out, n_articles: int = 12, num_actions: int = 16) -> Path:
     """`planlm prepare` of the first ``n_articles`` builtin Wikipedia articles (fake 32-d encoder, K=16) into out."""
-    from planlm.prepare import prepare
+    from planlm.stages.prepare import prepare
 
     prepare(out=str(out), source=SourceConfig(max_articles=n_articles), encoder=EncoderConfig(name="fake:32"),
             num_actions=num_actions, progress=False)

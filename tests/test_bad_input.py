@@ -252,7 +252,8 @@ def _resume_changed_lr(env, tmp):
 
     import torch
 
-    from planlm.train.finetune import FinetuneConfig, WindowConfig
+    from planlm.stages.finetune import FinetuneConfig
+    from planlm.train.start import WindowConfig
     from planlm.train.trainer import OptimConfig
 
     work = tmp / "out.work"
@@ -409,7 +410,8 @@ def test_a_moved_folder_of_runs_still_finds_its_corpus(env, tmp_path, capsys):
 def test_a_planner_counted_in_a_plain_hf_lm_folders_tokens_is_accepted(env, tmp_path):
     """An LM folder saved by transformers (no planlm manifest) is recorded by where it is, so the LM the planner
     counted its context with is recognised when the same folder comes back as --lm (and another one is refused)."""
-    from planlm.train.finetune import FinetuneConfig, check_planner_inputs
+    from planlm.stages.finetune import FinetuneConfig
+    from planlm.train.start import check_planner_inputs
 
     planner = _planner_counted_with(env, tmp_path, env["lm"])
     config = lambda lm: FinetuneConfig(prepared=env["prepared"], lm=lm, planner=planner)  # noqa: E731

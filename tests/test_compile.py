@@ -12,7 +12,9 @@ from planlm.data.planner_inputs import PlannerInputs
 from planlm.data.windows import WindowDataset
 from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
 from planlm.models.planner import Planner, PlannerConfig
-from planlm.train.loop import OptimConfig, PlannedLMModule, RecipeConfig
+from planlm.train.loop import PlannedLMModule
+from planlm.train.trainer import OptimConfig
+from planlm.train.recipe import RecipeConfig
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels: minutes on a shared 2-core CPU

@@ -69,7 +69,7 @@ def test_evaluate_writes_the_report_schema(env):
     assert np.exp(pooled / 150) == pytest.approx(m["ppl"], rel=1e-5)
 
     assert "| paper | predicted |" in (out / "metrics.md").read_text()
-    from planlm.report import gather
+    from planlm.stages.report import gather
 
     gathered = gather([out])  # `planlm report` reads it
     assert "Soft / unfreeze halfway" in json.dumps(gathered, default=str)

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from finetune_env import cli_args, make_env
 from planlm.cli import main
 from planlm.errors import PlanlmError
-from planlm.train.loop import PlannedLMModule, RecipeConfig
+from planlm.train.loop import PlannedLMModule
+from planlm.train.recipe import RecipeConfig
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_planner_lr_puts_exactly_the_planner_in_its_own_group(env):
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.persist import load_planner
-    from planlm.train.loop import OptimConfig
+    from planlm.train.trainer import OptimConfig
 
     corpus = env["corpus"]
     model = PlannedLM(AutoModelForCausalLM.from_pretrained(env["lm"]),
@@ -112,7 +113,7 @@ def test_oracle_training_never_calls_the_planner(env):
     from transformers import AutoModelForCausalLM
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
-    from planlm.train.loop import OptimConfig
+    from planlm.train.trainer import OptimConfig
 
     corpus = env["corpus"]
     lm = AutoModelForCausalLM.from_pretrained(env["lm"])
@@ -171,7 +172,7 @@ def test_bad_recipes_fail_before_any_work(env, capsys, extra, message):
 
 
 def test_soft_without_planner_is_a_clear_error(env):
-    from planlm.train.finetune import finetune
+    from planlm.stages.finetune import finetune
 
     with pytest.raises(PlanlmError, match="needs a planner"):
         finetune(prepared=env["prepared"], lm=env["lm"], out=env["root"] / "x", recipe=RecipeConfig(selection="soft"))

@@ -11,7 +11,7 @@ from generate_env import ENCODER, build_env, first_generation, planner_context
 from planlm.cli import main
 from planlm.data.encoders import load_encoder
 from planlm.errors import PlanlmError
-from planlm.eval.generate import parse_plan
+from planlm.stages.generate import parse_plan
 from planlm.eval.generator import DecodingState, PlannedGenerator, SamplingConfig
 
 

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from finetune_env import make_env
-from planlm.train.finetune import WindowConfig, finetune
-from planlm.train.loop import PlannedLMModule, RecipeConfig
+from planlm.train.start import WindowConfig
+from planlm.stages.finetune import finetune
+from planlm.train.loop import PlannedLMModule
+from planlm.train.recipe import RecipeConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
 from planlm.variants import (MIX_SWEEP, NO_NAP, VARIANT_GROUPS, VARIANTS, expand_variants, training_actions,
                              training_p_predicted, variant_name)
@@ -34,9 +36,10 @@ def env(tmp_path_factory):
 @pytest.fixture
 def spy(env, monkeypatch):
     """Record every planned LM a stage starts from (a copy of its state at the start, and the live object)."""
-    import planlm.train.finetune as ft
+    import planlm.stages.finetune as ft
+    import planlm.train.start as start
 
-    real = ft.initial_planned_lm
+    real = start.initial_planned_lm
 
     def recording(*args, **kwargs):
         model, tok = real(*args, **kwargs)
@@ -46,12 +49,13 @@ def spy(env, monkeypatch):
 
     env["captured"].clear()
     monkeypatch.setattr(ft, "initial_planned_lm", recording)
+    monkeypatch.setattr(start, "initial_planned_lm", recording)
     return env["captured"]
 
 
 def ntp_stage(env):
     from planlm.models.planner import PlannerConfig
-    from planlm.train.planner import train_planner
+    from planlm.stages.train_planner import train_planner
 
     return train_planner(env["prepared"], out=str(env["ntp"]), lm=env["lm"], objective="ntp",
                          planner=PlannerConfig(ff=32, context_sentences=3), seed=0,
@@ -125,14 +129,14 @@ def test_groups_select_the_grid():
     assert "Straight-through / immediate" in VARIANT_GROUPS["table1"]
     assert not set(VARIANT_GROUPS["table1"]) & {"Hard / mix p=0.5", "Hard / scheduled sampling"}
     from planlm.errors import PlanlmError
-    from planlm.run import validate_run
+    from planlm.stages.run import validate_run
 
     validate_run("quick", expand_variants(["table1", "mix-sweep"]), None)
     with pytest.raises(PlanlmError, match="groups"):
         validate_run("quick", ["mix-sweepp"], None)
     from jsonargparse import ArgumentParser
 
-    from planlm.run import run
+    from planlm.stages.run import run
 
     parser = ArgumentParser()
     parser.add_function_arguments(run)

@@ -174,7 +174,8 @@ def test_speculative_sampling_keeps_head_ones_distribution():
 @pytest.fixture(scope="module")
 def mtp_lm(tmp_path_factory):
     from helpers import synthetic_prepared
-    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
+    from planlm.train.lm_pretraining import lm_optim
+    from planlm.stages.pretrain_lm import pretrain_lm
     from planlm.train.trainer import TrainerConfig
 
     root = tmp_path_factory.mktemp("mtp")
@@ -189,7 +190,7 @@ def mtp_lm(tmp_path_factory):
 
 def test_pretrain_lm_trains_and_saves_the_heads(mtp_lm):
     from planlm.artifacts import read_manifest
-    from planlm.eval.speculative import load_mtp_lm
+    from planlm.persist import load_mtp_lm
 
     corpus, out, metrics = mtp_lm
     assert metrics["val_loss"] < metrics["val_loss_initial"]
@@ -202,8 +203,10 @@ def test_pretrain_lm_trains_and_saves_the_heads(mtp_lm):
 
 
 def test_evaluate_and_generate_on_an_mtp_lm(mtp_lm, tmp_path, capsys):
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
-    from planlm.eval.generate import SamplingConfig, generate
+    from planlm.eval.perplexity import PerplexityConfig
+    from planlm.stages.evaluate import evaluate
+    from planlm.eval.generator import SamplingConfig
+    from planlm.stages.generate import generate
 
     corpus, out, metrics = mtp_lm
     ev = evaluate(out, out=tmp_path / "ev", split="val", ppl=PerplexityConfig(protocols=["strided"], context_length=32,
@@ -239,7 +242,8 @@ def test_finetune_adds_heads_to_a_frozen_pretrained_lm(tmp_path):
     trained = load_file(str(out / "mtp_heads.safetensors"))
     assert any(not torch.equal(trained[k], start[k]) for k in start)
     assert not (out / "lm").exists()  # the trunk stayed frozen: the LM is not saved again
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.eval.perplexity import PerplexityConfig
+    from planlm.stages.evaluate import evaluate
 
     ev = evaluate(out, out=tmp_path / "ev", split="val", probe_windows=4,
                   ppl=PerplexityConfig(actions=["predicted"], protocols=["strided"], context_length=32, max_articles=2))
@@ -251,7 +255,8 @@ def test_finetune_adds_heads_to_a_frozen_pretrained_lm(tmp_path):
 def test_sequential_and_naive_training_runs_match(tmp_path):
     """Through Lightning (which zeroes .grad between the training step and its backward) both orders train alike."""
     from helpers import synthetic_prepared
-    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
+    from planlm.train.lm_pretraining import lm_optim
+    from planlm.stages.pretrain_lm import pretrain_lm
     from planlm.train.trainer import TrainerConfig
 
     corpus = synthetic_prepared(tmp_path / "prepared", n_articles=12)
@@ -267,8 +272,8 @@ def test_sequential_and_naive_training_runs_match(tmp_path):
 def test_mtp_compare_runs_the_stages_and_writes_the_table(tmp_path):
     from helpers import synthetic_prepared
     from planlm.eval.probes import ProbeConfig
-    from planlm.mtp_compare import mtp_compare
-    from planlm.train.pretrain_lm import lm_optim
+    from planlm.studies.mtp_compare import mtp_compare
+    from planlm.train.lm_pretraining import lm_optim
     from planlm.train.trainer import TrainerConfig
 
     corpus = synthetic_prepared(tmp_path / "prepared", n_articles=16)

@@ -111,7 +111,7 @@ def test_dp_targets_follow_the_definition():
 def test_gap_statistics_recovers_a_known_gap():
     import numpy as np
 
-    from planlm.myopia import gap_statistics
+    from planlm.studies.myopia import gap_statistics
 
     rng = np.random.default_rng(0)
     vanilla = rng.normal(3.0, 0.5, (2, 30, 16))  # (S, W, P)
@@ -128,7 +128,7 @@ def test_gap_statistics_recovers_a_known_gap():
 
 def test_myopia_dp_writes_table_plot_and_manifest(tmp_path):
     from planlm.artifacts import read_manifest
-    from planlm.myopia import DpConfig, myopia_dp
+    from planlm.studies.myopia import DpConfig, myopia_dp
 
     dp = DpConfig(length=16, n_layer=1, n_head=2, n_embd=16, steps=6, batch_size=4, eval_sequences=8, eval_every=3)
     result = myopia_dp(out=str(tmp_path / "dp"), dp=dp, seeds=[0, 1])
@@ -143,8 +143,8 @@ def test_myopia_dp_writes_table_plot_and_manifest(tmp_path):
 
 def test_myopia_lm_on_a_prepared_corpus(tmp_path):
     from helpers import synthetic_prepared
-    from planlm.myopia import LMBudget, MyopiaProbeConfig, myopia_lm
-    from planlm.train.pretrain_lm import lm_optim
+    from planlm.studies.myopia import LMBudget, MyopiaProbeConfig, myopia_lm
+    from planlm.train.lm_pretraining import lm_optim
     from planlm.train.trainer import TrainerConfig
 
     synthetic_prepared(tmp_path / "prepared", n_articles=20)
@@ -169,7 +169,7 @@ def test_myopia_lm_on_a_prepared_corpus(tmp_path):
 
 def test_myopia_lm_bad_arguments_fail_before_any_work(tmp_path):
     from planlm.errors import PlanlmError
-    from planlm.myopia import LMBudget, myopia_lm
+    from planlm.studies.myopia import LMBudget, myopia_lm
 
     with pytest.raises(PlanlmError) as e:
         myopia_lm(prepared=str(tmp_path / "missing"), out=str(tmp_path / "o"), budget=LMBudget(preset="huge"),
@@ -212,7 +212,7 @@ def test_myopia_planned_gaps_and_their_difference(tmp_path):
     import math
 
     from helpers import synthetic_prepared, tiny_lm, tiny_planner
-    from planlm.myopia import myopia_planned
+    from planlm.studies.myopia import myopia_planned
     from planlm.train.trainer import OptimConfig, TrainerConfig
 
     corpus = synthetic_prepared(tmp_path / "prep", n_articles=20)
@@ -246,7 +246,7 @@ def test_myopia_planned_gaps_and_their_difference(tmp_path):
 
 def test_myopia_planned_bad_arguments_fail_before_any_work(tmp_path):
     from planlm.errors import PlanlmError
-    from planlm.myopia import myopia_planned
+    from planlm.studies.myopia import myopia_planned
 
     with pytest.raises(PlanlmError) as e:
         myopia_planned(prepared=str(tmp_path / "p"), lm=str(tmp_path / "lm"), planner=str(tmp_path / "pl"),

@@ -111,7 +111,9 @@ def test_paper_protocol_equals_independent_windows(setup):
 
 def test_strided_matches_finetune_validation_scoring(setup):
     """stride = context - 1 scores exactly what the training loop's val_loss scores (same windows, same planner)."""
-    from planlm.train.loop import OptimConfig, PlannedLMModule, RecipeConfig
+    from planlm.train.loop import PlannedLMModule
+    from planlm.train.trainer import OptimConfig
+    from planlm.train.recipe import RecipeConfig
 
     corpus, tok = setup["corpus"], setup["tokenizer"]
     model = setup["build"]()

@@ -12,9 +12,10 @@ from helpers import synthetic_prepared
 from planlm.artifacts import read_manifest
 from planlm.errors import PlanlmError
 from planlm.models.planner import PlannerConfig
-from planlm.train.finetune import AdapterConfig
-from planlm.train.planner import train_planner
-from planlm.train.pretrain_lm import PlannedPretraining, lm_optim, pretrain_lm, train_tokenizer
+from planlm.train.start import AdapterConfig
+from planlm.stages.train_planner import train_planner
+from planlm.train.lm_pretraining import PlannedPretraining, lm_optim, train_tokenizer
+from planlm.stages.pretrain_lm import pretrain_lm
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
@@ -99,7 +100,8 @@ def test_oracle_actions_reach_the_loss(setup):
 
 
 def test_fixed_is_the_same_architecture_without_a_planner_and_evaluate_reads_it(setup, tmp_path):
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.eval.perplexity import PerplexityConfig
+    from planlm.stages.evaluate import evaluate
 
     out, _ = _planned(setup, "planned-fixed", "fixed", steps=2)
     report = evaluate(run=out, out=tmp_path / "eval", split="test",
@@ -122,7 +124,8 @@ def test_fixed_folder_is_also_the_same_plain_lm(setup):
 
 
 def test_evaluate_measures_predicted_and_oracle_actions(setup, tmp_path):
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.eval.perplexity import PerplexityConfig
+    from planlm.stages.evaluate import evaluate
 
     out, _ = _planned(setup, "planned-predicted", "predicted", steps=2)
     report = evaluate(run=out, out=tmp_path / "eval", split="test",

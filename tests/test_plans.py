@@ -119,7 +119,7 @@ def test_nap_trains_every_offset_and_reports_each(tmp_path, rollout):
 
 
 def train_planner(patterned, out, cfg):
-    from planlm.train.planner import train_planner as stage
+    from planlm.stages.train_planner import train_planner as stage
 
     return stage(str(patterned.path), out=str(out), planner=cfg, optim=NAP(lr=5e-3, epochs=8), trainer=QUIET)
 

@@ -14,7 +14,7 @@ from planlm.data.encoders import DEFAULT_ENCODER, EncoderConfig, load_encoder
 from planlm.data.prepared import PreparedCorpus
 from planlm.data.sentences import split_sentences
 from planlm.errors import PlanlmError
-from planlm.prepare import actions_show, prepare, resolve_num_actions
+from planlm.stages.prepare import actions_show, prepare, resolve_num_actions
 
 FAKE = EncoderConfig(name="fake:32")
 

@@ -13,12 +13,13 @@ import yaml
 
 from planlm.errors import PlanlmError
 from planlm.presets import PRESETS_DIR, build, load_preset, preset_names
-from planlm.train.pretrain_lm import LMPreset, pretrain_lm
+from planlm.train.lm_pretraining import LMPreset
+from planlm.stages.pretrain_lm import pretrain_lm
 
 
 def preset_classes():
-    from planlm.prepare import ActionsPreset, prepare
-    from planlm.run import RunPreset, run
+    from planlm.stages.prepare import ActionsPreset, prepare
+    from planlm.stages.run import RunPreset, run
 
     return {"prepare": (ActionsPreset, prepare), "pretrain-lm": (LMPreset, pretrain_lm), "run": (RunPreset, run)}
 
@@ -34,9 +35,9 @@ def test_every_preset_folder_belongs_to_a_stage_with_a_preset_argument():
 
 
 def test_every_option_naming_a_preset_lists_exactly_its_files():
-    from planlm.mtp_compare import mtp_compare
-    from planlm.myopia import LMBudget
-    from planlm.run import RunPreset
+    from planlm.studies.mtp_compare import mtp_compare
+    from planlm.studies.myopia import LMBudget
+    from planlm.stages.run import RunPreset
 
     lm_names = preset_names("pretrain-lm")
     for hint in (typing.get_type_hints(mtp_compare)["preset"], typing.get_type_hints(LMBudget)["preset"],
@@ -47,9 +48,9 @@ def test_every_option_naming_a_preset_lists_exactly_its_files():
 
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_preset_matches_its_dataclass_and_the_stage_signatures(path):
-    from planlm.prepare import PRESETS as PREPARE_PRESETS
-    from planlm.train.finetune import finetune
-    from planlm.train.planner import train_planner
+    from planlm.stages.prepare import PRESETS as PREPARE_PRESETS
+    from planlm.stages.finetune import finetune
+    from planlm.stages.train_planner import train_planner
 
     stage = path.parent.name
     cls, _ = preset_classes()[stage]
@@ -80,7 +81,7 @@ def test_unknown_fields_and_names_are_refused():
 
 def test_the_lm_preset_supplies_every_optim_value_the_command_line_leaves_unset(capsys):
     from planlm.cli import main
-    from planlm.train.pretrain_lm import PRESETS
+    from planlm.train.lm_pretraining import PRESETS
 
     for argv in (["pretrain-lm", "--preset", "tiny", "--optim.lr", "0.5"],
                  ["myopia", "lm", "--budget.optim.lr", "0.5", "--budget.preset=tiny"]):

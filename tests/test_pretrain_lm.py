@@ -7,7 +7,8 @@ import torch
 from helpers import synthetic_prepared
 from planlm.artifacts import read_manifest
 from planlm.errors import PlanlmError
-from planlm.train.pretrain_lm import PRESETS, blocks, lm_optim, pretrain_lm, train_tokenizer
+from planlm.train.lm_pretraining import PRESETS, blocks, lm_optim, train_tokenizer
+from planlm.stages.pretrain_lm import pretrain_lm
 from planlm.train.trainer import TrainerConfig
 
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")

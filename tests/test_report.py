@@ -5,7 +5,7 @@ import json
 import pytest
 
 from planlm.errors import PlanlmError
-from planlm.report import report
+from planlm.stages.report import report
 
 
 def write(path, obj):

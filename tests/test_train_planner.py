@@ -14,7 +14,8 @@ from planlm.models.planner import PlannerConfig
 from planlm.persist import load_planner, save_planned_lm
 from planlm.eval.latent import BigramCritic
 from planlm.eval.nap import action_metrics, baseline_metrics
-from planlm.train.planner import ArticleBatches, train_planner
+from planlm.train.planner_nap import ArticleBatches
+from planlm.stages.train_planner import train_planner
 from planlm.train.trainer import TrainerConfig
 
 
@@ -49,7 +50,7 @@ def test_nap_beats_the_unigram_baseline_and_saves_a_loadable_planner(patterned, 
 
 
 def test_paper_context_counts_tokens_of_a_local_lm_tokenizer(patterned, tmp_path):
-    from planlm.train.pretrain_lm import train_tokenizer
+    from planlm.train.lm_pretraining import train_tokenizer
 
     tok_dir = tmp_path / "tok"
     train_tokenizer(patterned.texts, vocab_size=300).save_pretrained(tok_dir)
@@ -118,7 +119,8 @@ def test_ntp_objective_trains_only_the_planner_through_a_frozen_planned_lm(patte
 
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.persist import load_planned_lm
-    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
+    from planlm.train.lm_pretraining import lm_optim
+    from planlm.stages.pretrain_lm import pretrain_lm
 
     lm_dir = tmp_path / "lm"
     pretrain_lm(str(patterned.path), out=str(lm_dir), preset="tiny", vocab_size=300, optim=lm_optim("tiny", max_steps=1),

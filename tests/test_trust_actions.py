@@ -15,7 +15,7 @@ from planlm.data.corpus import SourceConfig, SplitConfig
 from planlm.data.encoders import EncoderConfig
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError
-from planlm.prepare import prepare
+from planlm.stages.prepare import prepare
 
 FAKE = EncoderConfig(name="fake:32")
 

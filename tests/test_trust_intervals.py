@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from planlm.report import paired_bootstrap, pooled_bootstrap, report
+from planlm.eval.intervals import paired_bootstrap, pooled_bootstrap
+from planlm.stages.report import report
 
 
 def articles(rng, n=200, shift=0.0, noise=0.0, base=None):
@@ -113,7 +114,7 @@ def test_report_gives_intervals_and_the_figure5_plot(tmp_path):
     assert (out / "seeds.png").read_bytes()[:4] == b"\x89PNG"
 
     # one test article per seed: no interval (a resample of one article has no spread), and no false "*"
-    from planlm.report import Run, ppl_intervals
+    from planlm.stages.report import Run, ppl_intervals
 
     one = {"article_ids": [7], "nll_sum": [500.0], "tokens": [100]}
     worse = {**one, "nll_sum": [520.0]}
@@ -137,10 +138,10 @@ def tiny_run(tmp_path_factory):
     few steps a stage."""
     from helpers import tiny_lm
 
-    import planlm.run as run_module
+    import planlm.stages.run as run_module
     from planlm.data.corpus import SourceConfig, read_corpus
     from planlm.presets import build
-    from planlm.run import RunPreset, run
+    from planlm.stages.run import RunPreset, run
     from planlm.train.trainer import TrainerConfig
 
     root = tmp_path_factory.mktemp("seeds")

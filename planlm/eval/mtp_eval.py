@@ -10,52 +10,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.nn as nn
 
 from planlm.errors import PlanlmError
-
-
-@dataclass
-class _ConstantSelection:
-    num_actions: int
-    selection: str = "fixed"
-    fixed_action: int = 0
-
-
-class UnplannedLM(nn.Module):
-    """A Hugging Face causal LM behind the call interface of a constant-selection ``PlannedLM`` (no actions)."""
-
-    def __init__(self, lm: nn.Module, num_actions: int):
-        super().__init__()
-        self.lm = lm
-        self.config = _ConstantSelection(num_actions=num_actions)  # the corpus's K, so validation passes
-        self.planner = None
-
-    def forward(self, input_ids, attention_mask=None, labels=None, **lm_kwargs):
-        for key in ("token_slot", "oracle_actions", "planner_logits", "planner_inputs", "predicted_mask"):
-            lm_kwargs.pop(key, None)  # action inputs mean nothing to an LM without adapters
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **lm_kwargs)
-
-
-def load_lm_run(run: Path, prepared: Path | None = None, device: str | None = None):
-    """A `planlm pretrain-lm` folder -> ``(UnplannedLM, heads or None, tokenizer, corpus, manifest)``."""
-    from planlm.artifacts import read_manifest
-    from planlm.data.prepared import PreparedCorpus
-    from planlm.eval.speculative import load_mtp_lm
-
-    manifest = read_manifest(run, "pretrain-lm")
-    if prepared is None:
-        recorded = (manifest.get("inputs") or {}).get("prepared") or {}
-        if "path" not in recorded:
-            raise PlanlmError(f"{run}/manifest.json records no prepared corpus; pass --prepared DIR")
-        prepared = Path(recorded["path"])
-    corpus = PreparedCorpus.load(prepared)
-    lm, heads, tokenizer = load_mtp_lm(run, device)
-    return UnplannedLM(lm, corpus.num_actions).eval(), heads, tokenizer, corpus, manifest
 
 
 def eval_batches(model, corpus, tokenizer, split: str, context_length: int, max_articles: int | None,

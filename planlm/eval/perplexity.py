@@ -358,3 +358,45 @@ def split_by_planner_right(result: PerplexityResult, right: np.ndarray) -> dict[
         nll, n = float(result.token_nll[keep].astype(np.float64).sum()), int(keep.sum())
         out[part] = {"ppl": math.exp(nll / n) if n else None, "nll_sum": nll, "tokens": n}  # None: no token
     return out
+
+
+@dataclass
+class PerplexityConfig:
+    """Which perplexities to compute (paper: predicted actions, windows of 128, stride 1, 1000 test articles)."""
+
+    actions: list[EvalActions] = field(default_factory=lambda: ["predicted", "oracle"])
+    """Action sources: predicted (the main metric) | oracle | fixed. Fixed / uniform models use one constant."""
+    protocols: list[Protocol] = field(default_factory=lambda: ["paper"])
+    """paper (stride 1, last token of each window scored) | strided; with both, their difference is reported."""
+    context_length: int = 128
+    """Tokens per window (paper: 128)."""
+    stride: int | None = None
+    """Stride of the strided protocol (default context_length - 1)."""
+    max_articles: int | None = 1000
+    """Evaluate the first this many articles of the split (paper: 1000)."""
+    max_tokens: int | None = None
+    """Stop after this many scored tokens per perplexity (the paper protocol costs one forward pass per token)."""
+    batch_size: int = 32
+    """Windows per forward pass."""
+    fixed_action: int | None = None
+    """actions=fixed: the action id (default: the model's fixed_action)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        bad = [a for a in self.actions if a not in ACTION_SOURCES]
+        if not self.actions or bad:
+            out.append(f"ppl.actions must be a non-empty list of {', '.join(ACTION_SOURCES)} (got {self.actions})")
+        bad = [p for p in self.protocols if p not in PROTOCOLS]
+        if not self.protocols or bad:
+            out.append(f"ppl.protocols must be a non-empty list of {', '.join(PROTOCOLS)} (got {self.protocols})")
+        if self.context_length < 2:
+            out.append(f"ppl.context_length must be at least 2 (got {self.context_length})")
+        if self.stride is not None and not 1 <= self.stride <= self.context_length - 1:
+            out.append(f"ppl.stride must be in [1, context_length - 1] (got {self.stride})")
+        for name in ("max_articles", "max_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                out.append(f"ppl.{name} must be positive or null (got {v})")
+        if self.batch_size < 1:
+            out.append(f"ppl.batch_size must be positive (got {self.batch_size})")
+        return out

@@ -17,10 +17,8 @@ every emitted token follows head 1's distribution ``p`` (after the same temperat
 
 from __future__ import annotations
 
-import json as jsonlib
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -205,45 +203,3 @@ def decode(
     return out, stats
 
 
-# ---- `planlm generate` for `planlm pretrain-lm` folders ------------------------------------------------------------
-def is_lm_folder(run: Path) -> bool:
-    """Whether ``run`` is a `planlm pretrain-lm` output (an LM, possibly with MTP heads) rather than a finetune run."""
-    from planlm.persist import is_planned_pretraining
-
-    manifest = Path(run) / "manifest.json"
-    return (manifest.exists() and jsonlib.loads(manifest.read_text()).get("stage") == "pretrain-lm"
-            and not is_planned_pretraining(run))  # planned pretraining writes a planned LM
-
-
-def load_mtp_lm(run: Path, device: str | None = None):
-    """``(lm, heads or None, tokenizer)`` of a `planlm pretrain-lm` folder, in eval mode on ``device``."""
-    from planlm.persist import load_lm, load_mtp_heads
-
-    lm, tokenizer = load_lm(str(run))
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    lm = lm.to(dev).eval()
-    heads = load_mtp_heads(run, lm)
-    return lm, (heads.to(dev) if heads is not None else None), tokenizer
-
-
-def generate_lm(run: Path, prompt: str, sampling, num_samples: int = 1, json: bool = False,
-                speculative: bool = True, device: str | None = None) -> list[dict]:
-    """`planlm generate` on an LM folder: plain or self-speculative decoding, with tokens/s and acceptance length."""
-    lm, heads, tokenizer = load_mtp_lm(run, device)
-    if speculative and heads is None:
-        print(f"planlm generate: {run} has no MTP heads (n = 1): decoding plainly")
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.bos_token_id]
-    results = []
-    for i in range(num_samples):
-        new, stats = decode(lm, ids, sampling.max_new_tokens, heads if speculative else None, sampling.temperature,
-                            sampling.top_p, sampling.seed + i, tokenizer.eos_token_id)
-        r = {"prompt": prompt, "text": tokenizer.decode(new), "speculative": bool(speculative and heads is not None),
-             **stats.to_json()}
-        results.append(r)
-        if json:
-            print(jsonlib.dumps(r, ensure_ascii=False))
-        else:
-            print(("\n" + "=" * 80 + "\n" if i else "") + prompt + r["text"])
-            print(f"\n({r['new_tokens']} new tokens in {r['forward_passes']} forward passes: "
-                  f"{r['tokens_per_forward']:.2f} tokens per pass, {r['tokens_per_second']:.1f} tokens/s)")
-    return results

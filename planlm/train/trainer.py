@@ -10,8 +10,8 @@ import csv
 import sys
 import time
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ProgressBar
@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from planlm.errors import check_finite, check_max_steps
+from planlm.models.mtp import MTPConfig
 
 
 @dataclass
@@ -297,3 +298,18 @@ def build_trainer(
         callbacks=callbacks,
         **kwargs,
     )
+
+
+def mtp_problems(mtp: MTPConfig, trainer: TrainerConfig) -> list[str]:
+    """Problems of an MTP config under a trainer config (shared by pretrain-lm and finetune)."""
+    problems = mtp.problems()
+    if mtp.n_heads > 1 and mtp.backward == "sequential":
+        # The heads' backwards run inside the training step, before a loss scaler scales anything, and the
+        # surrogate backward that applies their gradients is not tried under DDP's gradient reduction.
+        if trainer.precision.startswith("16"):
+            problems.append("mtp.backward=sequential does not support fp16 loss scaling: use --trainer.precision "
+                            "bf16-mixed or 32-true, or --mtp.backward naive")
+        if str(trainer.devices) not in ("1", "auto") or trainer.num_nodes != 1 or trainer.strategy not in ("auto",):
+            problems.append("mtp.backward=sequential runs on one device: use --mtp.backward naive for multi-device "
+                            "training")
+    return problems

@@ -27,11 +27,23 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, read_manifest, up_to_date, write_json_atomic, write_manifest
+from planlm.artifacts import (
+    atomic_dir,
+    read_manifest,
+    up_to_date,
+    write_json_atomic,
+    write_manifest,
+)
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.probes import ProbeConfig
-from planlm.train.pretrain_lm import (
-    PRESET_OPTIM, PRESETS, LMPresetName, blocks, pretrain_lm, resolve_optim, token_stream,
+from planlm.stages.pretrain_lm import pretrain_lm
+from planlm.train.lm_pretraining import (
+    PRESET_OPTIM,
+    PRESETS,
+    LMPresetName,
+    blocks,
+    resolve_optim,
+    token_stream,
 )
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
@@ -488,7 +500,7 @@ def myopia_planned(
     a myopic fine-tuning as in Wu et al.'s Pythia figures). Each is scored by `planlm evaluate` on the test articles
     (windows of ``context_length``, stride ``eval_stride``; planner-predicted actions, and oracle actions for the
     planned LM). Reported, in nats per token, each with a paired bootstrap 95 % interval over articles and seeds
-    (:func:`planlm.report.pooled_bootstrap`): the gap of Fixed, the gap of the planned LM, and their difference
+    (:func:`planlm.eval.intervals.pooled_bootstrap`): the gap of Fixed, the gap of the planned LM, and their difference
     (planned minus Fixed: negative = the plan replaces some pre-caching).
 
     Args:
@@ -522,9 +534,11 @@ def myopia_planned(
 
     import json
 
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
-    from planlm.run import slug
-    from planlm.train.finetune import WindowConfig, finetune
+    from planlm.eval.perplexity import PerplexityConfig
+    from planlm.stages.evaluate import evaluate
+    from planlm.stages.finetune import finetune
+    from planlm.stages.run import slug
+    from planlm.train.start import WindowConfig
     from planlm.variants import VARIANTS
 
     runs_dir = Path(f"{out}-runs")
@@ -566,7 +580,7 @@ def myopia_planned(
 def _planned_gaps(records: list[dict[str, dict]], n_boot: int) -> dict:
     """The gaps (myopic - vanilla loss, nats/token) of Fixed and of the planned LM (predicted and oracle actions)
     and their differences, each with its paired bootstrap interval (one article draw for all models of a seed)."""
-    from planlm.report import pooled_bootstrap
+    from planlm.eval.intervals import pooled_bootstrap
 
     def gap(model):
         return lambda nll: nll[f"{model}-myopic"] - nll[f"{model}-vanilla"]

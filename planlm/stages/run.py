@@ -11,7 +11,7 @@ stage (the LM pretrained from scratch, the planner, the fine-tuned variants) and
 the split changes). One seed keeps the layout ``OUT/{prepared,lm,planner,runs/<variant>}``; several put each seed's
 stages in ``OUT/seed-<s>/`` (the prepared corpus stays shared in ``OUT/prepared`` unless the split follows the
 seed). The table gives each variant's mean over seeds, the paired bootstrap 95% interval of its change vs Fixed
-(:func:`planlm.report.paired_bootstrap`) and the report's Figure 5 plot (``OUT/report/seeds.png``).
+(:func:`planlm.eval.intervals.paired_bootstrap`) and the report's Figure 5 plot (``OUT/report/seeds.png``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,23 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from planlm.artifacts import writes_artifact
 from planlm.errors import check_max_steps, raise_if_problems
-from planlm.prepare import ActionsPresetName
 from planlm.presets import load_presets
-from planlm.train.pretrain_lm import LMPresetName
+from planlm.stages.prepare import ActionsPresetName
+from planlm.train.lm_pretraining import LMPresetName
 from planlm.train.trainer import OptimConfig, TrainerConfig
-from planlm.variants import DEFAULT_VARIANTS, PAPER_PPL, VARIANT_GROUPS, VARIANTS, expand_variants
+from planlm.variants import (
+    DEFAULT_VARIANTS,
+    PAPER_PPL,
+    VARIANT_GROUPS,
+    VARIANTS,
+    expand_variants,
+)
+
 
 @dataclass
 class RunPreset:
@@ -110,7 +117,7 @@ def results_table(rows: list[dict]) -> str:
     """The paper's Table 1 layout from :func:`planlm.report.results_table` rows (+ ``planner_top1`` stats): PPL
     (planner-predicted actions), PPL relative to Fixed of the same seed with its paired bootstrap 95% interval,
     planner top-1; means ± std over seeds when there are several."""
-    from planlm.report import interval_cell
+    from planlm.stages.report import interval_cell
 
     def cell(stat: dict | None, fmt: str, suffix: str = "") -> str:
         if stat is None:
@@ -136,7 +143,7 @@ def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
     a fresh planner trained by next-token prediction through the frozen LM and the adapters fine-tuning starts from,
     with the fine-tuning budget and the planner's learning rate (`planlm train-planner --objective ntp`)."""
     from planlm.models.planner import PlannerConfig
-    from planlm.train.planner import train_planner
+    from planlm.stages.train_planner import train_planner
 
     if not any(VARIANTS[name].planner_pretraining == "ntp" for name in variants):
         return None
@@ -150,7 +157,7 @@ def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
 
 def _has_article_records(evaluation: Path) -> bool:
     """Whether an existing evaluation holds the per-article records the intervals need (older ones do not)."""
-    from planlm.report import headline_by_article
+    from planlm.stages.report import headline_by_article
 
     try:
         return headline_by_article(json.loads((evaluation / "metrics.json").read_text())) is not None
@@ -204,8 +211,8 @@ def run(
     validate_run(preset, variants, lm, seeds, finetune_max_steps)
     seeds = parse_seeds(seeds)
     from planlm.artifacts import write_json_atomic
-    from planlm.report import gather, report, seed_stats
-    from planlm.report import results_table as report_rows
+    from planlm.stages.report import gather, report, seed_stats
+    from planlm.stages.report import results_table as report_rows
 
     p = PRESETS[preset]
     if finetune_max_steps != -1:
@@ -252,13 +259,17 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
               times: dict[str, float], tag: str):
     """Every stage of one seed into ``home``; returns (prepared corpus, one results row per variant)."""
     from planlm.data.corpus import SourceConfig, SplitConfig
+    from planlm.data.encoders import EncoderConfig
     from planlm.data.prepared import PreparedCorpus
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.eval.perplexity import PerplexityConfig
     from planlm.models.planner import PlannerConfig
-    from planlm.prepare import EncoderConfig, prepare
-    from planlm.train.finetune import WindowConfig, finetune
-    from planlm.train.planner import train_planner
-    from planlm.train.pretrain_lm import lm_optim, pretrain_lm
+    from planlm.stages.evaluate import evaluate
+    from planlm.stages.finetune import finetune
+    from planlm.stages.prepare import prepare
+    from planlm.stages.pretrain_lm import pretrain_lm
+    from planlm.stages.train_planner import train_planner
+    from planlm.train.lm_pretraining import lm_optim
+    from planlm.train.start import WindowConfig
 
     def timed(name, fn, *args, **kwargs):
         print(f"\n=== planlm run: {name}{tag} ===", flush=True)

@@ -18,14 +18,15 @@ from pathlib import Path
 
 from planlm.errors import raise_if_problems
 from planlm.eval.probes import ProbeConfig
-from planlm.train.pretrain_lm import PRESET_OPTIM, LMPresetName, pretrain_lm
+from planlm.stages.pretrain_lm import pretrain_lm
+from planlm.train.lm_pretraining import PRESET_OPTIM, LMPresetName
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 
 def _decode_rows(lm_dir: Path, prompts: int, prompt_tokens: int, new_tokens: int) -> dict:
     """Greedy decoding of test prompts, plain and (with heads) self-speculative: tokens/s and tokens per pass."""
-    from planlm.eval.mtp_eval import load_lm_run
     from planlm.eval.speculative import decode
+    from planlm.persist import load_lm_run
 
     model, heads, tok, corpus, _ = load_lm_run(lm_dir, device="cpu")
     texts = [corpus.texts[int(a)] for a in corpus.article_ids("test")[:prompts]]
@@ -116,8 +117,9 @@ def mtp_compare(
     Returns:
         The output folder.
     """
-    from planlm.eval.evaluate import PerplexityConfig, evaluate
+    from planlm.eval.perplexity import PerplexityConfig
     from planlm.models.mtp import MTPConfig
+    from planlm.stages.evaluate import evaluate
 
     problems = [f"n_heads must be positive (got {n})" for n in n_heads if n < 1]
     problems += [] if n_heads else ["n_heads is empty"]

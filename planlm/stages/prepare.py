@@ -16,15 +16,40 @@ from typing import Literal
 
 import numpy as np
 
-from planlm.artifacts import atomic_dir, file_hash, read_manifest, up_to_date, write_manifest, writes_artifact
+from planlm.artifacts import (
+    atomic_dir,
+    file_hash,
+    read_manifest,
+    up_to_date,
+    write_manifest,
+    writes_artifact,
+)
 from planlm.data.actions import (
-    KMeansConfig, apply_actions, assign, check_num_actions, exemplars, fit_actions, suggest_num_actions,
+    KMeansConfig,
+    apply_actions,
+    assign,
+    check_num_actions,
+    exemplars,
+    fit_actions,
     kmeans_problems,
+    suggest_num_actions,
 )
 from planlm.data.corpus import (
-    SourceConfig, SplitConfig, read_corpus, source_kind, source_path, split_articles, source_problems, split_problems,
+    SourceConfig,
+    SplitConfig,
+    read_corpus,
+    source_kind,
+    source_path,
+    source_problems,
+    split_articles,
+    split_problems,
 )
-from planlm.data.encoders import EncoderConfig, embed_sentences, load_encoder, resolve_encoder
+from planlm.data.encoders import (
+    EncoderConfig,
+    embed_sentences,
+    load_encoder,
+    resolve_encoder,
+)
 from planlm.data.prepared import EXEMPLARS, SPLITS, ActionSpace, write_prepared
 from planlm.data.sentences import SentenceConfig, split_sentences
 from planlm.errors import PlanlmError, raise_if_problems

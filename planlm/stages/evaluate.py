@@ -28,51 +28,9 @@ from planlm.artifacts import writes_artifact
 from planlm.data.prepared import SPLITS, Split
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
-from planlm.eval.perplexity import ACTION_SOURCES, PROTOCOLS, EvalActions, Protocol
+from planlm.eval.perplexity import PerplexityConfig
 from planlm.eval.probes import ProbeConfig
 from planlm.variants import training_actions, training_p_predicted, variant_name
-
-
-@dataclass
-class PerplexityConfig:
-    """Which perplexities to compute (paper: predicted actions, windows of 128, stride 1, 1000 test articles)."""
-
-    actions: list[EvalActions] = field(default_factory=lambda: ["predicted", "oracle"])
-    """Action sources: predicted (the main metric) | oracle | fixed. Fixed / uniform models use one constant."""
-    protocols: list[Protocol] = field(default_factory=lambda: ["paper"])
-    """paper (stride 1, last token of each window scored) | strided; with both, their difference is reported."""
-    context_length: int = 128
-    """Tokens per window (paper: 128)."""
-    stride: int | None = None
-    """Stride of the strided protocol (default context_length - 1)."""
-    max_articles: int | None = 1000
-    """Evaluate the first this many articles of the split (paper: 1000)."""
-    max_tokens: int | None = None
-    """Stop after this many scored tokens per perplexity (the paper protocol costs one forward pass per token)."""
-    batch_size: int = 32
-    """Windows per forward pass."""
-    fixed_action: int | None = None
-    """actions=fixed: the action id (default: the model's fixed_action)."""
-
-    def problems(self) -> list[str]:
-        out = []
-        bad = [a for a in self.actions if a not in ACTION_SOURCES]
-        if not self.actions or bad:
-            out.append(f"ppl.actions must be a non-empty list of {', '.join(ACTION_SOURCES)} (got {self.actions})")
-        bad = [p for p in self.protocols if p not in PROTOCOLS]
-        if not self.protocols or bad:
-            out.append(f"ppl.protocols must be a non-empty list of {', '.join(PROTOCOLS)} (got {self.protocols})")
-        if self.context_length < 2:
-            out.append(f"ppl.context_length must be at least 2 (got {self.context_length})")
-        if self.stride is not None and not 1 <= self.stride <= self.context_length - 1:
-            out.append(f"ppl.stride must be in [1, context_length - 1] (got {self.stride})")
-        for name in ("max_articles", "max_tokens"):
-            v = getattr(self, name)
-            if v is not None and v < 1:
-                out.append(f"ppl.{name} must be positive or null (got {v})")
-        if self.batch_size < 1:
-            out.append(f"ppl.batch_size must be positive (got {self.batch_size})")
-        return out
 
 
 @dataclass
@@ -106,14 +64,13 @@ class EvaluateConfig:
 
 def validate_evaluate(cfg: EvaluateConfig) -> None:
     """Raise one error listing every problem with the arguments of :func:`evaluate`."""
-    from planlm.artifacts import read_manifest
 
     problems = list(cfg.ppl.problems())
     if cfg.split not in SPLITS:  # the Python API; the command line refuses it first (planlm/cli.py)
         problems.append(f"split must be one of {', '.join(SPLITS)} (got {cfg.split!r})")
     if cfg.generation:
         problems += cfg.gen.problems()
-    from planlm.eval.speculative import is_lm_folder
+    from planlm.persist import is_lm_folder
 
     if is_lm_folder(cfg.run):  # a `planlm pretrain-lm` LM (NTP or MTP): perplexity, head accuracy, probes
         if cfg.generation:
@@ -236,19 +193,25 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     import torch
 
     from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
-    from planlm.persist import load_run
     from planlm.data.planner_inputs import PlannerInputs
-    from planlm.eval.nap import topk_hits
-    from planlm.eval.perplexity import perplexity, planner_logits_for, planner_right, split_by_planner_right
-    from planlm.models.selection import needs_planner
     from planlm.eval import mtp_eval
-    from planlm.eval.speculative import is_lm_folder
+    from planlm.eval.nap import topk_hits
+    from planlm.eval.perplexity import (
+        perplexity,
+        planner_logits_for,
+        planner_right,
+        split_by_planner_right,
+    )
+    from planlm.models.selection import needs_planner
+    from planlm.persist import is_lm_folder, load_run
 
     t0 = time.time()
     run, split, ppl = cfg.run, cfg.split, cfg.ppl
     lm_folder = is_lm_folder(run)
     if lm_folder:
-        model, heads, tokenizer, corpus, manifest = mtp_eval.load_lm_run(run, cfg.prepared, cfg.device)
+        from planlm.persist import load_lm_run
+
+        model, heads, tokenizer, corpus, manifest = load_lm_run(run, cfg.prepared, cfg.device)
     else:
         from planlm.persist import load_mtp_heads
 
@@ -379,8 +342,8 @@ def _probe(model, corpus, tokenizer, split, ppl: PerplexityConfig, probe: ProbeC
                                ppl.batch_size)
         feats = lm_probe_features(model, batches)
         return run_probes(feats.features, feats.input_ids, feats.attention_mask, probe)
-    from planlm.data.windows import WindowDataset
     from planlm.data.planner_inputs import PlannerInputs
+    from planlm.data.windows import WindowDataset
     from planlm.eval.probes import collect_probe_features, run_probes
     from planlm.models.selection import needs_planner
 

@@ -11,20 +11,17 @@ import json as jsonlib
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.eval.generator import (  # noqa: F401  (the generator's names, re-exported for the stage's users)
+from planlm.eval.generator import (
     AFTER_PLAN,
     AfterPlan,
     Generation,
     PlannedGenerator,
     SamplingConfig,
-    Sentence,
 )
+from planlm.eval.speculative import decode
 from planlm.models.selection import needs_planner
-from planlm.persist import load_run  # noqa: F401  (generate's callers load runs from here too)
-
+from planlm.persist import is_lm_folder, load_mtp_lm, load_run
 
 # ---------------------------------------------------------------------------------------------- loading a run
 
@@ -106,8 +103,6 @@ def generate(
     except PlanlmError as e:
         problems.append(str(e))
         forced = None
-    from planlm.eval.speculative import generate_lm, is_lm_folder
-
     if not is_lm_folder(run) and speculative:
         problems.append("--speculative true needs a `planlm pretrain-lm` LM folder with MTP heads (--mtp.n_heads)")
     raise_if_problems(problems, "generate")
@@ -130,4 +125,27 @@ def generate(
                 print(jsonlib.dumps(results[-1], ensure_ascii=False))
             else:
                 print(("\n" + "=" * 80 + "\n" if i else "") + format_generation(g))
+    return results
+
+
+def generate_lm(run: Path, prompt: str, sampling, num_samples: int = 1, json: bool = False,
+                speculative: bool = True, device: str | None = None) -> list[dict]:
+    """`planlm generate` on an LM folder: plain or self-speculative decoding, with tokens/s and acceptance length."""
+    lm, heads, tokenizer = load_mtp_lm(run, device)
+    if speculative and heads is None:
+        print(f"planlm generate: {run} has no MTP heads (n = 1): decoding plainly")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [tokenizer.bos_token_id]
+    results = []
+    for i in range(num_samples):
+        new, stats = decode(lm, ids, sampling.max_new_tokens, heads if speculative else None, sampling.temperature,
+                            sampling.top_p, sampling.seed + i, tokenizer.eos_token_id)
+        r = {"prompt": prompt, "text": tokenizer.decode(new), "speculative": bool(speculative and heads is not None),
+             **stats.to_json()}
+        results.append(r)
+        if json:
+            print(jsonlib.dumps(r, ensure_ascii=False))
+        else:
+            print(("\n" + "=" * 80 + "\n" if i else "") + prompt + r["text"])
+            print(f"\n({r['new_tokens']} new tokens in {r['forward_passes']} forward passes: "
+                  f"{r['tokens_per_forward']:.2f} tokens per pass, {r['tokens_per_second']:.1f} tokens/s)")
     return results

@@ -1,0 +1,131 @@
+"""What a planned-LM training starts from: finetune's window and adapter sections, and the planned LM built from a
+prepared corpus, a base LM and a planner (used by `planlm finetune`, the no-NAP stage of `planlm train-planner` and
+planned pretraining). The ``cfg`` these functions take is a :class:`planlm.stages.finetune.FinetuneConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from planlm.errors import PlanlmError
+from planlm.models.adapters import OffsetInit
+from planlm.models.selection import needs_planner
+
+
+@dataclass
+class WindowConfig:
+    """How articles become training windows (paper: 128 tokens, stride 127)."""
+
+    context_length: int = 128
+    """Tokens per window (paper: 128)."""
+    stride: int = 127
+    """Tokens between window starts (paper: 127: every token is scored once)."""
+    max_train_articles: int | None = None
+    """Use only the first this many train articles (None = all)."""
+    max_val_windows: int | None = 512
+    """Validate on at most this many val windows (None = all)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+
+@dataclass
+class AdapterConfig:
+    """Where and how the action adapters attach (paper: every layer but the first two, no gate)."""
+
+    layers: list[int] | None = None
+    """Conditioned layers; None = every layer but the first two (paper)."""
+    gate: bool = False
+    """Zero-initialised gate on every adapter, so training starts from the exact base LM (a departure)."""
+    offset_init: OffsetInit = "zeros"
+    """Plans of H > 1 sentences (a planner trained with --planner.horizon H): how the action embeddings of offsets
+    2..H start, "zeros" (the model starts as the H = 1 model) or "centroids"."""
+
+
+def build_planned_lm(cfg, corpus, lm_model, planner):
+    """The PlannedLM of a finetune config: adapters initialised from the corpus's k-means centroids."""
+    import torch
+
+    from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
+
+    r = cfg.recipe
+    pcfg = PlannedLMConfig(
+        num_actions=corpus.num_actions,
+        action_dim=corpus.embedding_dim,
+        layers=cfg.adapters.layers,
+        gate=cfg.adapters.gate,
+        **r.selection_fields(),
+        train_lm=r.train_lm,
+        base_lm=str(Path(cfg.lm).resolve()) if Path(cfg.lm).exists() else str(cfg.lm),  # loadable from any cwd
+        seed=cfg.seed,
+        horizon=getattr(getattr(planner, "config", None), "horizon", 1),  # the adapters read the planner's plan
+        offset_init=cfg.adapters.offset_init,
+    )
+    return PlannedLM(lm_model, pcfg, centroids=torch.from_numpy(corpus.centroids), planner=planner)
+
+
+def initial_planned_lm(cfg, corpus, fresh_planner=None):
+    """The planned LM a fine-tuning starts from, and the LM's tokenizer: seed, base LM, planner (``cfg.planner``, or
+    a fresh one of the PlannerConfig ``fresh_planner``, its policy head at the centroids), adapters.
+
+    The one order of random draws of a fine-tuning start: a fresh planner draws what building ``cfg.planner``'s
+    draws before its weights load, so the no-NAP stage (`planlm train-planner --objective ntp` without
+    ``--planned_lm``) trains its planner through exactly the adapters that `planlm finetune --seed` starts from.
+    """
+    import lightning as L
+    import torch
+
+    from planlm.models.planner import Planner
+    from planlm.persist import load_lm, load_planner
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    lm_model, tokenizer = load_lm(cfg.lm)
+    planner = None
+    if fresh_planner is not None:
+        planner = Planner(fresh_planner, torch.from_numpy(corpus.centroids))
+    elif needs_planner(cfg.recipe.selection):
+        planner = load_planner(cfg.planner)
+        check_planner_fits(planner, corpus, cfg.planner)
+        check_planner_inputs(cfg, corpus)
+        if planner.config.horizon > 1 and cfg.recipe.actions != "predicted":
+            raise PlanlmError(f"{cfg.planner} plans {planner.config.horizon} sentences: train on its plans with "
+                              "--recipe.actions predicted (oracle plans are not built)")
+    if cfg.myopic:
+        from planlm.models.myopic import make_myopic
+
+        make_myopic(lm_model)  # its detached pass stops before the output projection: adapters see the live one
+    return build_planned_lm(cfg, corpus, lm_model, planner), tokenizer
+
+
+def check_planner_fits(planner, corpus, planner_dir) -> None:
+    from planlm.artifacts import check_same
+
+    fix = "train the planner on this prepared corpus (`planlm train-planner --prepared ...`)"
+    check_same("num_actions", corpus.num_actions, planner.config.num_actions, planner_dir, fix)
+    check_same("encoder_dim", corpus.embedding_dim, planner.config.encoder_dim, planner_dir, fix)
+
+
+def check_planner_inputs(cfg, corpus) -> None:
+    """The planner must come from this very prepared corpus (same centroids, encoder, sentence ids) and, when its
+    context was counted in LM tokens, from this LM's tokenizer: same K and width are not enough."""
+    from planlm.artifacts import MANIFEST, check_input_id, read_manifest
+
+    if cfg.planner is None or not (Path(cfg.planner) / MANIFEST).exists():
+        return
+    m = read_manifest(cfg.planner)
+    if m.get("stage") != "train-planner":
+        return  # a planned-LM folder's planner: its own manifest is checked where it is loaded
+    fix = "train the planner on this prepared corpus (`planlm train-planner --prepared ...`)"
+    check_input_id(cfg.planner, m, "prepared", cfg.prepared, corpus.id, fix)
+    if m.get("encoder") and corpus.encoder and m["encoder"] != corpus.encoder:
+        raise PlanlmError(f"{cfg.planner} was trained on {m['encoder']} embeddings, {cfg.prepared} has {corpus.encoder}; {fix}")
+    lm_rec = (m.get("inputs") or {}).get("lm") or {}
+    pcfg = m.get("planner_config") or {}
+    if lm_rec and pcfg.get("context") == "paper" and pcfg.get("context_sentences") is None:
+        given = Path(cfg.lm).resolve() if Path(cfg.lm).exists() else None
+        recorded = lm_rec.get("abspath") or lm_rec.get("name")
+        # a folder recorded by name only (planners written before local folders were recorded by where they are)
+        where = lm_rec.get("abspath") or str(Path(lm_rec.get("name", "")).resolve())
+        same = str(given) == where if given is not None else cfg.lm == lm_rec.get("name")
+        if not same:
+            raise PlanlmError(f"{cfg.planner} counted its context in tokens of the LM {recorded}, not of --lm {cfg.lm}; "
+                              "train the planner with this --lm")
