@@ -140,9 +140,10 @@ class MTPHeads(nn.Module):
         last = blocks[-1]
         self.num_lm_layers = len(blocks)
         # Layer indices after the LM's own: each extra head keeps its own layer of a (lazily grown) DynamicCache.
-        self.heads = nn.ModuleList(
-            [type(last)(lm.config, layer_idx=self.num_lm_layers + j) for j in range(n_heads - 1)]
-        )
+        with _last_layer_type_for(lm.config, n_heads - 1):
+            self.heads = nn.ModuleList(
+                [type(last)(lm.config, layer_idx=self.num_lm_layers + j) for j in range(n_heads - 1)]
+            )
         for head in self.heads:
             if init == "copy":
                 head.load_state_dict(last.state_dict())
@@ -303,6 +304,22 @@ class MTPHeads(nn.Module):
 
     def extra_repr(self) -> str:
         return f"model_type={self.model_type!r}, n_heads={self.n_heads} (head 1 = LM block {self.num_lm_layers - 1})"
+
+
+@contextlib.contextmanager
+def _last_layer_type_for(config, extra: int) -> Iterator[None]:
+    """While the heads are built: architectures with per-layer attention kinds (Qwen2/3: ``config.layer_types``) read
+    ``layer_types[layer_idx]`` in a block's constructor; the extra heads take the last block's kind, whose attention
+    mask the LM hands them."""
+    types = getattr(config, "layer_types", None)
+    if not types or not extra:
+        yield
+        return
+    config.layer_types = [*types, *[types[-1]] * extra]
+    try:
+        yield
+    finally:
+        config.layer_types = types
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
