@@ -88,7 +88,7 @@ def test_unsupported_architecture_is_one_clear_error():
     from planlm.errors import PlanlmError
 
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
-    with pytest.raises(PlanlmError, match="ATTENTION_MODULES"):
+    with pytest.raises(PlanlmError, match="planlm.models.arch.ARCHITECTURES"):
         make_myopic(bert)
 
 

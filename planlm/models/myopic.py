@@ -8,9 +8,10 @@ residual streams of earlier positions receive none from later losses. The forwar
 
 How it attaches to an unmodified Hugging Face causal LM (no modeling code copied):
 
-1. a forward pre-hook on each attention module (found by module path, table below) runs the module once more on the
-   detached layer input; the attention interface function of that pass records the keys/values the model's own code
-   produced from it (after its RoPE, q/k norms, head split: whatever the architecture does) and stops the pass;
+1. a forward pre-hook on each attention module (found by module path, ``planlm.models.arch``) runs the module once
+   more on the detached layer input; the attention interface function of that pass records the keys/values the
+   model's own code produced from it (after its RoPE, q/k norms, head split: whatever the architecture does) and
+   stops the pass;
 2. the live pass calls the same interface function, registered with transformers as ``"myopic"``, which attends over
    ``2T`` keys ``[k_detached ; k_live]`` with a mask that allows, for query j, the detached keys i < j and the live key
    j only, and delegates the arithmetic to transformers' SDPA attention. The softmax runs over the same T scores as
@@ -30,21 +31,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from planlm.errors import PlanlmError
+from planlm.models.arch import architecture
 
 MYOPIC = "myopic"
-
-# config.model_type -> path of layer i's attention module, relative to ``model.base_model`` (so that the heads-less
-# trunk, e.g. GPT2Model, and the LM, e.g. GPT2LMHeadModel, share one entry).
-ATTENTION_MODULES: dict[str, str] = {
-    "gpt2": "h.{i}.attn",
-    "gpt_neox": "layers.{i}.attention",
-    "llama": "layers.{i}.self_attn",
-    "mistral": "layers.{i}.self_attn",
-    "qwen2": "layers.{i}.self_attn",
-    "qwen3": "layers.{i}.self_attn",
-    "olmo": "layers.{i}.self_attn",
-    "olmo2": "layers.{i}.self_attn",
-}
 # keyword names under which the architectures pass their KV cache to the attention module
 _CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
@@ -99,16 +88,9 @@ def _register() -> None:
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """Every layer's attention module of a supported HF model (LM or trunk), or a clear error naming the fix."""
-    model_type = model.config.model_type
-    if model_type not in ATTENTION_MODULES:
-        raise PlanlmError(
-            f"myopic training does not support model_type {model_type!r} (supported: "
-            f"{', '.join(sorted(ATTENTION_MODULES))}); add an entry to planlm.models.myopic.ATTENTION_MODULES mapping "
-            f"{model_type!r} to the path of layer i's attention module under model.base_model"
-        )
-    base = model.base_model
-    return [base.get_submodule(ATTENTION_MODULES[model_type].format(i=i))
-            for i in range(model.config.num_hidden_layers)]
+    arch = architecture(model.config.model_type, "myopic attention")
+    base = model.base_model  # so that the heads-less trunk (GPT2Model) and the LM (GPT2LMHeadModel) share one path
+    return [base.get_submodule(arch.attention_path(i)) for i in range(model.config.num_hidden_layers)]
 
 
 def _detached_pass(module: nn.Module, args: tuple, kwargs: dict):
