@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from transformers.pytorch_utils import Conv1D
 
 from planlm.errors import PlanlmError
-from planlm.models.arch import ARCHITECTURES, architecture
+from planlm.models.arch import ARCHITECTURES, architecture, cache_keyword
 
 VOCAB, HIDDEN, LAYERS = 64, 32, 2
 _LLAMA_LIKE = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4,
@@ -64,7 +64,8 @@ def test_paths_resolve_to_modules_of_the_right_kind(model_type):
 
 @pytest.mark.parametrize("model_type", sorted(ARCHITECTURES))
 def test_every_component_attaches(model_type):
-    """Adapters (zero gate: the base LM exactly), myopic attention (same forward) and MTP heads on each family."""
+    """Adapters (zero gate: the base LM exactly), myopic attention (same forward), a KV cache object passed under
+    :func:`cache_keyword`, and MTP heads on each family."""
     from planlm.models.adapters import ActionAdapters
     from planlm.models.mtp import MTPHeads
     from planlm.models.myopic import make_myopic
@@ -80,6 +81,10 @@ def test_every_component_attaches(model_type):
     myopia = make_myopic(lm)
     torch.testing.assert_close(lm(ids).logits, base, atol=1e-5, rtol=1e-5)  # autograd on: the myopic path
     myopia.remove()
+    cache = DynamicCache()
+    with torch.no_grad():  # the model takes its own cache object under cache_keyword, whatever the version
+        torch.testing.assert_close(lm(ids, use_cache=True, **{cache_keyword(lm): cache}).logits, base)
+    assert cache.get_seq_length() == ids.shape[1]
     heads = MTPHeads(lm, n_heads=2)
     with torch.no_grad(), heads.capturing():
         lm(ids, use_cache=False)

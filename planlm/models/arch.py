@@ -4,11 +4,13 @@ Action adapters hook layer i's attention output projection, multi-token heads re
 myopic attention hooks layer i's attention module. All of them find those modules by path (no modeling code copied),
 and all paths of one family come from one :class:`Arch` entry of :data:`ARCHITECTURES`, keyed by
 ``config.model_type``. Supporting a new LM family is one entry here (plus its tiny config in ``tests/test_arch.py``,
-which checks every path of every entry on a real model).
+which checks every path of every entry on a real model). :func:`cache_keyword` is the other thing planlm must know
+about how a Hugging Face model is called: the name of its KV-cache argument, which changed in transformers 5.24.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -76,3 +78,9 @@ def architecture(model_type: str, component: str = "planlm") -> Arch:
         )
     return ARCHITECTURES[model_type]
 
+
+def cache_keyword(model: nn.Module) -> str:
+    """The keyword under which ``model.forward`` takes a KV cache object: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (5.24 still accepts it, with a FutureWarning, until 5.40)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

@@ -9,9 +9,9 @@ residual streams of earlier positions receive none from later losses. The forwar
 How it attaches to an unmodified Hugging Face causal LM (no modeling code copied):
 
 1. a forward pre-hook on each attention module (found by module path, ``planlm.models.arch``) runs the module once
-   more on the detached layer input; the attention interface function of that pass records the keys/values the
-   model's own code produced from it (after its RoPE, q/k norms, head split: whatever the architecture does) and
-   stops the pass;
+   more on the detached layer input, without the KV cache (the live pass alone writes it); the attention interface
+   function of that pass records the keys/values the model's own code produced from it (after its RoPE, q/k norms,
+   head split: whatever the architecture does) and stops the pass;
 2. the live pass calls the same interface function, registered with transformers as ``"myopic"``, which attends over
    ``2T`` keys ``[k_detached ; k_live]`` with a mask that allows, for query j, the detached keys i < j and the live key
    j only, and delegates the arithmetic to transformers' SDPA attention. The softmax runs over the same T scores as
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from transformers import AttentionInterface, AttentionMaskInterface
+from transformers import AttentionInterface, AttentionMaskInterface, Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
@@ -34,8 +34,6 @@ from planlm.errors import PlanlmError
 from planlm.models.arch import architecture
 
 MYOPIC = "myopic"
-# keyword names under which the architectures pass their KV cache to the attention module
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
 class _Captured(Exception):
@@ -99,13 +97,14 @@ def _detached_pass(module: nn.Module, args: tuple, kwargs: dict):
     state.active = torch.is_grad_enabled()
     if not state.active:
         return None
-    if "hidden_states" in kwargs:
-        detached_args, detached_kwargs = args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+    # The live pass alone may write the KV cache: the detached pass gets none. Found by its type (the model's own
+    # Cache object), not by the argument's name, which differs between architectures and transformers versions.
+    detached_args = [None if isinstance(a, Cache) else a for a in args]
+    detached_kwargs = {k: None if isinstance(v, Cache) else v for k, v in kwargs.items()}
+    if "hidden_states" in detached_kwargs:
+        detached_kwargs["hidden_states"] = detached_kwargs["hidden_states"].detach()
     else:
-        detached_args, detached_kwargs = (args[0].detach(), *args[1:]), dict(kwargs)
-    for name in _CACHE_KWARGS:  # the live pass alone may write the cache
-        if name in detached_kwargs:
-            detached_kwargs[name] = None
+        detached_args[0] = detached_args[0].detach()
     state.capturing = True
     try:
         module.forward(*detached_args, **detached_kwargs)
