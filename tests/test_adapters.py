@@ -7,7 +7,8 @@ import torch
 from helpers import ARCHS, random_lm, sentence_batch
 
 from planlm.errors import PlanlmError
-from planlm.models.adapters import ATTENTION_OUTPUT_PROJECTIONS, ActionAdapters
+from planlm.models.adapters import ActionAdapters
+from planlm.models.arch import ARCHITECTURES
 from planlm.models.selection import action_weights
 
 
@@ -65,7 +66,7 @@ def test_post_merge_is_the_base_projection_input_plus_r(arch):
     """On a 1-layer model, the projection input with adapters = the base LM's projection input + r (captured)."""
     lm = random_lm(arch, n_layer=1)
     input_ids, token_slot, logits = sentence_batch(N=4, K=5)
-    path = ATTENTION_OUTPUT_PROJECTIONS[arch].format(i=0)
+    path = ARCHITECTURES[arch].projection_path(0)
     seen = {}
     handle = lm.get_submodule(path).register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].detach()))
     lm(input_ids)
@@ -101,7 +102,7 @@ def test_per_sentence_equals_naive_per_token(arch):
             [torch.stack([ad.proj(w[token_slot[b, t]] @ ad.action_embeddings) for t in range(T)]) for b in range(B)]
         )  # (B, T, H)
         torch.testing.assert_close(captured[l]["pre"], naive.detach())
-        path = ATTENTION_OUTPUT_PROJECTIONS[arch].format(i=l)
+        path = ARCHITECTURES[arch].projection_path(l)
         handles.append(lm.get_submodule(path).register_forward_pre_hook(lambda m, a, r=naive: (a[0] + r,)))
     slow = lm(input_ids).logits
     for h in handles:
@@ -157,7 +158,7 @@ def test_unsupported_architecture_names_the_fix():
     with pytest.raises(PlanlmError) as e:
         ActionAdapters("opt", 4, 32, 6, 8)
     msg = str(e.value)
-    assert "'opt'" in msg and "gpt2" in msg and "llama" in msg and "ATTENTION_OUTPUT_PROJECTIONS" in msg
+    assert "'opt'" in msg and "gpt2" in msg and "llama" in msg and "planlm.models.arch.ARCHITECTURES" in msg
 
 
 def test_gpt2_small_parameter_count():

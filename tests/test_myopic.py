@@ -54,6 +54,24 @@ def test_forward_equals_vanilla_and_remove_restores_it(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_the_live_pass_alone_writes_a_given_kv_cache(arch):
+    """An (empty) cache object passed with gradients on holds T positions afterwards: the detached pass wrote none."""
+    from transformers import DynamicCache
+
+    from planlm.models.arch import cache_keyword
+
+    ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(4))
+    lm = random_lm(arch, n_layer=2)
+    with torch.no_grad():
+        reference = lm(ids).logits
+    make_myopic(lm)
+    cache = DynamicCache()
+    logits = lm(ids, use_cache=True, **{cache_keyword(lm): cache}).logits  # autograd on: the myopic path
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+    assert cache.get_seq_length() == T
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_weights_receive_gradient_from_every_position(arch):
     """The last layer's weights see no earlier layer, so their gradient is the vanilla one exactly: the detached
     off-diagonal keys/values still train W_K / W_V. Every parameter of the model gets some gradient."""
@@ -88,7 +106,7 @@ def test_unsupported_architecture_is_one_clear_error():
     from planlm.errors import PlanlmError
 
     bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
-    with pytest.raises(PlanlmError, match="ATTENTION_MODULES"):
+    with pytest.raises(PlanlmError, match="planlm.models.arch.ARCHITECTURES"):
         make_myopic(bert)
 
 

@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from planlm.errors import PlanlmError, raise_if_problems
+from planlm.models.arch import cache_keyword
 from planlm.models.selection import needs_planner
 
 AfterPlan = Literal["stop", "planner"]
@@ -337,6 +338,7 @@ class PlannedGenerator:
         self.model, self.tokenizer, self.corpus, self.encoder = model.eval(), tokenizer, corpus, encoder
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
+        self._cache_keyword = cache_keyword(self.model.lm)  # how the LM takes its KV cache object
         self.constant = not needs_planner(model.config.selection)
         if not self.constant and model.planner is None:
             raise PlanlmError(
@@ -656,17 +658,20 @@ class PlannedGenerator:
         position_ids = torch.tensor(rows_pos, dtype=torch.long)  # (B, T)
         token_slot = torch.tensor(rows_slot, dtype=torch.long)  # (B, T) rows of this call's sentence table
         new_valid = torch.arange(T) >= torch.tensor([[T - n] for n in lengths])  # (B, T)
+        L = valid.shape[1]
+        if cache is None:  # the batch's own cache object, grown in place by every feed
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.lm.config)
         kwargs = {"input_ids": input_ids.to(self.device), "position_ids": position_ids.to(self.device),
-                  "attention_mask": torch.cat([valid, new_valid.to(self.device)], 1).long(), "use_cache": True}
-        if cache is not None:
-            kwargs["past_key_values"] = cache
+                  "attention_mask": torch.cat([valid, new_valid.to(self.device)], 1).long(), "use_cache": True,
+                  self._cache_keyword: cache}
         if not self.constant:
             kwargs["token_slot"] = token_slot.to(self.device)
             kwargs.update(self._table_kwargs(table))
         out = self.model(**kwargs)
-        if out.past_key_values is None:
-            raise PlanlmError(f"{type(self.model.lm).__name__} returned no KV cache; use use_cache=False")
-        L = valid.shape[1]
+        if cache.get_seq_length() != L + T:
+            raise PlanlmError(f"{type(self.model.lm).__name__} did not fill its KV cache; use use_cache=False")
         logits = out.logits[:, -1].float()  # (B, V)
         for b, (st, n) in enumerate(zip(states, lengths)):
             st.columns.extend(range(L + T - n, L + T))
@@ -674,7 +679,7 @@ class PlannedGenerator:
             if st.remember:
                 st.fed(L + T - 1, logits[b])
         valid = torch.cat([valid, new_valid.to(self.device)], 1)  # (B, L + T)
-        return logits, out.past_key_values, valid
+        return logits, cache, valid
 
     def _table_kwargs(self, table: list[Conditioning]) -> dict:
         """The sentence table of one forward pass as PlannedLM arguments (planner logits and/or oracle actions)."""

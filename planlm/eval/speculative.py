@@ -128,6 +128,8 @@ def decode(
     """
     from transformers import DynamicCache
 
+    from planlm.models.arch import cache_keyword
+
     if not prompt_ids:
         raise PlanlmError("decoding needs a prompt of at least one token (e.g. the bos token)")
     speculative = heads is not None and heads.n_heads > 1 and draft_heads != 0
@@ -136,6 +138,7 @@ def decode(
     picker = _Picker(temperature, top_p, seed)
     stats = DecodeStats(accepted_by_head=[0] * n_draft)
     cache = DynamicCache()  # no config: it grows a layer for every extra head's layer index
+    cache_kw = cache_keyword(lm)
     t0 = time.perf_counter()
 
     def forward(tokens: list[int]):
@@ -143,9 +146,9 @@ def decode(
         ids = torch.tensor([tokens], device=device)  # (1, k)
         stats.forward_passes += 1
         if not speculative:
-            return lm(input_ids=ids, past_key_values=cache, use_cache=True).logits[0], []
+            return lm(input_ids=ids, use_cache=True, **{cache_kw: cache}).logits[0], []
         with heads.capturing():
-            logits = lm(input_ids=ids, past_key_values=cache, use_cache=True).logits[0]  # (k, V)
+            logits = lm(input_ids=ids, use_cache=True, **{cache_kw: cache}).logits[0]  # (k, V)
             # every extra head runs on all k positions: its cache layer must hold them all
             hidden = [heads.head_hidden(i)[0] for i in range(2, n_draft + 2)]  # n_draft x (k, H)
         return logits, hidden

@@ -2,8 +2,8 @@
 
 At every conditioned layer l, a vector ``r^l = W_A^l(weights @ E_A^l)`` is ADDED to the attention output after the
 attention-weighted values and BEFORE the attention output projection. The adapters attach to an unmodified Hugging
-Face causal LM through a forward pre-hook on that projection module, found by module path (table below), so no
-modeling code is copied from transformers and the LM stays any ``AutoModelForCausalLM``.
+Face causal LM through a forward pre-hook on that projection module, found by module path (``planlm.models.arch``),
+so no modeling code is copied from transformers and the LM stays any ``AutoModelForCausalLM``.
 
 ``r^l`` is computed once per SENTENCE of the batch's sentence table, ``(N, K) @ (K, d) -> W_A -> (N, H)``, then
 gathered to tokens with ``token_slot (B, T)``; fixed and uniform selection pass one ``(1, K)`` row that is broadcast
@@ -26,34 +26,11 @@ import torch
 import torch.nn as nn
 
 from planlm.errors import PlanlmError
-
-# config.model_type -> module path of layer i's attention output projection (its INPUT is where r^l is added).
-ATTENTION_OUTPUT_PROJECTIONS: dict[str, str] = {
-    "gpt2": "transformer.h.{i}.attn.c_proj",
-    "gpt_neox": "gpt_neox.layers.{i}.attention.dense",
-    "llama": "model.layers.{i}.self_attn.o_proj",
-    "mistral": "model.layers.{i}.self_attn.o_proj",
-    "qwen2": "model.layers.{i}.self_attn.o_proj",
-    "qwen3": "model.layers.{i}.self_attn.o_proj",
-    "olmo": "model.layers.{i}.self_attn.o_proj",
-    "olmo2": "model.layers.{i}.self_attn.o_proj",
-}
+from planlm.models.arch import Arch, architecture
 
 
 OffsetInit = Literal["zeros", "centroids"]
 OFFSET_INITS: tuple[str, ...] = get_args(OffsetInit)
-
-
-def projection_path(model_type: str) -> str:
-    """The attention-output-projection path template for ``model_type``, or a clear error naming the fix."""
-    if model_type not in ATTENTION_OUTPUT_PROJECTIONS:
-        raise PlanlmError(
-            f"action adapters do not support model_type {model_type!r} (supported: "
-            f"{', '.join(sorted(ATTENTION_OUTPUT_PROJECTIONS))}); add one entry to "
-            f"planlm.models.adapters.ATTENTION_OUTPUT_PROJECTIONS mapping {model_type!r} to the path of layer i's "
-            "attention output projection, e.g. 'model.layers.{i}.self_attn.o_proj'"
-        )
-    return ATTENTION_OUTPUT_PROJECTIONS[model_type]
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -128,7 +105,7 @@ class ActionAdapters(nn.Module):
         """Build adapters for an LM of the given shape.
 
         Args:
-            model_type: the LM's ``config.model_type`` (a key of ``ATTENTION_OUTPUT_PROJECTIONS``).
+            model_type: the LM's ``config.model_type`` (a key of ``planlm.models.arch.ARCHITECTURES``).
             num_layers: number of transformer layers of the LM.
             hidden_size: input width of the attention output projection.
             num_actions: K.
@@ -140,7 +117,7 @@ class ActionAdapters(nn.Module):
             offset_init: "zeros" or "centroids": how the action embeddings of offsets 2..H start.
         """
         super().__init__()
-        self.path = projection_path(model_type)
+        self.arch = architecture(model_type, "action adapters")
         self.model_type = model_type
         self.num_actions, self.action_dim, self.hidden_size = num_actions, action_dim, hidden_size
         if horizon < 1 or offset_init not in OFFSET_INITS:
@@ -177,9 +154,8 @@ class ActionAdapters(nn.Module):
     def for_lm(cls, lm: nn.Module, num_actions: int, action_dim: int, **kwargs) -> "ActionAdapters":
         """Adapters shaped for ``lm`` (layer count and projection width read from the model) and attached to it."""
         model_type = lm.config.model_type
-        path = projection_path(model_type)
         num_layers = lm.config.num_hidden_layers
-        hidden = projection_input_dim(_get_projection(lm, path, 0))
+        hidden = projection_input_dim(_get_projection(lm, architecture(model_type, "action adapters"), 0))
         adapters = cls(model_type, num_layers, hidden, num_actions, action_dim, **kwargs)
         adapters.attach(lm)
         return adapters
@@ -191,7 +167,7 @@ class ActionAdapters(nn.Module):
             raise PlanlmError(f"adapters were built for {self.model_type!r}, the LM is {lm.config.model_type!r}")
         self.detach()
         for l in self.layers:
-            module = _get_projection(lm, self.path, l)
+            module = _get_projection(lm, self.arch, l)
             if projection_input_dim(module) != self.hidden_size:
                 raise PlanlmError(
                     f"layer {l} projection input is {projection_input_dim(module)} wide, "
@@ -265,11 +241,12 @@ class ActionAdapters(nn.Module):
         return f"model_type={self.model_type!r}, layers={self.layers}, K={self.num_actions}, d_action={self.action_dim}"
 
 
-def _get_projection(lm: nn.Module, path: str, layer: int) -> nn.Module:
+def _get_projection(lm: nn.Module, arch: Arch, layer: int) -> nn.Module:
+    path = arch.projection_path(layer)
     try:
-        return lm.get_submodule(path.format(i=layer))
+        return lm.get_submodule(path)
     except AttributeError:
         raise PlanlmError(
-            f"{type(lm).__name__} has no module {path.format(i=layer)!r}; pass the causal-LM model "
+            f"{type(lm).__name__} has no module {path!r}; pass the causal-LM model "
             "(AutoModelForCausalLM), not its base model"
         ) from None

@@ -7,8 +7,9 @@ cross-entropy of token t + i from head i (section 2). Head 1 is the ordinary nex
 Where the trunk ends (our choice, stated): the trunk is the LM minus its LAST block, and head 1 IS that last block.
 So head 1 alone is exactly the unmodified Hugging Face LM (trunk + last block + final norm + unembedding): its
 logits are the LM's logits, its perplexity is the model's perplexity, and a model with n = 1 is plain next-token
-training. Heads 2..n are extra blocks of the LM's own block class (found by module path, no modeling code copied),
-built from the LM's config with layer indices after the LM's last one so that they keep their own KV-cache layers.
+training. Heads 2..n are extra blocks of the LM's own block class (found by module path, ``planlm.models.arch``; no
+modeling code copied), built from the LM's config with layer indices after the LM's last one so that they keep their
+own KV-cache layers.
 An n-head model therefore has n - 1 more blocks than the LM it extends (`planlm mtp-compare` reports the parameter
 count of every model next to its perplexity).
 
@@ -35,21 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from planlm.errors import PlanlmError
+from planlm.models.arch import architecture
 
 IGNORE_INDEX = -100
-
-# config.model_type -> (module path of the block list, module path of the final norm). The unembedding is the LM's
-# get_output_embeddings().
-MTP_MODULES: dict[str, tuple[str, str]] = {
-    "gpt2": ("transformer.h", "transformer.ln_f"),
-    "gpt_neox": ("gpt_neox.layers", "gpt_neox.final_layer_norm"),
-    "llama": ("model.layers", "model.norm"),
-    "mistral": ("model.layers", "model.norm"),
-    "qwen2": ("model.layers", "model.norm"),
-    "qwen3": ("model.layers", "model.norm"),
-    "olmo": ("model.layers", "model.norm"),
-    "olmo2": ("model.layers", "model.norm"),
-}
 
 BACKWARDS = ("sequential", "naive")
 HEAD_INITS = ("copy", "random")
@@ -77,16 +66,6 @@ class MTPConfig:
         if self.init not in HEAD_INITS:
             out.append(f"mtp.init must be one of {', '.join(HEAD_INITS)} (got {self.init!r})")
         return out
-
-
-def mtp_modules(model_type: str) -> tuple[str, str]:
-    """(block-list path, final-norm path) for ``model_type``, or a clear error naming the fix."""
-    if model_type not in MTP_MODULES:
-        raise PlanlmError(
-            f"multi-token heads do not support model_type {model_type!r} (supported: {', '.join(sorted(MTP_MODULES))}); "
-            "add one entry to planlm.models.mtp.MTP_MODULES: (path of the block list, path of the final norm)"
-        )
-    return MTP_MODULES[model_type]
 
 
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, offset: int) -> torch.Tensor:
@@ -134,15 +113,17 @@ class MTPHeads(nn.Module):
         if init not in HEAD_INITS:
             raise PlanlmError(f"init must be one of {', '.join(HEAD_INITS)} (got {init!r})")
         self.model_type = lm.config.model_type
-        self.blocks_path, self.norm_path = mtp_modules(self.model_type)
+        arch = architecture(self.model_type, "multi-token heads")  # the unembedding is lm.get_output_embeddings()
+        self.blocks_path, self.norm_path = arch.blocks_path, arch.final_norm_path
         self.n_heads = n_heads
         blocks = _blocks(lm, self.blocks_path)
         last = blocks[-1]
         self.num_lm_layers = len(blocks)
         # Layer indices after the LM's own: each extra head keeps its own layer of a (lazily grown) DynamicCache.
-        self.heads = nn.ModuleList(
-            [type(last)(lm.config, layer_idx=self.num_lm_layers + j) for j in range(n_heads - 1)]
-        )
+        with _last_layer_type_for(lm.config, n_heads - 1):
+            self.heads = nn.ModuleList(
+                [type(last)(lm.config, layer_idx=self.num_lm_layers + j) for j in range(n_heads - 1)]
+            )
         for head in self.heads:
             if init == "copy":
                 head.load_state_dict(last.state_dict())
@@ -303,6 +284,22 @@ class MTPHeads(nn.Module):
 
     def extra_repr(self) -> str:
         return f"model_type={self.model_type!r}, n_heads={self.n_heads} (head 1 = LM block {self.num_lm_layers - 1})"
+
+
+@contextlib.contextmanager
+def _last_layer_type_for(config, extra: int) -> Iterator[None]:
+    """While the heads are built: architectures with per-layer attention kinds (Qwen2/3: ``config.layer_types``) read
+    ``layer_types[layer_idx]`` in a block's constructor; the extra heads take the last block's kind, whose attention
+    mask the LM hands them."""
+    types = getattr(config, "layer_types", None)
+    if not types or not extra:
+        yield
+        return
+    config.layer_types = [*types, *[types[-1]] * extra]
+    try:
+        yield
+    finally:
+        config.layer_types = types
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

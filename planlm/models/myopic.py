@@ -8,9 +8,10 @@ residual streams of earlier positions receive none from later losses. The forwar
 
 How it attaches to an unmodified Hugging Face causal LM (no modeling code copied):
 
-1. a forward pre-hook on each attention module (found by module path, table below) runs the module once more on the
-   detached layer input; the attention interface function of that pass records the keys/values the model's own code
-   produced from it (after its RoPE, q/k norms, head split: whatever the architecture does) and stops the pass;
+1. a forward pre-hook on each attention module (found by module path, ``planlm.models.arch``) runs the module once
+   more on the detached layer input, without the KV cache (the live pass alone writes it); the attention interface
+   function of that pass records the keys/values the model's own code produced from it (after its RoPE, q/k norms,
+   head split: whatever the architecture does) and stops the pass;
 2. the live pass calls the same interface function, registered with transformers as ``"myopic"``, which attends over
    ``2T`` keys ``[k_detached ; k_live]`` with a mask that allows, for query j, the detached keys i < j and the live key
    j only, and delegates the arithmetic to transformers' SDPA attention. The softmax runs over the same T scores as
@@ -25,28 +26,14 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-from transformers import AttentionInterface, AttentionMaskInterface
+from transformers import AttentionInterface, AttentionMaskInterface, Cache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from planlm.errors import PlanlmError
+from planlm.models.arch import architecture
 
 MYOPIC = "myopic"
-
-# config.model_type -> path of layer i's attention module, relative to ``model.base_model`` (so that the heads-less
-# trunk, e.g. GPT2Model, and the LM, e.g. GPT2LMHeadModel, share one entry).
-ATTENTION_MODULES: dict[str, str] = {
-    "gpt2": "h.{i}.attn",
-    "gpt_neox": "layers.{i}.attention",
-    "llama": "layers.{i}.self_attn",
-    "mistral": "layers.{i}.self_attn",
-    "qwen2": "layers.{i}.self_attn",
-    "qwen3": "layers.{i}.self_attn",
-    "olmo": "layers.{i}.self_attn",
-    "olmo2": "layers.{i}.self_attn",
-}
-# keyword names under which the architectures pass their KV cache to the attention module
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past")
 
 
 class _Captured(Exception):
@@ -99,16 +86,9 @@ def _register() -> None:
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
     """Every layer's attention module of a supported HF model (LM or trunk), or a clear error naming the fix."""
-    model_type = model.config.model_type
-    if model_type not in ATTENTION_MODULES:
-        raise PlanlmError(
-            f"myopic training does not support model_type {model_type!r} (supported: "
-            f"{', '.join(sorted(ATTENTION_MODULES))}); add an entry to planlm.models.myopic.ATTENTION_MODULES mapping "
-            f"{model_type!r} to the path of layer i's attention module under model.base_model"
-        )
-    base = model.base_model
-    return [base.get_submodule(ATTENTION_MODULES[model_type].format(i=i))
-            for i in range(model.config.num_hidden_layers)]
+    arch = architecture(model.config.model_type, "myopic attention")
+    base = model.base_model  # so that the heads-less trunk (GPT2Model) and the LM (GPT2LMHeadModel) share one path
+    return [base.get_submodule(arch.attention_path(i)) for i in range(model.config.num_hidden_layers)]
 
 
 def _detached_pass(module: nn.Module, args: tuple, kwargs: dict):
@@ -117,13 +97,14 @@ def _detached_pass(module: nn.Module, args: tuple, kwargs: dict):
     state.active = torch.is_grad_enabled()
     if not state.active:
         return None
-    if "hidden_states" in kwargs:
-        detached_args, detached_kwargs = args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+    # The live pass alone may write the KV cache: the detached pass gets none. Found by its type (the model's own
+    # Cache object), not by the argument's name, which differs between architectures and transformers versions.
+    detached_args = [None if isinstance(a, Cache) else a for a in args]
+    detached_kwargs = {k: None if isinstance(v, Cache) else v for k, v in kwargs.items()}
+    if "hidden_states" in detached_kwargs:
+        detached_kwargs["hidden_states"] = detached_kwargs["hidden_states"].detach()
     else:
-        detached_args, detached_kwargs = (args[0].detach(), *args[1:]), dict(kwargs)
-    for name in _CACHE_KWARGS:  # the live pass alone may write the cache
-        if name in detached_kwargs:
-            detached_kwargs[name] = None
+        detached_args[0] = detached_args[0].detach()
     state.capturing = True
     try:
         module.forward(*detached_args, **detached_kwargs)

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.adapters import OFFSET_INITS, ActionAdapters, OffsetInit
+from planlm.models.arch import cache_keyword
 from planlm.models.selection import (
     SelectionConfig, action_weights, draw_predicted_mask, needs_planner, plan_weights,
 )
@@ -115,6 +116,7 @@ class PlannedLM(nn.Module):
         raise_if_problems(config.problems(), "planned LM config")
         self.config = config
         self.lm = lm
+        self._cache_keyword = cache_keyword(lm)
         self.adapters = ActionAdapters.for_lm(
             lm, config.num_actions, config.action_dim, layers=config.layers, gate=config.gate, centroids=centroids,
             horizon=config.horizon, offset_init=config.offset_init,
@@ -173,7 +175,8 @@ class PlannedLM(nn.Module):
             predicted_mask: ``(N,)`` bool, True where a sentence uses the planner's action instead of the oracle one;
                 drawn with probability ``config.p_predicted`` when both are available and this is None.
             plan_weights: ``(N, H, K)`` precomputed plan weights (:meth:`plan`); the adapters read them as they are.
-            **lm_kwargs: passed to the LM (``past_key_values``, ``use_cache``, ``position_ids`` ...).
+            **lm_kwargs: passed to the LM (its KV cache under ``planlm.models.arch.cache_keyword(lm)``,
+                ``use_cache``, ``position_ids`` ...).
         """
         cfg = self.config
         K = cfg.num_actions
@@ -220,7 +223,7 @@ class PlannedLM(nn.Module):
             loss=out.loss,
             planner_logits=planner_logits,
             action_weights=weights,
-            past_key_values=getattr(out, "past_key_values", None),
+            past_key_values=out.get(self._cache_keyword),  # the LM's output field is named like its argument
         )
 
     def config_dict(self) -> dict:
