@@ -238,3 +238,76 @@ def test_the_whole_position_range_is_reachable(env, generator):
     assert g.stop_reason in ("length", "eos") and g.new_tokens <= n
     with pytest.raises(PlanlmError, match="positions"):
         generator.generate_one("", sampling=SamplingConfig(max_new_tokens=n + 1))
+
+
+class PositionRecorder:
+    """The largest position id the LM saw during a generation."""
+
+    def __init__(self, model):
+        self.max_position = -1
+        self.handle = model.lm.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.max_position = max(self.max_position, int(kwargs["position_ids"].max()))  # (B, T) explicit positions
+
+
+def test_a_window_bounds_the_positions_and_the_cache_gives_the_uncached_tokens(env):
+    """With a 32-position window a 200-token generation never shows the LM a position id past 31, and the KV-cached
+    decoder (cache columns masked when the window restarts) gives exactly the tokens and conditioning of decoding
+    every step afresh from the window's start, sentence ends and re-planning included."""
+    window = 32
+    gen = PlannedGenerator(env["model"], env["tokenizer"], env["corpus"], load_encoder(ENCODER), window=window)
+
+    def generate(seed):
+        rec = PositionRecorder(env["model"])
+        try:
+            s = SamplingConfig(max_new_tokens=200, temperature=1.0, seed=seed)
+            return gen.generate_one("The Moon is Earth's only natural satellite. It orbits", sampling=s), rec, seed
+        finally:
+            rec.handle.remove()
+
+    cached, rec, seed = first_generation(generate, lambda r: len([s for s in r[0].sentences if s.generated]) >= 3
+                                     and r[0].new_tokens > 3 * window, seeds=range(20))
+    uncached = gen.generate_one("The Moon is Earth's only natural satellite. It orbits", use_cache=False,
+                                sampling=SamplingConfig(max_new_tokens=200, temperature=1.0, seed=seed))
+    assert rec.max_position == window - 1
+    assert cached.token_ids == uncached.token_ids
+    assert cached.position_actions == uncached.position_actions
+    assert [s.action for s in cached.sentences] == [s.action for s in uncached.sentences]
+
+
+def test_a_window_runs_past_the_lms_positions(env):
+    """Every Appendix B length runs on any LM: 1.5x the LM's positions of new tokens from BOS."""
+    n = env["model"].lm.config.n_positions
+    gen = PlannedGenerator(env["model"], env["tokenizer"], env["corpus"], load_encoder(ENCODER), window=64)
+    assert gen.max_positions is None
+    g = gen.generate_one("", sampling=SamplingConfig(max_new_tokens=n + n // 2, temperature=1.0, seed=1))
+    assert g.stop_reason in ("length", "eos")
+    with pytest.raises(PlanlmError, match="window"):
+        PlannedGenerator(env["model"], env["tokenizer"], env["corpus"], load_encoder(ENCODER), window=n + 1)
+
+
+def test_window_restart_keeps_positions_and_columns_consistent():
+    """A retraction behind the window's start moves the window back so that the re-fed position is inside it."""
+    st = DecodingState(0, "", [], 0, 100, tracker=None, window=8)
+    st.ids, st.slot = list(range(20)), [0] * 20
+    valid = torch.ones(1, 40, dtype=torch.bool)
+    st.columns, st.feed_from = list(range(20)), 20
+    st.slide(valid, 0)  # 20 positions > 8: restart at the last 4
+    assert (st.window_start, st.feed_from, st.columns) == (16, 16, []) and not valid[0, :20].any()
+    st.columns, st.feed_from = [30, 31, 32, 33], 20
+    st.ids = st.ids[:15]  # a retraction truncated the text to position 14, before the window
+    st.refeed_from(14, valid, 0)
+    assert st.window_start <= 14 and st.feed_from == st.window_start and st.columns == []
+    assert not valid[0, 30:34].any()
+
+
+def test_training_context_length_is_the_default_window():
+    from planlm.eval.generator import resolve_window, training_context_length
+
+    assert training_context_length({"windows": {"context_length": 128}}) == 128
+    assert training_context_length({"block_size": 64}) == 64
+    assert training_context_length({}) is None
+    assert resolve_window(None, {"windows": {"context_length": 128}}) == 128
+    assert resolve_window(0, {"windows": {"context_length": 128}}) is None
+    assert resolve_window(48, {}) == 48

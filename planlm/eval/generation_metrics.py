@@ -17,6 +17,7 @@ Protocol (every setting is recorded next to the numbers it produced, ``*_protoco
    ``hmm``) is fitted on the train articles' oracle action sequences, delta chosen on val. <bos> / <eos> only at real
    article boundaries: a sample starts one (<bos>) and ends one only when it stopped at the EOS token.
    ``latent_ppl_real`` scores real test articles cut to the same length the same way.
+   Every protocol records its ``sampling`` settings, the generation ``window`` among them (None: the whole text).
 4. **ROUGE-2 and action edit distance** of continuations of real prefixes t_1..t_i that end at a sentence boundary
    (an article's first sentences, as many as fit in ``prefix_tokens`` tokens), continued for each of ``lengths``
    tokens (paper: 128, 256, 512, 1,024) and compared with the article's true next tokens. For each length the
@@ -80,6 +81,10 @@ class GenerationMetricsConfig:
     """Texts are cut at this many tokens before featurizing (paper: 256)."""
     critic: Literal["bigram", "hmm"] = "bigram"
     """Latent-perplexity critic: bigram (the original code's; default) | hmm (the paper's description)."""
+    window: int | None = None
+    """Generation context window in positions (a chunked sliding window, so every length runs on any LM): None = the
+    run's fine-tuning context length (the adapters' training windows), 0 = none (the whole text, within the LM's
+    positions)."""
 
     def resolved(self) -> "GenerationMetricsConfig":
         """The config with its preset's values filled in."""
@@ -102,6 +107,8 @@ class GenerationMetricsConfig:
             out.append(f"lengths must be positive token counts (got {self.lengths})")
         if not self.featurizer:
             out.append("featurizer must be base, encoder or a local causal LM name or path")
+        if self.window is not None and (self.window < 0 or self.window == 1):
+            out.append(f"window must be 0 (none), null (the run's training context) or >= 2 (got {self.window})")
         if self.critic not in CRITICS:
             out.append(f"critic must be one of {', '.join(CRITICS)} (got {self.critic!r})")
         return out
@@ -286,7 +293,8 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
     skipped = {str(n): f"no test or val article has {n} tokens after its first sentence"
                        + (f" within the LM's {generator.max_positions} positions" if generator.max_positions else "")
                for n, ps in prefixes.items() if not ps}
-    sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed}
+    sampling = {"temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+                "window": generator.window}
 
     # 1-3: unconditional samples, MAUVE against real beginnings, latent perplexity
     uncond = _generate(generator, [""] * config.unconditional, config.unconditional_tokens, config, config.seed,
@@ -369,11 +377,11 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
                         "real": {sp: sum(r[2] == sp for r in real) for sp in ("test", "val")},
                         "max_tokens": config.mauve_max_tokens, "real_texts": "article beginnings, same length",
                         "continuation_column_length": mauve_cont_at},
-        latent_ppl_protocol={"critic": config.critic, "delta_grid": list(DELTA_GRID), "scored": len(keep),
+        latent_ppl_protocol={"sampling": sampling, "critic": config.critic, "delta_grid": list(DELTA_GRID), "scored": len(keep),
                              "tokens": config.unconditional_tokens, "fitted_on": "train oracle actions",
                              "delta_chosen_on": "val", "bos_eos": "real article boundaries only"},
         rouge2_protocol={**continuations, "table": "rouge2 = mean over the lengths", "sampling": sampling},
-        edit_distance_protocol={**continuations, "pairs": pairs_at, "per_tokens": 128,
+        edit_distance_protocol={**continuations, "sampling": sampling, "pairs": pairs_at, "per_tokens": 128,
                                 "table": "edit_distance_mean = mean over the lengths",
                                 "actions": "nearest centroid of the splitter's sentences, both sides",
                                 "tokens": "generated side: the tokens as generated; true side: the text tokenized"},

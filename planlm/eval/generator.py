@@ -36,7 +36,11 @@ sentences with the actions that condition them, its sentence tracker); one decod
 A text stops at ``max_new_tokens``, at the EOS token, or -- with a forced plan and ``after_plan="stop"`` -- when the
 sentence after the last planned one would start; finished texts leave the batch (their cache rows are dropped).
 The last sampled token is never fed, so a model with N positions generates up to N - (prompt tokens) + 1 tokens:
-1,024 new tokens from BOS on GPT-2.
+1,024 new tokens from BOS on GPT-2. With a ``window`` (the stages default it to the run's fine-tuning context
+length: adapters trained on 128-token windows should not condition on 1,024) any length runs on any LM: when a text
+would pass ``window`` positions, its context restarts at its last ``window // 2`` tokens (fresh cache columns,
+position ids from 0; actions and the planner's sentence context are unchanged: the planner reads the finished
+sentences' embeddings, whatever the LM window holds).
 """
 
 from __future__ import annotations
@@ -176,8 +180,11 @@ def same_conditioning(a: Conditioning | None, b: Conditioning | None) -> bool:
 class DecodingState:
     """The decoding state of one text: tokens, the sentence each position carries, sentences, text, cache columns."""
 
-    def __init__(self, index: int, prompt: str, plan: list[int], seed: int, max_new_tokens: int, tracker):
+    def __init__(self, index: int, prompt: str, plan: list[int], seed: int, max_new_tokens: int, tracker,
+                 window: int | None = None):
         self.index, self.prompt, self.plan, self.max_new_tokens = index, prompt, plan, max_new_tokens
+        self.window = window  # positions the LM sees at most (None: the whole text)
+        self.window_start = 0  # first position inside the window; it is fed at position id 0
         self.rng = torch.Generator().manual_seed(seed)
         self.tracker = tracker
         self.ids: list[int] = []
@@ -193,7 +200,7 @@ class DecodingState:
         self.planned = 0  # plan entries used
         self.retractions: dict[int, int] = {}
         self.feed_from = 0  # first position whose cache entry is missing or stale
-        self.columns: list[int] = []  # per fed position: its column in the batch's KV cache
+        self.columns: list[int] = []  # per fed position from window_start on: its column in the batch's KV cache
         self.stop_reason = ""
         # Re-feeds that a sentence end or its retraction undoes (see `remember` / `recall`): per recently fed
         # position, (conditioning, cache column, next-token logits) of its last feed, and, per position that was
@@ -237,12 +244,29 @@ class DecodingState:
     def refeed_from(self, position: int, valid: torch.Tensor | None, row: int) -> None:
         """Positions from ``position`` on must be fed again: their cache columns no longer count (the feed of
         ``position`` itself is remembered: a retraction or a repeated sentence end may want it back)."""
-        position = max(min(position, len(self.columns)), 0)
-        self._remember(position)
-        if valid is not None and len(self.columns) > position:
-            valid[row, self.columns[position:]] = False
-        del self.columns[position:]
-        self.feed_from = min(self.feed_from, position)
+        if position < self.window_start:  # a retraction behind the window's start: the window restarts there
+            self.restart_window(min(position, max(0, len(self.ids) - self.window // 2)), valid, row)
+        i = max(min(position - self.window_start, len(self.columns)), 0)
+        self._remember(self.window_start + i)
+        if valid is not None and len(self.columns) > i:
+            valid[row, self.columns[i:]] = False
+        del self.columns[i:]
+        self.feed_from = min(self.feed_from, self.window_start + i)
+
+    def slide(self, valid: torch.Tensor | None, row: int) -> None:
+        """Before a feed: when the positions to feed would pass the window, the window restarts at the last
+        ``window // 2`` tokens (a chunked sliding window: the LM never sees more positions than it was trained on,
+        and re-encodes half a window once every ``window // 2`` tokens)."""
+        if self.window and len(self.ids) - self.window_start > self.window:
+            self.restart_window(len(self.ids) - self.window // 2, valid, row)
+
+    def restart_window(self, start: int, valid: torch.Tensor | None, row: int) -> None:
+        """The LM's context restarts at position ``start``: no cache column of this text counts any more, and the
+        positions from ``start`` on are fed again at position ids 0, 1, ... (their actions are unchanged)."""
+        if valid is not None and self.columns:
+            valid[row, self.columns] = False
+        self.columns, self.recent, self.memo = [], {}, {}
+        self.window_start, self.feed_from = start, start
 
     def fed(self, column: int, logits: torch.Tensor) -> None:
         """The last position was just fed into cache ``column`` and gave next-token ``logits (V,)``."""
@@ -257,7 +281,8 @@ class DecodingState:
         for q in [q for q in self.memo if q > position]:
             del self.memo[q]
         rec = self.recent.get(position) if self.remember else None
-        if rec is not None and position < len(self.columns) and self.columns[position] == rec[1]:
+        i = position - self.window_start
+        if rec is not None and 0 <= i < len(self.columns) and self.columns[i] == rec[1]:
             entries = self.memo.setdefault(position, [])
             if all(col != rec[1] for _, _, col, _ in entries):
                 entries.append((self.ids[position], rec[0], rec[1], rec[2].clone()))
@@ -272,7 +297,7 @@ class DecodingState:
         This is what a retraction right after a sentence end (the old action back) and a sentence end repeated after
         a retraction (the same planned action again) amount to."""
         p = len(self.ids) - 1
-        if self.feed_from != p or len(self.columns) != p or p not in self.memo:
+        if self.feed_from != p or self.window_start + len(self.columns) != p or p not in self.memo:
             return None
         cond = self.conditioning[self.slot[p]]
         for token, c, column, logits in self.memo[p]:
@@ -321,7 +346,8 @@ class PlannedGenerator:
     """Planner-in-the-loop generation for one planned LM; build once, call :meth:`generate` (a batch of texts) or
     :meth:`generate_one`."""
 
-    def __init__(self, model, tokenizer, corpus, encoder=None, device: str | torch.device | None = None):
+    def __init__(self, model, tokenizer, corpus, encoder=None, device: str | torch.device | None = None,
+                 window: int | None = None):
         """Prepare the loop.
 
         Args:
@@ -331,6 +357,10 @@ class PlannedGenerator:
             encoder: an object with ``encode(list[str]) -> (n, d)`` (:func:`planlm.data.encoders.load_encoder`);
                 needed unless the model's selection is fixed or uniform.
             device: where the model runs; default: where its parameters are.
+            window: the most positions the LM sees (a chunked sliding window: when a text passes it, its context
+                restarts at its last ``window // 2`` tokens, so any length runs on any LM); None: the whole text,
+                within the LM's own positions. The stages default it to the run's fine-tuning context length
+                (:func:`training_context_length`).
         """
         from planlm.data.alignment import check_fast_tokenizer
 
@@ -339,6 +369,10 @@ class PlannedGenerator:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model.to(self.device)
         self._cache_keyword = cache_keyword(self.model.lm)  # how the LM takes its KV cache object
+        lm_positions = getattr(self.model.lm.config, "max_position_embeddings", None)
+        if window is not None and not 2 <= window <= (lm_positions or window):
+            raise PlanlmError(f"the generation window must be in [2, {lm_positions}] (the LM's positions; got {window})")
+        self.window = window
         self.constant = not needs_planner(model.config.selection)
         if not self.constant and model.planner is None:
             raise PlanlmError(
@@ -376,7 +410,8 @@ class PlannedGenerator:
 
     @property
     def max_positions(self) -> int | None:
-        return getattr(self.model.lm.config, "max_position_embeddings", None)
+        """How many positions a prompt and its continuation may take: the LM's own, or no limit with a window."""
+        return None if self.window else getattr(self.model.lm.config, "max_position_embeddings", None)
 
     # ---- the planner on generated sentences -----------------------------------------------------------------------
     @torch.inference_mode()
@@ -459,7 +494,8 @@ class PlannedGenerator:
 
         t0 = time.perf_counter()
         states = [DecodingState(i, p, [int(a) for a in (plans[i] or [])], sampling.seed + i,
-                                sampling.max_new_tokens, SentenceTracker(self.min_chars, self.max_chars))
+                                sampling.max_new_tokens, SentenceTracker(self.min_chars, self.max_chars),
+                                self.window)
                   for i, p in enumerate(prompts)]
         self._embedded: dict[str, np.ndarray] = {}  # sentence text -> embedding, for this call
         self._start(states)
@@ -469,7 +505,9 @@ class PlannedGenerator:
             if not use_cache:
                 cache, valid = None, valid[:, :0]
                 for st in active:
-                    st.columns, st.feed_from, st.remember = [], 0, False
+                    st.columns, st.feed_from, st.remember = [], st.window_start, False
+            for b, st in enumerate(active):
+                st.slide(valid, b)
             logits, cache, valid = self._feed(active, cache, valid)  # (B, V)
             rows = list(range(len(active)))
             while rows:  # texts whose next position was fed before (a retraction, a repeated sentence end) go on
@@ -514,7 +552,7 @@ class PlannedGenerator:
         if any(not p for p in prompts) and tok.bos_token_id is None and tok.eos_token_id is None:
             problems.append("unconditional generation starts from the BOS token, and this tokenizer has none; "
                             "pass --prompt TEXT")
-        limit = self.max_positions
+        limit = self.max_positions  # None with a window: every length runs
         if limit is not None and prompts:
             longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) if p else 1 for p in prompts)
             # the last sampled token is never fed, so it needs no position of its own
@@ -652,7 +690,7 @@ class PlannedGenerator:
                 slots.append(local[s])
                 st.fed_action[p] = st.sentences[s].action
             rows_ids.append([pad] * (T - n) + st.ids[f:])
-            rows_pos.append([0] * (T - n) + list(range(f, len(st.ids))))
+            rows_pos.append([0] * (T - n) + list(range(f - st.window_start, len(st.ids) - st.window_start)))
             rows_slot.append([0] * (T - n) + slots)
         input_ids = torch.tensor(rows_ids, dtype=torch.long)  # (B, T), left-padded
         position_ids = torch.tensor(rows_pos, dtype=torch.long)  # (B, T)
@@ -780,3 +818,19 @@ class PlannedGenerator:
         for p in range(last, len(st.ids)):
             st.slot[p] = i
         st.refeed_from(last, valid, row)
+
+
+def training_context_length(config: dict) -> int | None:
+    """The context length a planned LM was fine-tuned (or planned-pretrained) on, from its recorded config
+    (``finetune_config.json`` / the manifest's ``config``): the default generation window. None when not recorded."""
+    windows = config.get("windows") or {}
+    n = windows.get("context_length") or config.get("block_size")
+    return int(n) if n else None
+
+
+def resolve_window(window: int | None, config: dict) -> int | None:
+    """A stage's ``window`` option: None = the run's training context length, 0 = no window (the whole text, within
+    the LM's positions), N = N positions."""
+    if window is None:
+        return training_context_length(config)
+    return window or None

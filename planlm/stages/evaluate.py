@@ -301,10 +301,11 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
     if cfg.generation:
         from planlm.data.encoders import load_encoder
         from planlm.eval.generation_metrics import generation_metrics
-        from planlm.eval.generator import PlannedGenerator
+        from planlm.eval.generator import PlannedGenerator, resolve_window
 
         enc = load_encoder(cfg.encoder or corpus.encoder, device=cfg.device)
-        g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc), cfg.gen)
+        window = resolve_window(cfg.gen.window, ft_config)  # default: the fine-tuning context length
+        g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc, window=window), cfg.gen)
         metrics.update(g.summary())
         samples = g.samples
     if cfg.probes:
