@@ -24,11 +24,12 @@ from planlm.train.trainer import OptimConfig, TrainerConfig
 
 
 def _decode_rows(lm_dir: Path, prompts: int, prompt_tokens: int, new_tokens: int) -> dict:
-    """Greedy decoding of test prompts, plain and (with heads) self-speculative: tokens/s and tokens per pass."""
+    """Greedy decoding of test prompts, plain and (with heads) self-speculative: tokens/s and tokens per pass (on a
+    GPU when one is visible, like the evaluation before it)."""
     from planlm.eval.speculative import decode
     from planlm.persist import load_lm_run
 
-    model, heads, tok, corpus, _ = load_lm_run(lm_dir, device="cpu")
+    model, heads, tok, corpus, _ = load_lm_run(lm_dir)  # a GPU when visible, as evaluate
     texts = [corpus.texts[int(a)] for a in corpus.article_ids("test")[:prompts]]
     ids = [tok(t, add_special_tokens=False)["input_ids"][:prompt_tokens] for t in texts]
     decode(model.lm, ids[0], 4, heads=heads)  # warm-up
