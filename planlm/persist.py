@@ -134,12 +134,14 @@ def save_planned_lm(model, directory: str | Path, save_lm: bool | None = None) -
     (directory / PLANNED_LM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
+def load_planned_lm(directory: str | Path, lm=None, config_changes: dict | None = None, **lm_kwargs):
     """Load a planned LM saved by :func:`save_planned_lm`.
 
     Args:
         directory: the planned-LM folder.
         lm: an already-loaded base LM to use instead of the recorded one.
+        config_changes: ``PlannedLMConfig`` fields to build the model with instead of the recorded ones (another
+            selection of the same adapters, e.g. ``{"selection": "soft"}``).
         **lm_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (``torch_dtype``, ``device_map`` ...).
     """
     from planlm.errors import PlanlmError
@@ -162,7 +164,7 @@ def load_planned_lm(directory: str | Path, lm=None, **lm_kwargs):
             f"this planlm reads {PLANNED_LM_FORMAT}"
         )
     try:
-        config = PlannedLMConfig(**meta["planned_lm"])
+        config = PlannedLMConfig(**{**meta["planned_lm"], **(config_changes or {})})
     except (KeyError, TypeError, ValueError) as e:
         raise PlanlmError(f"{directory / PLANNED_LM_CONFIG} was edited or is damaged ({e}); rebuild it") from None
     if lm is None:

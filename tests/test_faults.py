@@ -121,7 +121,7 @@ def test_finetune_killed_then_resumed_keeps_every_log_row_and_a_fresh_val_loss(e
         # killed after its step-2 checkpoint AND after it logged a later step: those rows must not appear twice.
         # (Lightning logs a step's row just after that step's checkpoint: a kill in between loses that one row.)
         try:
-            return ckpt.exists() and any(r.get("train_loss") and int(r["step"]) >= 2 for r in _rows(log))
+            return ckpt.exists() and any(r.get("train/loss") and int(r["step"]) >= 2 for r in _rows(log))
         except (OSError, ValueError, KeyError):
             return False
 
@@ -130,11 +130,11 @@ def test_finetune_killed_then_resumed_keeps_every_log_row_and_a_fresh_val_loss(e
     assert not out.exists()
     assert main([*argv, "--resume", "true"]) == 0
     m = verify_artifact(out)
-    steps = [int(r["step"]) for r in _rows(out / "logs" / "metrics.csv") if r.get("train_loss")]
+    steps = [int(r["step"]) for r in _rows(out / "logs" / "metrics.csv") if r.get("train/loss")]
     assert steps == list(range(m["counts"]["optimizer_steps"])), "metrics.csv keeps the rows from before the kill"
     # the val_loss reported is the final model's: a validation ran at the last step
-    val = [r for r in _rows(out / "logs" / "metrics.csv") if r.get("val_loss")]
-    assert float(val[-1]["val_loss"]) == pytest.approx(m["metrics"]["val_loss"])
+    val = [r for r in _rows(out / "logs" / "metrics.csv") if r.get("val/loss")]
+    assert float(val[-1]["val/loss"]) == pytest.approx(m["metrics"]["val_loss"])
     assert int(val[-1]["step"]) >= m["counts"]["optimizer_steps"] - 1
 
 

@@ -27,7 +27,7 @@ def test_golden_loss(tmp_path):
     out = tmp_path / "run"
     assert main(cli_args(env, out, *RECIPE)) == 0
     rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
-    losses = {int(r["step"]): float(r["train_loss"]) for r in rows if r.get("train_loss")}
+    losses = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
     got = [losses[s] for s in sorted(losses)]
     assert len(got) == 20
     if os.environ.get("PLANLM_UPDATE_GOLDEN"):

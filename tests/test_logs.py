@@ -21,9 +21,9 @@ def test_training_off_a_terminal_prints_one_line_per_n_steps(tmp_path, capsys, m
     captured = capsys.readouterr()
     text = captured.out + captured.err
     assert "\r" not in text
-    steps = re.findall(r"^epoch \d+ batch \d+/\d+ step (\d+)/4 .*train_loss [\d.]+.*tok_s [\d.e+]+", text, re.M)
+    steps = re.findall(r"^epoch \d+ batch \d+/\d+ step (\d+)/4 .*train/loss [\d.]+.*train/tok_s [\d.e+]+", text, re.M)
     assert steps and len(steps) <= 3, text  # every 2nd batch (and an epoch's last), not every step
-    assert re.search(r"^validation at step 4: .*val_loss [\d.]+", text, re.M), text
+    assert re.search(r"^validation at step 4: .*val/loss [\d.]+", text, re.M), text
 
 
 def test_the_bar_stays_on_a_terminal(monkeypatch):

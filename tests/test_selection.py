@@ -145,3 +145,29 @@ def test_selection_errors():
     with pytest.raises(PlanlmError) as e:
         PlannedLM(random_lm("gpt2"), PlannedLMConfig(num_actions=K, action_dim=8, selection="nope", temperature=0))
     assert "selection" in str(e.value) and "temperature" in str(e.value)
+
+
+def test_select_is_what_forward_reads_and_the_caller_says_whether_the_planner_trains():
+    from planlm.models.planner import Planner, PlannerConfig
+
+    input_ids, token_slot, _ = sentence_batch(N=5, K=K)
+    torch.manual_seed(0)
+    planner = Planner(PlannerConfig(num_actions=K, encoder_dim=8, d_model=16, ff=16, n_heads=2, context_sentences=2))
+    model = PlannedLM(random_lm("gpt2"), PlannedLMConfig(num_actions=K, action_dim=8, layers=[2], selection="soft"),
+                      planner=planner).eval()  # no dropout: two forwards of the same weights agree
+    inputs = {"context_embeddings": torch.randn(5, 2, 8), "context_mask": torch.ones(5, 2, dtype=torch.bool)}
+    logits, weights = model.select(planner_inputs=inputs, planner_trains=True)
+    assert weights.requires_grad and torch.allclose(weights, torch.softmax(logits, -1))
+    direct = model(input_ids, token_slot=token_slot, planner_inputs=inputs)  # forward selects the same way
+    given = model(input_ids, token_slot=token_slot, action_weights=weights)
+    torch.testing.assert_close(given.logits, direct.logits)
+    frozen_logits, frozen = model.select(planner_inputs=inputs, planner_trains=False)
+    assert not frozen.requires_grad and not frozen_logits.requires_grad  # the same weights, without autograd
+    torch.testing.assert_close(frozen, weights.detach())
+    # oracle actions alone: one-hot, no planner call
+    _, oracle = model.select(oracle_actions=torch.tensor([0, 1, 2, 3, 4]))
+    assert torch.equal(oracle.argmax(-1), torch.arange(5))
+    # fixed and uniform: one constant row, whatever is given
+    fixed = planned("gpt2", "fixed", fixed_action=2)
+    none, row = fixed.select(planner_inputs=inputs, oracle_actions=torch.zeros(5, dtype=torch.long))
+    assert none is None and row.shape == (1, K) and row[0, 2] == 1.0

@@ -135,6 +135,8 @@ def test_ntp_objective_trains_only_the_planner_through_a_frozen_planned_lm(patte
 
     AutoTokenizer.from_pretrained(lm_dir).save_pretrained(planned_dir / "tokenizer")
     before = load_planned_lm(planned_dir)
+    # the NTP stage reads these hard-selection adapters through soft selection, built so from the start
+    assert load_planned_lm(planned_dir, config_changes={"selection": "soft"}).config.selection == "soft"
 
     out = tmp_path / "planner"
     metrics = train_planner(str(patterned.path), out=str(out), objective="ntp", planned_lm=str(planned_dir),

@@ -5,6 +5,10 @@ selection mode turns logits and/or oracle actions into per-sentence weights ``(N
 adds ``r^l = W_A^l(weights @ E_A^l)`` (gathered to tokens by ``token_slot``) to the input of its attention output
 projection. ``fixed`` and ``uniform`` need neither planner nor sentence table.
 
+The model's config is the one place its selection lives, and :meth:`PlannedLM.select` the one place it is applied:
+``forward`` calls it, and a training loop calls it itself (saying whether the planner trains this step) when it needs
+the planner's logits too, then hands the weights to ``forward(action_weights=...)``.
+
 Plans (``horizon`` H > 1, or ``plan_samples`` M >= 1): the planner's plan for each table sentence (its action and
 the H - 1 after it, sampled M times or greedy) becomes per-offset weights ``(N, H, K)`` (:meth:`PlannedLM.plan`,
 :func:`planlm.models.selection.plan_weights`) that the adapters read; ``plan_weights`` passes precomputed ones (the
@@ -15,6 +19,7 @@ Saving and loading live in :mod:`planlm.persist` (``save_planned_lm`` / ``load_p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +144,66 @@ class PlannedLM(nn.Module):
         logits, weights = plan_weights(self.planner, planner_inputs, self.config, generator)
         return logits, weights[:, : self.config.horizon]
 
+    @property
+    def uses_planner(self) -> bool:
+        """Whether the selection reads planner logits or oracle actions per sentence (all but fixed and uniform,
+        which add one constant vector per layer)."""
+        return needs_planner(self.config.selection)
+
+    def select(
+        self,
+        planner_inputs: dict[str, torch.Tensor] | None = None,
+        planner_logits: torch.Tensor | None = None,
+        oracle_actions: torch.Tensor | None = None,
+        predicted_mask: torch.Tensor | None = None,
+        planner_trains: bool | None = None,
+        generator: torch.Generator | None = None,
+        device=None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The config's selection applied to one batch's sentence table: ``(planner logits (N, K) or None, weights)``,
+        weights ``(N, K)``, a plan's ``(N, H, K)``, or ``(1, K)`` for fixed / uniform (what the adapters read).
+
+        Args:
+            planner_inputs: the planner's keyword inputs for the N table sentences; the planner runs on them once
+                (or plans H sentences, when the config plans) unless ``planner_logits`` are given.
+            planner_logits: ``(N, K)`` precomputed logits.
+            oracle_actions: ``(N,)`` oracle actions: alone, every sentence takes its own ("OA"); with logits, the
+                sentences where ``predicted_mask`` is False.
+            predicted_mask: ``(N,)`` bool, True where a sentence takes the planner's action; drawn with probability
+                ``config.p_predicted`` from ``generator`` when logits and oracle actions are given without one.
+            planner_trains: whether the planner's call records autograd (a training loop decides it: the planner's
+                unfreeze schedule); None leaves autograd as the caller has it.
+            generator: noise of sampled plans and of a drawn mask (None: the global RNG).
+            device: device of the constant weights of fixed / uniform.
+        """
+        cfg = self.config
+        if not self.uses_planner:
+            return None, action_weights(cfg.selection, cfg.num_actions, fixed_action=cfg.fixed_action, device=device)
+        if planner_inputs is not None and planner_logits is None:
+            if cfg.plans:
+                with _autograd(planner_trains):
+                    return self.plan(planner_inputs, generator)  # (N, K), (N, H, K)
+            if self.planner is not None:
+                with _autograd(planner_trains):
+                    planner_logits = self.planner(**planner_inputs)  # (N, K), once for the whole batch
+            elif oracle_actions is None:
+                raise PlanlmError(
+                    "planner_inputs were given but this planned LM has no planner; attach one or pass oracle_actions"
+                )
+            # no planner but oracle actions: the oracle-action ("OA") model simply ignores the planner inputs
+        if planner_logits is not None and oracle_actions is not None and predicted_mask is None:
+            predicted_mask = draw_predicted_mask(planner_logits.shape[0], cfg.p_predicted, generator,
+                                                 planner_logits.device)
+        weights = action_weights(
+            cfg.selection,
+            cfg.num_actions,
+            planner_logits=planner_logits,
+            oracle_actions=oracle_actions,
+            predicted_mask=predicted_mask,
+            temperature=cfg.temperature,
+        )  # (N, K)
+        return planner_logits, weights
+
     def set_train_lm(self, train_lm: bool) -> None:
         """Freeze (paper) or unfreeze the base LM's weights."""
         self.config.train_lm = bool(train_lm)
@@ -159,6 +224,7 @@ class PlannedLM(nn.Module):
         planner_inputs: dict[str, torch.Tensor] | None = None,
         predicted_mask: torch.Tensor | None = None,
         plan_weights: torch.Tensor | None = None,
+        action_weights: torch.Tensor | None = None,
         **lm_kwargs,
     ) -> PlannedLMOutput:
         """Run the conditioned LM.
@@ -175,47 +241,25 @@ class PlannedLM(nn.Module):
             predicted_mask: ``(N,)`` bool, True where a sentence uses the planner's action instead of the oracle one;
                 drawn with probability ``config.p_predicted`` when both are available and this is None.
             plan_weights: ``(N, H, K)`` precomputed plan weights (:meth:`plan`); the adapters read them as they are.
+            action_weights: precomputed weights of :meth:`select`, any of its shapes; read as they are.
             **lm_kwargs: passed to the LM (its KV cache under ``planlm.models.arch.cache_keyword(lm)``,
                 ``use_cache``, ``position_ids`` ...).
+
+        Without precomputed weights, :meth:`select` makes them (its noise: the model's generator, seeded by
+        ``config.seed``).
         """
-        cfg = self.config
-        K = cfg.num_actions
         if self.training and _is_checkpointing(self.lm):
             # checkpointed layers are recomputed during backward, outside `conditioned`, i.e. without the adapters
             raise PlanlmError("gradient checkpointing of the base LM is not supported with action adapters; disable it")
-        if not needs_planner(cfg.selection):
-            weights = action_weights(cfg.selection, K, fixed_action=cfg.fixed_action, device=input_ids.device)
+        weights = action_weights if action_weights is not None else plan_weights
+        if not self.uses_planner:
+            weights = self.select(device=input_ids.device)[1]  # (1, K)
             token_slot = None  # one vector per layer for every token: no planner, no per-sentence work
-        elif plan_weights is not None or (cfg.plans and planner_inputs is not None and planner_logits is None):
-            if token_slot is None:
-                raise PlanlmError(f"selection {cfg.selection!r} needs token_slot (which sentence each token carries)")
-            if plan_weights is None:
-                planner_logits, plan_weights = self.plan(planner_inputs, self._generator)
-            weights = plan_weights  # (N, H, K)
-        else:
-            if token_slot is None:
-                raise PlanlmError(f"selection {cfg.selection!r} needs token_slot (which sentence each token carries)")
-            if planner_logits is None and planner_inputs is not None:
-                if self.planner is not None:
-                    planner_logits = self.planner(**planner_inputs)  # (N, K), once for the whole batch
-                elif oracle_actions is None:
-                    raise PlanlmError(
-                        "planner_inputs were given but this planned LM has no planner; "
-                        "attach one or pass oracle_actions"
-                    )
-                # no planner but oracle actions: the oracle-action ("OA") model simply ignores the planner inputs
-            if planner_logits is not None and oracle_actions is not None and predicted_mask is None:
-                predicted_mask = draw_predicted_mask(
-                    planner_logits.shape[0], cfg.p_predicted, self._generator, planner_logits.device
-                )
-            weights = action_weights(
-                cfg.selection,
-                K,
-                planner_logits=planner_logits,
-                oracle_actions=oracle_actions,
-                predicted_mask=predicted_mask,
-                temperature=cfg.temperature,
-            )  # (N, K)
+        elif token_slot is None:
+            raise PlanlmError(f"selection {self.config.selection!r} needs token_slot (which sentence each token carries)")
+        elif weights is None:
+            planner_logits, weights = self.select(planner_inputs, planner_logits, oracle_actions, predicted_mask,
+                                                  generator=self._generator)
         with self.adapters.conditioned(weights, token_slot):
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **lm_kwargs)
         return PlannedLMOutput(
@@ -228,6 +272,11 @@ class PlannedLM(nn.Module):
 
     def config_dict(self) -> dict:
         return dataclasses.asdict(self.config)
+
+
+def _autograd(enabled: bool | None):
+    """``torch.set_grad_enabled(enabled)``, or nothing for None."""
+    return contextlib.nullcontext() if enabled is None else torch.set_grad_enabled(enabled)
 
 
 def _is_checkpointing(lm: nn.Module) -> bool:

@@ -172,7 +172,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from planlm.persist import save_planned_lm
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.resumable import AtomicCheckpointIO, load_checkpoint_safely
-    from planlm.train.trainer import ValidatedAt, build_trainer
+    from planlm.train.trainer import build_trainer, fit
 
     t0 = time.time()
     corpus = PreparedCorpus.load(cfg.prepared)
@@ -220,24 +220,21 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     if not resume:
         work.mkdir(parents=True, exist_ok=True)
         write_json_atomic(work / "config.json", dataclasses.asdict(cfg))
-    validated = ValidatedAt()
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0,
         save_on_train_epoch_end=True,
     )
     trainer = build_trainer(
-        cfg.trainer, work, callbacks=[checkpoint, validated], resume_step=resume_step,
+        cfg.trainer, work, callbacks=[checkpoint], resume_step=resume_step,
         find_unused_parameters=module.planner_waits,
         max_epochs=cfg.optim.epochs, max_steps=total_steps, accumulate_grad_batches=cfg.optim.accumulate,
         gradient_clip_val=cfg.optim.grad_clip or None, use_distributed_sampler=False, num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()], check_val_every_n_epoch=1,
     )
-    trainer.fit(module, ckpt_path=str(last) if resume else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val_loss", "train_loss")}
-    if validated.step != trainer.global_step and len(val):
-        # max_steps ended mid-epoch (or the run resumed after the last validation): the last val_loss is stale
-        trainer.validate(module, verbose=False)
-        metrics["val_loss"] = float(trainer.callback_metrics["val_loss"])
+    logged = fit(trainer, module, ckpt_path=str(last) if resume else None)
+    # the manifest's metric keys, from the logged names
+    metrics = {key: logged[name] for key, name in (("train_loss", "train/loss"), ("val_loss", "val/loss"))
+               if name in logged}
     if not trainer.is_global_zero:
         return out
 

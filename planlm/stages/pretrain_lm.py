@@ -144,7 +144,7 @@ def pretrain_lm(
     import torch
     from torch.utils.data import DataLoader
 
-    from planlm.train.trainer import build_trainer
+    from planlm.train.trainer import build_trainer, fit
 
     corpus = PreparedCorpus.load(prepared)
     texts = {s: [corpus.texts[a] for a in corpus.article_ids(s)] for s in ("train", "val")}
@@ -188,10 +188,7 @@ def pretrain_lm(
                                 accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
                                 num_sanity_val_steps=0, enable_checkpointing=False)
         initial = trainer.validate(module, val_loader, verbose=False)[0]["val/loss"]
-        trainer.fit(module, train_loader, val_loader)
-        if module.validated_at_step != trainer.global_step:  # max_steps stopped it before the epoch's validation
-            trainer.validate(module, val_loader, verbose=False)
-        val_loss = float(trainer.callback_metrics["val/loss"])
+        val_loss = fit(trainer, module, train_loader, val_loader)["val/loss"]
         metrics = {
             "val_loss_initial": float(initial),
             "val_loss": val_loss,
@@ -263,7 +260,7 @@ def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: 
     from planlm.persist import load_planner, save_planned_lm
     from planlm.train.loop import LoopData
     from planlm.train.start import check_planner_fits
-    from planlm.train.trainer import build_trainer
+    from planlm.train.trainer import build_trainer, fit
 
     recipe = planned.recipe()
     planner = None
@@ -298,11 +295,8 @@ def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: 
         trainer = build_trainer(trainer_cfg, tmp, max_epochs=optim.epochs, max_steps=total,
                                 accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
                                 num_sanity_val_steps=0, enable_checkpointing=False, use_distributed_sampler=False)
-        initial = float(trainer.validate(module, verbose=False)[0]["val_loss"])
-        trainer.fit(module)
-        if "val_loss" not in trainer.callback_metrics or module.validated_at != trainer.global_step:
-            trainer.validate(module, verbose=False)
-        val_loss = float(trainer.callback_metrics["val_loss"])
+        initial = float(trainer.validate(module, verbose=False)[0]["val/loss"])
+        val_loss = fit(trainer, module)["val/loss"]
         metrics = {"val_loss_initial": initial, "val_loss": val_loss, "val_perplexity": math.exp(val_loss),
                    "tokens_per_second": module.train_tokens / max(module.train_seconds, 1e-9),
                    "train_seconds": module.train_seconds}

@@ -214,7 +214,7 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     from torch.utils.data import DataLoader
 
     from planlm.persist import load_tokenizer
-    from planlm.train.trainer import build_trainer
+    from planlm.train.trainer import build_trainer, fit
 
     o, seed = cfg.optim, cfg.seed
     run = _setup(cfg, load_tokenizer(cfg.lm) if needs_token_counts(cfg.planner) else None)
@@ -236,11 +236,8 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         trainer = build_trainer(cfg.trainer, tmp, max_epochs=o.epochs, max_steps=o.max_steps, num_sanity_val_steps=0,
                                 enable_checkpointing=False, gradient_clip_val=o.grad_clip or None)
         started = time.perf_counter()
-        trainer.fit(module, train_loader, val_loader)
+        got = fit(trainer, module, train_loader, val_loader)
         seconds = time.perf_counter() - started
-        if module.validated_at_step != trainer.global_step:  # max_steps stopped it before the epoch's validation
-            trainer.validate(module, val_loader, verbose=False)
-        got = trainer.callback_metrics
         names = ("loss", "top1", f"top{TOP_K}", "perplexity")
         metrics = {
             offset_name(h): {m: float(got[f"val/{m}" if h == 1 else f"val/offset{h}_{m}"]) for m in names}
@@ -268,14 +265,16 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     from planlm.persist import load_planned_lm, load_tokenizer
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.recipe import RecipeConfig
-    from planlm.train.trainer import build_trainer
+    from planlm.train.trainer import build_trainer, fit
 
     o, planned_lm = cfg.optim, cfg.planned_lm
     tokenizer_source = cfg.lm or str(Path(planned_lm) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_source)
     run = _setup(cfg, tokenizer)
-    if planned_lm:
-        model = load_planned_lm(planned_lm)
+    # only the planner trains, from the start, through soft selection (the exact gradient); the LM and adapters never
+    recipe = RecipeConfig(selection="soft", actions="predicted", planner_unfreeze="immediate", train_lm=False)
+    if planned_lm:  # the folder's adapters, read through soft selection whatever selection they were trained with
+        model = load_planned_lm(planned_lm, config_changes={"selection": recipe.selection})
         check_same("num_actions", run.corpus.num_actions, model.config.num_actions, planned_lm,
                    "fine-tune the planned LM on this prepared corpus")
         model.planner = run.planner
@@ -283,12 +282,10 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         from planlm.stages.finetune import FinetuneConfig
         from planlm.train.start import initial_planned_lm
 
-        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed)
+        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed, recipe=recipe)
         model, _ = initial_planned_lm(start, run.corpus, fresh_planner=run.planner.config)
         run.planner = model.planner
     model.requires_grad_(False)  # LM and adapters stay frozen; PlannedLMModule re-enables the planner only
-    model.config.selection = "soft"
-    recipe = RecipeConfig(selection="soft", actions="predicted", planner_unfreeze="immediate", train_lm=False)
     train = WindowDataset.from_corpus(run.corpus, tokenizer, "train")
     val = WindowDataset.from_corpus(run.corpus, tokenizer, "val")
     if len(train) == 0:
@@ -304,11 +301,8 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
                                 enable_checkpointing=False, use_distributed_sampler=False,
                                 gradient_clip_val=o.grad_clip or None)
         started = time.perf_counter()
-        trainer.fit(module)
+        lm_loss = fit(trainer, module)["val/loss"]
         seconds = time.perf_counter() - started
-        if "val_loss" not in trainer.callback_metrics:  # max_steps stopped it before the epoch's validation
-            trainer.validate(module, verbose=False)
-        lm_loss = float(trainer.callback_metrics["val_loss"])
         planner = evaluate_nap(run.planner, run.builder, run.split_ids["val"], run.corpus.actions)
         metrics = {"planner": {**planner, "lm_loss": lm_loss, "lm_perplexity": float(np.exp(lm_loss))},
                    **run.baselines}

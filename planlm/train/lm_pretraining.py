@@ -26,6 +26,7 @@ from planlm.errors import PlanlmError
 from planlm.models.mtp import MTPConfig
 from planlm.presets import load_presets
 from planlm.train.loop import PlannedLMModule
+from planlm.train.multi_token import multi_token_loss
 from planlm.train.recipe import RecipeConfig
 from planlm.train.start import AdapterConfig
 from planlm.train.trainer import OptimConfig
@@ -184,7 +185,9 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
     import torch
 
     class LMModule(L.LightningModule):
-        """Next-token loss; validation sums token-weighted loss so val perplexity is per token."""
+        """Next-token loss; validation sums token-weighted loss so val perplexity is per token. Logged: ``train/loss``
+        (the objective: with MTP heads their summed loss), ``train/lm_loss`` (MTP: head 1's), ``val/loss``,
+        ``val/perplexity``."""
 
         def __init__(self):
             super().__init__()
@@ -194,7 +197,6 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
             self.train_seconds = 0.0
             self._t0 = 0.0
             self._val = None
-            self.validated_at_step = -1
 
         def training_step(self, batch, batch_idx):
             self.train_tokens += batch.numel()
@@ -203,12 +205,11 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
                 self.log("train/loss", loss, prog_bar=True)
                 return loss
             # Multi-token prediction: sum over heads of CE(token t + i); head 1's term is the next-token loss.
-            out = self.heads.losses(lambda: self.model(input_ids=batch, use_cache=False).logits, batch, mtp.backward)
-            self.log("train/loss", out.head_losses[0], prog_bar=True)
-            self.log("train/mtp_loss", out.loss)
-            # sequential: the heads' backwards already ran; Lightning's backward of trunk_loss applies their
-            # gradients and runs the one trunk backward
-            return out.trunk_loss if mtp.backward == "sequential" else out.loss
+            mt = multi_token_loss(self.heads, lambda: self.model(input_ids=batch, use_cache=False).logits, batch,
+                                  mtp.backward, train=True)
+            self.log("train/loss", mt.objective, prog_bar=True)
+            self.log("train/lm_loss", mt.lm_loss)
+            return mt.backward
 
         def _clock(self) -> float:
             # CUDA kernels run asynchronously: without a sync the clock reads when the step was queued, not done.
@@ -236,7 +237,6 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
             total = total.reshape(-1, 2).sum(0) if total.dim() > 1 else total
             loss = total[0] / total[1].clamp_min(1)
             self.log_dict({"val/loss": loss.float(), "val/perplexity": loss.exp().float()}, prog_bar=True)
-            self.validated_at_step = self.global_step
 
         def configure_optimizers(self):
             return adamw_cosine(list(self.parameters()), optim, warmup_fraction,
@@ -316,7 +316,6 @@ class PretrainModule(PlannedLMModule):
     def on_fit_start(self):
         self.train_tokens, self.train_seconds, self._t0 = 0, 0.0, 0.0
         self.snapshots: list[dict] = []  # {"step", "tokens"} of every snapshot written
-        self.validated_at = -1
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)
@@ -332,9 +331,6 @@ class PretrainModule(PlannedLMModule):
 
             save_planned_lm(self.model, self.snapshot_dir / f"step-{step:06d}", save_lm=True)
             self.snapshots.append({"step": step, "tokens": self.train_tokens})
-
-    def on_validation_epoch_end(self):
-        self.validated_at = self.global_step
 
     def configure_optimizers(self):
         trained = [q for q in self.parameters() if q.requires_grad]  # LM, adapters (+ the planner once it trains)

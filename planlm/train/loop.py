@@ -15,7 +15,12 @@
 | --objective ntp` trained from scratch through this loop with only the planner trainable (section 4.3)     |
 
 The planner runs once per step for all target sentences of the batch (the collate built its inputs from stored
-embeddings); while it is frozen it runs without autograd. Fixed and uniform run no planner at all.
+embeddings); while it is frozen it runs without autograd. Fixed and uniform run no planner at all. The selection is
+the model's (``PlannedLM.config``, built from the recipe's selection fields): the loop decides where training actions
+come from and whether the planner trains this step, and ``PlannedLM.select`` what the selection makes of them.
+
+Logged names (slash style, grouped by TensorBoard): ``train/loss`` (the objective; with MTP heads their summed loss),
+``train/lm_loss`` (MTP: head 1's), ``train/nap_loss``, ``train/planner_trainable``, ``train/tok_s``, ``val/loss``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from torch.utils.data import DataLoader, Dataset
 from planlm.errors import PlanlmError
 from planlm.models.mtp import MTPConfig
 from planlm.models.planned_lm import PlannedLM
-from planlm.models.selection import keyed_predicted_mask, needs_planner
+from planlm.models.selection import keyed_predicted_mask
+from planlm.train.multi_token import multi_token_loss
 from planlm.train.recipe import RecipeConfig
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
 from planlm.train.trainer import OptimConfig
@@ -81,11 +87,14 @@ class PlannedLMModule(L.LightningModule):
         self.heads, self.mtp = heads, mtp
         if heads is not None:
             heads.train()
-        if needs_planner(recipe.selection) and model.planner is None:
-            raise PlanlmError(f"selection {recipe.selection!r} needs a planner: pass --planner DIR (planlm train-planner)")
+        if model.uses_planner and model.planner is None:
+            raise PlanlmError(f"selection {model.config.selection!r} needs a planner: pass --planner DIR "
+                              "(planlm train-planner)")
         self.model, self.recipe, self.optim = model, recipe, optim
         self.total_steps, self.seed = max(1, total_steps), seed
-        self.unfreeze_at = recipe.unfreeze_step(self.total_steps) if needs_planner(recipe.selection) else None
+        self.unfreeze_at = recipe.unfreeze_step(self.total_steps) if model.uses_planner else None
+        # Whether training steps call the planner at all: oracle-action training (Cornille OA) never does.
+        self.planner_called = model.uses_planner and recipe.actions != "oracle"
         self.batches_this_epoch = 0
         self._resume_skip = 0
         self._t_last = None
@@ -96,7 +105,7 @@ class PlannedLMModule(L.LightningModule):
         if model.planner is not None:
             # A planner that ever trains keeps requires_grad from the start (DDP registers parameters once, when it
             # wraps the model); while "frozen" it simply runs without autograd and so gets no gradient or update.
-            model.planner.requires_grad_(self.unfreeze_at is not None and recipe.planner_in_training)
+            model.planner.requires_grad_(self.unfreeze_at is not None and self.planner_called)
         self.planner_trainable = self.unfreeze_at == 0  # the unfreeze schedule's state, saved in checkpoints
         if compile:
             # In place (nn.Module.compile): parameter names, state dicts and checkpoints stay those of eager mode.
@@ -110,7 +119,7 @@ class PlannedLMModule(L.LightningModule):
         """Whether the planner holds trainable parameters that get no gradient in some steps (frozen until a later
         step): DDP must then search for unused parameters (Lightning's ``ddp_find_unused_parameters_true``). Those
         parameters keep ``grad = None``, so Adam (weight decay included) leaves them exactly as they are."""
-        return bool(self.unfreeze_at) and self.recipe.planner_in_training
+        return bool(self.unfreeze_at) and self.planner_called
 
     # ---- recipe state ----------------------------------------------------------------------------------------
     def p_predicted(self, step: int) -> float:
@@ -133,36 +142,37 @@ class PlannedLMModule(L.LightningModule):
         return keyed_predicted_mask(sentence_ids, self.p_predicted(step), key=self.seed * 1_000_003 + step)
 
     # ---- one step ----------------------------------------------------------------------------------------------
+    def select(self, batch: dict, train: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(planner logits (N, K) or None, action weights)`` of a batch: the recipe decides where the actions come
+        from and whether the planner trains now; the model's selection decides what becomes of them."""
+        if train and self.recipe.actions == "oracle":  # Cornille OA: oracle actions only, the planner is not called
+            return self.model.select(oracle_actions=batch["oracle_actions"], device=batch["input_ids"].device)
+        mixed = train and self.recipe.actions != "predicted"  # mix / schedule: oracle where the mask is False
+        return self.model.select(
+            planner_inputs=batch.get("planner_inputs"),
+            oracle_actions=batch["oracle_actions"] if mixed else None,
+            predicted_mask=self.predicted_mask(batch["sentence_ids"], self.global_step) if mixed else None,
+            planner_trains=train and self.planner_trainable,
+            generator=None,  # sampled plans draw from the global RNG, which checkpoints save and resume restores
+            device=batch["input_ids"].device,
+        )
+
     def step_losses(self, batch: dict, train: bool) -> dict[str, torch.Tensor]:
         r = self.recipe
-        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        nap = None
-        if needs_planner(r.selection):
-            kwargs["token_slot"] = batch["token_slot"]
-            oracle = batch["oracle_actions"]
-            if train and not r.planner_in_training:  # Cornille OA: oracle actions only, the planner is not called
-                kwargs["oracle_actions"] = oracle
-            else:
-                with torch.set_grad_enabled(train and self.planner_trainable):
-                    if self.model.config.plans:  # H-sentence / sampled plans: (N, K) and weights (N, H, K)
-                        logits, kwargs["plan_weights"] = self.model.plan(batch["planner_inputs"])
-                    else:
-                        logits = self.model.planner(**batch["planner_inputs"])  # (N, K), once for the whole batch
-                kwargs["planner_logits"] = logits
-                if train and r.actions != "predicted":
-                    kwargs["oracle_actions"] = oracle
-                    kwargs["predicted_mask"] = self.predicted_mask(batch["sentence_ids"], self.global_step)
-                if r.nap_weight > 0:
-                    nap = F.cross_entropy(logits.float(), oracle)
-        nap_term = r.nap_weight * nap if nap is not None and train else 0.0
+        logits, weights = self.select(batch, train)
+        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      token_slot=batch.get("token_slot"), action_weights=weights)
+        nap = F.cross_entropy(logits.float(), batch["oracle_actions"]) if logits is not None and r.nap_weight > 0 else None
         if self.heads is not None:
-            losses = self.mtp_losses(kwargs, train)
+            mt = multi_token_loss(self.heads, lambda: self.model(**kwargs, use_cache=False).logits, batch["labels"],
+                                  self.mtp.backward, train, params=self.parameters())
+            losses = {"lm_loss": mt.lm_loss, "mtp_loss": mt.objective, "loss": mt.backward}
         else:
-            out = self.model(**kwargs)
+            out = self.model(**kwargs, labels=batch["labels"])
             losses = {"lm_loss": out.loss, "loss": out.loss}
         if nap is not None:
             losses["nap_loss"] = nap
-        losses["loss"] = losses["loss"] + nap_term
+        losses["loss"] = losses["loss"] + (r.nap_weight * nap if nap is not None and train else 0.0)
         return losses
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
@@ -172,37 +182,28 @@ class PlannedLMModule(L.LightningModule):
         batch["num_scored"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch
 
-    def mtp_losses(self, kwargs: dict, train: bool) -> dict[str, torch.Tensor]:
-        """Multi-token loss (sum over heads); with the sequential backward, "loss" is the trunk's backward term."""
-        labels = kwargs.pop("labels")
-        sequential = train and self.mtp.backward == "sequential"
-        out = self.heads.losses(lambda: self.model(**kwargs, use_cache=False).logits, labels,
-                                "sequential" if sequential else "naive", params=self.parameters())
-        loss = out.trunk_loss if sequential else out.loss
-        return {"lm_loss": out.head_losses[0], "mtp_loss": out.loss, "loss": loss}
-
     def training_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=True)
         tokens = batch["num_tokens"]
         now = time.perf_counter()
         if self._t_last is not None:
-            self.log("tok_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True, on_step=True, batch_size=1)
+            self.log("train/tok_s", tokens / max(now - self._t_last, 1e-9), prog_bar=True, on_step=True, batch_size=1)
         self._t_last = now
         bs = batch["input_ids"].shape[0]
         # with the MTP sequential backward "loss" is only the backward's surrogate: log the objective itself
         shown = losses["loss"] if "mtp_loss" not in losses else losses["mtp_loss"]
-        self.log("train_loss", shown, prog_bar=True, on_step=True, batch_size=bs)
+        self.log("train/loss", shown, prog_bar=True, on_step=True, batch_size=bs)
         if "mtp_loss" in losses:
-            self.log("train_lm_loss", losses["lm_loss"], on_step=True, batch_size=bs)
+            self.log("train/lm_loss", losses["lm_loss"], on_step=True, batch_size=bs)
         if "nap_loss" in losses:
-            self.log("train_nap_loss", losses["nap_loss"], on_step=True, batch_size=bs)
-        self.log("planner_trainable", float(self.planner_trainable), on_step=True, batch_size=bs)
+            self.log("train/nap_loss", losses["nap_loss"], on_step=True, batch_size=bs)
+        self.log("train/planner_trainable", float(self.planner_trainable), on_step=True, batch_size=bs)
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
         losses = self.step_losses(batch, train=False)
         n = batch["num_scored"]
-        self.log("val_loss", losses["lm_loss"], prog_bar=True, batch_size=max(n, 1), sync_dist=True)
+        self.log("val/loss", losses["lm_loss"], prog_bar=True, batch_size=max(n, 1), sync_dist=True)
 
     # ---- schedule hooks ----------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):

@@ -75,7 +75,6 @@ def nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dic
             super().__init__()
             self.planner = planner
             self._val = None
-            self.validated_at_step = -1
 
         def plan_logits(self, batch):
             """``(logits (N, H, K), targets (N, H))``: offset 1 alone for H = 1, teacher-forced offsets 1..H else."""
@@ -109,7 +108,6 @@ def nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dic
                 self.log_dict({f"{prefix}{k}": float(v) for k, v in m.items() if k != "targets"}, prog_bar=h == 1)
             # The baselines are constants, logged next to the planner so one log file holds the comparison.
             self.log_dict({f"val/{name}_{m}": float(v) for name, ms in baselines.items() for m, v in ms.items()})
-            self.validated_at_step = self.global_step
 
         def configure_optimizers(self):
             # Adam with (L2) weight decay, as the paper's planner pretraining (DESIGN.md 1.2).

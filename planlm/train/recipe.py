@@ -38,7 +38,10 @@ def unfreeze_point(value: str) -> tuple[str, float | None]:
 
 @dataclass
 class RecipeConfig(SelectionConfig):
-    """Which paper recipe to train: selection, where training actions come from, planner schedule, NAP loss."""
+    """Which paper recipe to train: selection, where training actions come from, planner schedule, NAP loss.
+
+    The selection fields build the planned LM's config (``PlannedLMConfig``), the one place a model's selection lives
+    from then on: the training loop reads the rest of the recipe, never its selection."""
 
     actions: ActionSource = "predicted"
     """Training actions: predicted (PA) | oracle (OA) | mix (planner-predicted with probability p_predicted) |
@@ -61,11 +64,6 @@ class RecipeConfig(SelectionConfig):
         if kind == "step":
             return int(value)
         return int(value * total_steps)
-
-    @property
-    def planner_in_training(self) -> bool:
-        """Whether training steps need planner logits at all (oracle-only training never calls the planner)."""
-        return needs_planner(self.selection) and self.actions != "oracle"
 
     def problems(self) -> list[str]:
         out = self.selection_problems("recipe.")

@@ -145,14 +145,34 @@ def build_logger(cfg: TrainerConfig, out_dir: Path, resume_step: int | None = No
 
 
 class ValidatedAt(Callback):
-    """The global step of the last validation, so a run that max_steps stopped mid-epoch validates its final model
-    instead of reporting the last epoch's (stale) val_loss."""
+    """The global step of the last validation (in a fit or a ``trainer.validate`` call; sanity checks aside). Every
+    trainer of :func:`build_trainer` has one: :func:`fit` reads it to tell a stale validation from a fresh one."""
 
     step: int | None = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.step = trainer.global_step
+
+
+def fit(trainer: pl.Trainer, module: pl.LightningModule, train_dataloaders=None, val_dataloaders=None,
+        ckpt_path: str | None = None) -> dict[str, float]:
+    """Train ``module`` and return the final logged metrics (``trainer.callback_metrics``, as floats): the ONE fit of
+    every training stage.
+
+    When the last validation is stale (``max_steps`` stopped the run mid-epoch, or a resumed run ended before its next
+    validation), the final model is validated once more, so the ``val/*`` metrics returned are always those of the
+    model the stage saves; the ``train/*`` ones are the last logged.
+    """
+    trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    validated = next((c for c in trainer.callbacks if isinstance(c, ValidatedAt)), None)
+    # num_val_batches is set up when the fit starts; [] (not set up) validates rather than risk a stale number
+    has_val = not trainer.num_val_batches or sum(trainer.num_val_batches) > 0
+    if has_val and (validated is None or validated.step != trainer.global_step):
+        trainer.validate(module, val_dataloaders, verbose=False)  # resets callback_metrics to the new val/*
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    return metrics
 
 
 class LineProgress(ProgressBar):
@@ -278,6 +298,8 @@ def build_trainer(
     quiet_lightning()
     out_dir = Path(out_dir)
     callbacks = list(callbacks or [])
+    if not any(isinstance(c, ValidatedAt) for c in callbacks):
+        callbacks.append(ValidatedAt())  # read by fit()
     if cfg.progress_bar:
         callbacks.append(progress_callback(cfg))
     strategy = cfg.strategy
