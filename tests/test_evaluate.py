@@ -109,9 +109,9 @@ def test_variant_names():
     assert name(selection="hard", actions="oracle") == "Cornille OA"
     assert name(selection="hard", actions="predicted") == "Cornille PA"
     assert name(selection="soft", planner_unfreeze="0.5") == "Soft / unfreeze halfway"
-    assert name(selection="soft", planner_unfreeze="never") == "Soft / unfreeze never"
-    assert name(selection="straight-through", planner_unfreeze="0.5") == "Straight-through / unfreeze halfway"
-    assert name(selection="soft", planner_unfreeze="immediate", nap_weight=1.0) == "Soft / unfreeze immediate + NAP"
+    assert name(selection="soft", planner_unfreeze="never") == "Soft / never"
+    assert name(selection="straight-through", planner_unfreeze="0.5") == "Straight-through / halfway"
+    assert name(selection="soft", planner_unfreeze="immediate", nap_weight=1.0) == "NAP during fine-tuning"
 
 
 def test_help_and_bad_inputs(env, capsys, tmp_path):
