@@ -7,7 +7,7 @@ measured one, and ``bench/overhead.py`` times the variants of the paper's overhe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from planlm.models.selection import needs_planner
@@ -89,32 +89,68 @@ def expand_variants(names: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def recipe_of(recipe: dict | RecipeConfig) -> RecipeConfig:
+    """A recipe from its dict form (``finetune_config.json``'s ``recipe``: every field, or only some of them, the rest
+    at their defaults; keys of no field are left out)."""
+    if isinstance(recipe, RecipeConfig):
+        return recipe
+    names = {f.name for f in fields(RecipeConfig)}
+    return RecipeConfig(**{k: v for k, v in (recipe or {}).items() if k in names})
+
+
+def recipe_key(recipe: dict | RecipeConfig) -> dict:
+    """What a recipe trains, field by field, with the fields that change nothing for it left out: two recipes with
+    the same key are the same experiment. ``planner_unfreeze`` is compared by :func:`unfreeze_point` ("0.5" is
+    "halfway"), and only where the planner can learn (soft / straight-through selection, or a NAP loss: argmax gives
+    it no gradient); the actions, p, lambda only where there is a planner; the temperature only where a softmax
+    reads it. Fixed is Fixed whatever its action id (the paper's baseline is "always the same action embedding", not
+    one particular action). Plans (``plan_samples``: `planlm evaluate` names them) and
+    ``train_lm`` (the `` + LM`` of :func:`variant_name`) are not part of it."""
+    r = recipe_of(recipe)
+    key: dict = {"selection": r.selection}
+    if r.selection in ("soft", "straight-through"):
+        key["temperature"] = float(r.temperature)
+    if needs_planner(r.selection):
+        key["actions"] = r.actions
+        if r.actions == "mix":
+            key["p_predicted"] = float(r.p_predicted)
+        key["nap_weight"] = float(r.nap_weight)
+        if r.selection != "hard" or r.nap_weight > 0:
+            try:
+                key["planner_unfreeze"] = unfreeze_point(r.planner_unfreeze)
+            except ValueError:
+                key["planner_unfreeze"] = str(r.planner_unfreeze)
+    return key
+
+
+def registered_variant(recipe: dict | RecipeConfig, planner_pretraining: str | None = "nap") -> str | None:
+    """The name of the :data:`VARIANTS` row that trains ``recipe`` from a planner pretrained by
+    ``planner_pretraining`` (nap / ntp; None = cannot be told, read as the paper's nap), or None when no row does."""
+    key, pretraining = recipe_key(recipe), planner_pretraining or "nap"
+    for name, variant in VARIANTS.items():
+        same_planner = not variant.needs_planner or variant.planner_pretraining == pretraining
+        if same_planner and recipe_key(variant.recipe) == key:
+            return name
+    return None
+
+
 def variant_name(config: dict) -> str:
-    """The paper's name of a finetune recipe (Table 1 rows), from ``finetune_config.json``'s ``recipe``."""
-    r = config.get("recipe") or {}
-    sel, actions = r.get("selection", "soft"), r.get("actions", "predicted")
-    unfreeze = str(r.get("planner_unfreeze", "0.5")).strip().lower()
-    try:
-        when = "halfway" if unfreeze_point(unfreeze) == ("fraction", 0.5) else unfreeze
-    except ValueError:
-        when = unfreeze
-    if sel == "fixed":
-        name = "Fixed"
-    elif sel == "uniform":
-        name = "Uniform"
-    elif sel == "hard":
-        name = {"oracle": "Cornille OA", "predicted": "Cornille PA", "schedule": "Hard / scheduled sampling"}.get(
-            actions, f"Hard / mix p={r.get('p_predicted')}"
-        )
-    elif sel == "soft" and planner_objective(config.get("planner")) == "ntp":
-        name = f"{NO_NAP} / {when}"
-    else:
-        name = f"{'Soft' if sel == 'soft' else 'Straight-through'} / unfreeze {when}"
-    if float(r.get("nap_weight", 0) or 0) > 0:
-        name += " + NAP"
-    if r.get("train_lm"):
-        name += " + LM"
-    return name
+    """The registry's name of a finetune run (:data:`VARIANTS`), from ``finetune_config.json`` (its ``recipe``, and
+    its ``planner`` folder for how that planner was pretrained: :func:`planner_objective`).
+
+    A recipe no row trains is named as such, with what it sets: ``Unregistered recipe (selection=hard,
+    actions=mix, p_predicted=0.3)``, never as another row (whose paper number would then stand next to it). A run
+    that fine-tuned the LM too (``train_lm``; the paper's LM is frozen) is its recipe's name + `` + LM``."""
+    recipe = recipe_of(config.get("recipe"))
+    objective = planner_objective(config.get("planner")) if needs_planner(recipe.selection) else None
+    name = registered_variant(recipe, objective)
+    if name is None:
+        defaults = RecipeConfig()
+        shown = [f"{k}={getattr(recipe, k)}" for k in recipe_key(recipe)
+                 if k in ("selection", "actions", "p_predicted", "planner_unfreeze")
+                 or getattr(recipe, k) != getattr(defaults, k)]
+        name = f"Unregistered recipe ({', '.join(shown + (['planner_pretraining=ntp'] if objective == 'ntp' else []))})"
+    return name + (" + LM" if recipe.train_lm else "")
 
 
 def planner_objective(planner_dir: str | None) -> str | None:

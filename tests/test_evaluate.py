@@ -27,7 +27,12 @@ def env(tmp_path_factory):
 
 
 def read(out):
-    return json.loads((out / "metrics.json").read_text())
+    """metrics.json, after checking that its typed record gives back the very file (keys, order, nulls)."""
+    from planlm.eval.record import MetricsRecord
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert json.dumps(MetricsRecord.load(out / "metrics.json").to_json()) == json.dumps(m)
+    return m
 
 
 def test_evaluate_writes_the_report_schema(env):
@@ -94,6 +99,9 @@ def test_evaluate_with_generation_metrics_and_probes(env):
                 "latent_ppl_protocol", "rouge2_protocol", "edit_distance_protocol", "edit_distance_mean"):
         assert key in m
     assert set(m["edit_distance"]) <= {"8", "16"}
+    md = (out / "metrics.md").read_text()  # the record's labelled fields
+    assert "| mauve |" in md and f"| edit_distance_mean | {m['edit_distance_mean']:.3f} |" in md
+    assert all(f"| edit distance @{n} (per 128 tokens) |" in md for n in m["edit_distance"])
     lines = (out / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 2 + 3 * 2 and json.loads(lines[0])["kind"] == "unconditional"
     rows = json.loads((out / "probes.json").read_text())
@@ -109,9 +117,9 @@ def test_variant_names():
     assert name(selection="hard", actions="oracle") == "Cornille OA"
     assert name(selection="hard", actions="predicted") == "Cornille PA"
     assert name(selection="soft", planner_unfreeze="0.5") == "Soft / unfreeze halfway"
-    assert name(selection="soft", planner_unfreeze="never") == "Soft / unfreeze never"
-    assert name(selection="straight-through", planner_unfreeze="0.5") == "Straight-through / unfreeze halfway"
-    assert name(selection="soft", planner_unfreeze="immediate", nap_weight=1.0) == "Soft / unfreeze immediate + NAP"
+    assert name(selection="soft", planner_unfreeze="never") == "Soft / never"
+    assert name(selection="straight-through", planner_unfreeze="0.5") == "Straight-through / halfway"
+    assert name(selection="soft", planner_unfreeze="immediate", nap_weight=1.0) == "NAP during fine-tuning"
 
 
 def test_help_and_bad_inputs(env, capsys, tmp_path):

@@ -113,8 +113,7 @@ def test_every_new_registry_row_trains_a_few_steps(env, name):
     planner_moved = any(not torch.equal(before[k], after[k]) for k in before)
     assert planner_moved == (variant.recipe.unfreeze_step(3) is not None), name  # hard rows keep their planner
     config = json.loads((out / "finetune_config.json").read_text())
-    if name.startswith("Hard / mix"):
-        assert variant_name(config) == name
+    assert variant_name(config) == name  # the run's own finetune_config.json (and planner) name its row
     if name.startswith("Hard"):
         assert training_actions(config) == variant.recipe.actions
 

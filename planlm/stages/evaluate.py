@@ -1,6 +1,7 @@
 """`planlm evaluate`: perplexity (predicted / oracle / fixed actions, paper / strided protocol), planner accuracy,
 perplexity split by right vs wrong planner predictions (the paper's Appendix E), optional generation metrics and
-probes, written as ``metrics.json`` (the schema `planlm report` reads, docs/evaluation.md) + ``metrics.md``.
+probes, written as ``metrics.json`` (:class:`planlm.eval.record.MetricsRecord`, the schema `planlm report` reads,
+docs/evaluation.md) + ``metrics.md``.
 
 Output folder (``--out``, default ``RUN/evaluate``), written atomically::
 
@@ -30,6 +31,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
 from planlm.eval.perplexity import PerplexityConfig
 from planlm.eval.probes import ProbeConfig
+from planlm.eval.record import MetricsRecord
 from planlm.variants import training_actions, training_p_predicted, variant_name
 
 
@@ -95,34 +97,28 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def metrics_markdown(m: dict) -> str:
-    """``metrics.md``: the headline numbers and every perplexity as tables."""
-    lines = [f"# {m['variant']} (seed {m['seed']})", "", "| metric | value |", "|---|---|"]
-    for key in ("ppl", "ppl_oracle", "ppl_strided_minus_paper", "mauve", "mauve_continuation", "latent_ppl", "rouge2",
-                "edit_distance_mean"):
-        if key in m:
-            lines.append(f"| {key} | {_fmt(m[key])} |")
-    for h in m.get("mtp_heads") or []:
+def metrics_markdown(m: MetricsRecord) -> str:
+    """``metrics.md``: the headline numbers (the record's labelled fields) and every perplexity as tables."""
+    lines = [f"# {m.variant} (seed {m.seed})", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {label} | {_fmt(v)} |" for label, v in m.labelled("number")]
+    for h in m.mtp_heads or []:
         lines.append(f"| head {h['head']} accuracy on {h['target']} | {_fmt(h['accuracy'])} ({h['tokens']} tokens) |")
-    for n, v in (m.get("edit_distance") or {}).items():
-        lines.append(f"| edit distance @{n} (per 128 tokens) | {_fmt(v)} |")
-    for key in ("mauve_protocol", "latent_ppl_protocol", "rouge2_protocol", "edit_distance_protocol"):
-        if key in m:
-            lines.append(f"| {key} | {json.dumps(m[key])} |")
-    if "planner" in m:
-        p = m["planner"]
+    lines += [f"| {label} | {_fmt(v)} |" for label, v in m.labelled("mapping")]
+    lines += [f"| {label} | {json.dumps(v)} |" for label, v in m.labelled("json")]
+    if m.planner is not None:
+        p = m.planner
         lines.append(f"| planner top-1 / top-5 vs oracle | {_fmt(p['top1'])} / {_fmt(p['top5'])} ({p['sentences']} "
                      "sentences) |")
-    for h, o in enumerate(m.get("planner_offsets", [])[1:], start=2):
+    for h, o in enumerate((m.planner_offsets or [])[1:], start=2):
         lines.append(f"| planner offset {h} top-1 / top-5 (teacher-forced) | {_fmt(o['top1'])} / {_fmt(o['top5'])} |")
     lines += ["", "## Perplexity", "", "| protocol | actions | PPL | tokens | articles |", "|---|---|---|---|---|"]
-    for protocol, by_actions in m["perplexity"].items():
+    for protocol, by_actions in (m.perplexity or {}).items():
         for actions, r in by_actions.items():
             lines.append(f"| {protocol} | {actions} | {_fmt(r['ppl'])} | {r['tokens']} | {r['articles']} |")
-    if m.get("by_planner_correct"):
+    if m.by_planner_correct:
         lines += ["", "## Perplexity by planner correctness (Appendix E)", "",
                   "| actions | PPL, planner right | tokens | PPL, planner wrong | tokens |", "|---|---|---|---|---|"]
-        for actions, r in m["by_planner_correct"].items():
+        for actions, r in m.by_planner_correct.items():
             lines.append(f"| {actions} | {_fmt(r['right']['ppl'])} | {r['right']['tokens']} | "
                          f"{_fmt(r['wrong']['ppl'])} | {r['wrong']['tokens']} |")
     return "\n".join(lines) + "\n"
@@ -221,25 +217,16 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
         else manifest.get("config", {})
     constant = not needs_planner(model.config.selection)
 
-    metrics: dict = {
-        "variant": cfg.variant or (mtp_eval.lm_variant_name(heads) if lm_folder else variant_name(ft_config)),
-        "seed": int(ft_config.get("seed", 0)),
-        "selection": model.config.selection,
-        "split": split,
-    }
+    variant = cfg.variant or (mtp_eval.lm_variant_name(heads) if lm_folder else variant_name(ft_config))
+    plans = {}
     if not lm_folder and model.config.plans:  # multi-sentence / sampled plans (issue 16)
-        metrics["horizon"], metrics["plan_samples"] = model.config.horizon, model.config.plan_samples
+        plans = {"horizon": model.config.horizon, "plan_samples": model.config.plan_samples}
         if not cfg.variant:
-            metrics["variant"] += f" + plans H={model.config.horizon} M={model.config.plan_samples}"
-    p = training_p_predicted(ft_config)
-    if p is not None:
-        metrics["p_predicted"] = p
-    if training_actions(ft_config) is not None:
-        metrics["training_actions"] = training_actions(ft_config)
+            variant += f" + plans H={model.config.horizon} M={model.config.plan_samples}"
 
     # The planner's logits for every sentence of the evaluated articles: once, shared by every perplexity run,
     # the accuracy and the Appendix-E split.
-    shared = None
+    shared, planner, offsets = None, None, None
     article_ids = corpus.article_ids(split)[: ppl.max_articles]
     sentence_ids = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in article_ids] or [[]])
     sentence_ids = sentence_ids.astype(np.int64)
@@ -249,16 +236,15 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
         shared = (sentence_ids, logits)
         oracle = torch.from_numpy(corpus.actions[sentence_ids].astype(np.int64))
         top1, top5 = topk_hits(logits, oracle, 5)  # (N,), (N,)
-        metrics["planner"] = {
+        planner = {
             "top1": float(top1.float().mean()),
             "top5": float(top5.float().mean()),
             "sentences": int(len(sentence_ids)),
         }
-        metrics["planner_top1"], metrics["planner_top5"] = metrics["planner"]["top1"], metrics["planner"]["top5"]
         if model.planner.config.horizon > 1:  # a plan's every offset, teacher-forced (planlm.eval.nap)
             from planlm.eval.nap import evaluate_offsets
 
-            metrics["planner_offsets"] = evaluate_offsets(model.planner, builder, corpus, sentence_ids)
+            offsets = evaluate_offsets(model.planner, builder, corpus, sentence_ids)
 
     action_sources = ["predicted"] if constant else list(dict.fromkeys(ppl.actions))
     results = {}
@@ -269,35 +255,36 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
                 ppl.stride if protocol == "strided" else None, ppl.max_articles, ppl.max_tokens, ppl.batch_size,
                 fixed_action=ppl.fixed_action, planner_logits=shared,
             )
-    metrics["perplexity"] = {}
+    by_protocol: dict = {}
     for (protocol, actions), r in results.items():
         # + per-article sums and counts: `planlm report` bootstraps its intervals over test articles from them
-        metrics["perplexity"].setdefault(protocol, {})[actions] = r.summary() | {
+        by_protocol.setdefault(protocol, {})[actions] = r.summary() | {
             "by_article": r.by_article(corpus.sentence_article)}
     main_protocol = list(dict.fromkeys(ppl.protocols))[0]
     main_actions = "predicted" if "predicted" in action_sources else action_sources[0]
-    metrics["ppl"] = results[(main_protocol, main_actions)].ppl
-    metrics["ppl_actions"], metrics["ppl_protocol"] = main_actions, main_protocol
+    ppl_oracle, strided_minus_paper, tokens_compared = None, None, None
     if ("oracle" in action_sources) and (main_protocol, "oracle") in results:
-        metrics["ppl_oracle"] = results[(main_protocol, "oracle")].ppl
+        ppl_oracle = results[(main_protocol, "oracle")].ppl
     if {"paper", "strided"} <= set(ppl.protocols):
         a = main_actions
-        metrics["ppl_strided_minus_paper"] = results[("strided", a)].ppl - results[("paper", a)].ppl
-        metrics["tokens_compared"] = {"paper": results[("paper", a)].tokens, "strided": results[("strided", a)].tokens}
+        strided_minus_paper = results[("strided", a)].ppl - results[("paper", a)].ppl
+        tokens_compared = {"paper": results[("paper", a)].tokens, "strided": results[("strided", a)].tokens}
 
+    by_planner_correct = None
     if shared is not None:
         # Appendix E: tokens of sentences whose top planner action equals the oracle one vs the others.
         right = planner_right(len(corpus.sentence_article), *shared, corpus.actions)
-        metrics["by_planner_correct"] = {
+        by_planner_correct = {
             actions: split_by_planner_right(results[(main_protocol, actions)], right) for actions in action_sources
         }
 
+    mtp_heads = None
     if heads is not None:
         batches = mtp_eval.eval_batches(model, corpus, tokenizer, split, ppl.context_length, ppl.max_articles,
                                         cfg.probe_windows, ppl.batch_size)
-        metrics["mtp_heads"] = mtp_eval.head_accuracy(model, heads, batches)
+        mtp_heads = mtp_eval.head_accuracy(model, heads, batches)
 
-    samples, probe_rows = None, None
+    samples, probe_rows, generated, probes_file = None, None, {}, None
     if cfg.generation:
         from planlm.data.encoders import load_encoder
         from planlm.eval.generation_metrics import generation_metrics
@@ -306,15 +293,25 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
         enc = load_encoder(cfg.encoder or corpus.encoder, device=cfg.device)
         window = resolve_window(cfg.gen.window, ft_config)  # default: the fine-tuning context length
         g = generation_metrics(PlannedGenerator(model, tokenizer, corpus, enc, window=window), cfg.gen)
-        metrics.update(g.summary())
+        generated = g.summary()  # one field of MetricsRecord per key
         samples = g.samples
     if cfg.probes:
         probe_rows = _probe(model, corpus, tokenizer, split, ppl, cfg.probe, cfg.probe_windows, lm_folder)
-        metrics["probes"] = {"rows": len(probe_rows), "file": "probes.json"}
-    metrics["seconds"] = round(time.time() - t0, 1)
+        probes_file = {"rows": len(probe_rows), "file": "probes.json"}
+    metrics = MetricsRecord(
+        variant=variant, seed=int(ft_config.get("seed", 0)), selection=model.config.selection, split=split, **plans,
+        p_predicted=training_p_predicted(ft_config), training_actions=training_actions(ft_config),
+        planner=planner, planner_top1=planner["top1"] if planner else None,
+        planner_top5=planner["top5"] if planner else None,
+        planner_offsets=offsets, perplexity=by_protocol, ppl=results[(main_protocol, main_actions)].ppl,
+        ppl_actions=main_actions, ppl_protocol=main_protocol, ppl_oracle=ppl_oracle,
+        ppl_strided_minus_paper=strided_minus_paper, tokens_compared=tokens_compared,
+        by_planner_correct=by_planner_correct, mtp_heads=mtp_heads, **generated, probes=probes_file,
+        seconds=round(time.time() - t0, 1),
+    )
 
     with atomic_dir(out, force=True) as tmp:
-        write_json_atomic(tmp / "metrics.json", metrics)
+        write_json_atomic(tmp / "metrics.json", metrics.to_json())
         (tmp / "metrics.md").write_text(metrics_markdown(metrics))
         if samples is not None:
             with open(tmp / "generations.jsonl", "w") as f:
@@ -324,11 +321,11 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
             from planlm.eval.probes import plot_probes, rows_to_json
 
             write_json_atomic(tmp / "probes.json", rows_to_json(probe_rows))
-            plot_probes(probe_rows, tmp / "probes.png", title=metrics["variant"])
+            plot_probes(probe_rows, tmp / "probes.png", title=metrics.variant)
         write_manifest(tmp, "evaluate", fingerprint, inputs={"run": run, "prepared": corpus.path},
                        counts={"ppl_tokens": {f"{k[0]}/{k[1]}": r.tokens for k, r in results.items()}},
-                       variant=metrics["variant"], seconds=metrics["seconds"])
-    print(f"planlm evaluate: {metrics['variant']}: ppl {metrics['ppl']:.3f} ({main_protocol}, {main_actions}) -> {out}")
+                       variant=metrics.variant, seconds=metrics.seconds)
+    print(f"planlm evaluate: {metrics.variant}: ppl {metrics.ppl:.3f} ({main_protocol}, {main_actions}) -> {out}")
     return out
 
 

@@ -5,7 +5,8 @@ subfolders; docs/evaluation.md is the reference):
 
 - ``metrics.json``: ``{"variant": str, "seed": int (default 0), "ppl": float, and optionally "mauve",
   "latent_ppl", "rouge2": float, "edit_distance": {"128": float, ...}, "p_predicted": float in [0, 1],
-  "ppl_oracle": float, ...}``. Other keys are kept in ``report.json`` but not shown. `planlm evaluate` also
+  "ppl_oracle": float, ...}``, read and checked as a :class:`planlm.eval.record.MetricsRecord`, whose fields name
+  the table's columns. Other keys are kept in ``report.json`` but not shown. `planlm evaluate` also
   writes the per-article NLL sums and token counts of the headline perplexity
   (``perplexity[ppl_protocol][ppl_actions]["by_article"]``), from which the report draws its intervals.
 - ``probes.json`` next to a ``metrics.json``: a list of ``{"layer", "kind", "distance", "accuracy", "baseline"}``
@@ -27,7 +28,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,24 +43,27 @@ from planlm.artifacts import (
 from planlm.errors import raise_if_problems
 from planlm.eval.figures import plot_mixing, plot_planner_correct, pyplot
 from planlm.eval.intervals import BOOTSTRAP_RESAMPLES, paired_bootstrap
+from planlm.eval.record import COLUMNS as RECORD_COLUMNS
+from planlm.eval.record import MetricsRecord, json_problems
+from planlm.eval.record import is_number as _is_number
 from planlm.variants import PAPER_PPL
 
 METRICS = "metrics.json"
 PROBES = "probes.json"
 OVERHEAD = "overhead.json"
-OPTIONAL_NUMBERS = ("mauve", "latent_ppl", "rouge2", "p_predicted", "ppl_oracle")
 MIN_ARTICLES = 2  # per seed, for an interval
 CI_HEADER = "95% CI vs Fixed (%)"
 PROBE_KEYS = ("layer", "kind", "distance", "accuracy", "baseline")
 
-# Table 1 columns: (key in metrics.json, header, decimals)
-COLUMNS = (
-    ("ppl", "PPL", 2),
-    ("ppl_rel", "PPL vs Fixed (%)", 2),
-    ("mauve", "MAUVE", 3),
-    ("latent_ppl", "Latent PPL", 2),
-    ("rouge2", "ROUGE-2", 4),
-)
+RELATIVE = ("ppl_rel", "PPL vs Fixed (%)", 2)
+"""The report's own column: each seed's PPL relative to the Fixed run of the same seed (after PPL)."""
+NUMBER_COLUMNS = tuple(c for c in RECORD_COLUMNS if not c.per_key)
+"""One number per run: a cell of mean ± std over seeds (PPL, MAUVE, latent PPL, ROUGE-2)."""
+KEYED_COLUMNS = tuple(c for c in RECORD_COLUMNS if c.per_key)
+"""A mapping per run (edit distance by token count): one column per key found."""
+# Table 1 columns: (key, header, decimals): the record's numbers, PPL vs Fixed right after PPL
+COLUMNS = tuple(col for c in NUMBER_COLUMNS
+                for col in [(c.key, c.header, c.decimals)] + ([RELATIVE] if c.key == "ppl" else []))
 
 
 @dataclass
@@ -71,7 +74,13 @@ class Run:
     variant: str
     seed: int
     metrics: dict
+    """The file as read (copied into report.json)."""
     probes: list[dict] | None = None
+    record: MetricsRecord = field(init=False, repr=False)
+    """The same, checked and typed: what the table reads."""
+
+    def __post_init__(self):
+        self.record = MetricsRecord.from_json(self.metrics, self.path / METRICS)
 
 
 @dataclass
@@ -81,67 +90,12 @@ class Gathered:
     problems: list[str] = field(default_factory=list)
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _read_json(path: Path, problems: list[str]):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         problems.append(f"{path} is not valid JSON ({e}); rewrite it or remove it")
         return None
-
-
-def _check_metrics(path: Path, m, problems: list[str]) -> bool:
-    if not isinstance(m, dict):
-        problems.append(f"{path} must hold a JSON object")
-        return False
-    ok = True
-    if not isinstance(m.get("variant"), str) or not m.get("variant"):
-        problems.append(f'{path} needs "variant": a non-empty string')
-        ok = False
-    if not _is_number(m.get("ppl")) or m.get("ppl", 0) <= 0:
-        problems.append(f'{path} needs "ppl": a positive number')
-        ok = False
-    if "seed" in m and (not isinstance(m["seed"], int) or isinstance(m["seed"], bool)):
-        problems.append(f'{path}: "seed" must be an integer, got {m["seed"]!r}')
-        ok = False
-    for key in OPTIONAL_NUMBERS:
-        if key in m and m[key] is not None and not _is_number(m[key]):
-            problems.append(f'{path}: "{key}" must be a number, got {m[key]!r}')
-            ok = False
-    per_article = headline_by_article(m)
-    if per_article is not None and not _article_nll_ok(per_article):
-        problems.append(f'{path}: "by_article" of the headline perplexity must hold equally long lists article_ids, '
-                        'nll_sum and tokens (finite numbers, positive token counts)')
-        ok = False
-    if _is_number(m.get("p_predicted")) and not 0 <= m["p_predicted"] <= 1:
-        problems.append(f'{path}: "p_predicted" must lie in [0, 1], got {m["p_predicted"]}')
-        ok = False
-    ed = m.get("edit_distance")
-    if ed is not None and (not isinstance(ed, dict) or not all(str(k).isdigit() and _is_number(v)
-                                                               for k, v in ed.items())):
-        problems.append(f'{path}: "edit_distance" must map token counts ("128", ...) to numbers, got {ed!r}')
-        ok = False
-    return ok
-
-
-def headline_by_article(m: dict) -> dict | None:
-    """The per-article record of a run's headline perplexity (``ppl``), or None when its metrics.json has none."""
-    r = m.get("perplexity")
-    for key in ("ppl_protocol", "ppl_actions"):
-        r = r.get(m.get(key)) if isinstance(r, dict) else None
-    return r.get("by_article") if isinstance(r, dict) else None
-
-
-def _article_nll_ok(a) -> bool:
-    keys = ("article_ids", "nll_sum", "tokens")
-    if not isinstance(a, dict) or not all(isinstance(a.get(k), list) for k in keys):
-        return False
-    n = len(a["article_ids"])
-    return (n > 0 and all(len(a[k]) == n for k in keys) and all(_is_number(x) for x in a["nll_sum"])
-            and all(isinstance(t, int) and t > 0 for t in a["tokens"]))
 
 
 def _check_probes(path: Path, rows, problems: list[str]) -> bool:
@@ -169,7 +123,9 @@ def gather(runs: list[Path]) -> Gathered:
                 continue
             seen.add(path.resolve())
             m = _read_json(path, out.problems)
-            if m is None or not _check_metrics(path, m, out.problems):
+            problems = [] if m is None else json_problems(m, path)
+            out.problems += problems
+            if m is None or problems:
                 continue
             probes = None
             if (path.parent / PROBES).exists():
@@ -233,10 +189,9 @@ def relative_ppl(runs: list[Run], baseline: str = "fixed", key: str = "ppl") -> 
     """Per (variant, seed): the metric ``key`` (PPL by default) relative to the baseline run of the SAME seed, in
     percent (``100 * (ppl / ppl_fixed - 1)``; for PPL negative = better than Fixed; the paper's Figure 5). Seeds
     without a baseline run, or runs without the metric, are left out."""
-    fixed = {r.seed: r.metrics[key] for r in runs
-             if r.variant.lower() == baseline.lower() and _is_number(r.metrics.get(key)) and r.metrics[key] > 0}
-    return {(r.variant, r.seed): 100.0 * (r.metrics[key] / fixed[r.seed] - 1.0) for r in runs
-            if r.seed in fixed and _is_number(r.metrics.get(key))}
+    values = [(r, getattr(r.record, key)) for r in runs if _is_number(getattr(r.record, key))]
+    fixed = {r.seed: v for r, v in values if r.variant.lower() == baseline.lower() and v > 0}
+    return {(r.variant, r.seed): 100.0 * (v / fixed[r.seed] - 1.0) for r, v in values if r.seed in fixed}
 
 
 def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
@@ -253,14 +208,14 @@ def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
     for variant in _ordered_variants(runs, baseline):
         mine = sorted((r for r in runs if r.variant == variant), key=lambda r: r.seed)
         row = {"variant": variant, "seeds": [r.seed for r in mine]}
-        for key in ("ppl", "mauve", "latent_ppl", "rouge2"):
-            row[key] = seed_stats([r.metrics[key] for r in mine if _is_number(r.metrics.get(key))])
+        for c in NUMBER_COLUMNS:
+            row[c.key] = seed_stats([getattr(r.record, c.key) for r in mine if _is_number(getattr(r.record, c.key))])
         row["ppl_rel"] = seed_stats([rel[(variant, r.seed)] for r in mine if (variant, r.seed) in rel])
         row["ppl_rel_ci"] = intervals.get(variant)  # paired bootstrap over articles (and seeds); None for the baseline
-        lengths = sorted({int(k) for r in mine for k in (r.metrics.get("edit_distance") or {})})
-        row["edit_distance"] = {str(n): seed_stats([r.metrics["edit_distance"][str(n)] for r in mine
-                                                if str(n) in (r.metrics.get("edit_distance") or {})])
-                                for n in lengths}
+        for c in KEYED_COLUMNS:  # {"128": stats, ...}: one column per token count any seed recorded
+            values = [getattr(r.record, c.key) or {} for r in mine]
+            keys = sorted({int(k) for v in values for k in v})
+            row[c.key] = {str(n): seed_stats([v[str(n)] for v in values if str(n) in v]) for n in keys}
         row["paper_ppl"] = PAPER_PPL.get(variant)  # the paper's GPT-2 / Wikipedia number for a variant it names
         rows.append(row)
     return rows
@@ -270,14 +225,14 @@ def ppl_intervals(runs: list[Run], baseline: str = "fixed") -> dict[str, dict | 
     """Per variant (baseline excluded): :func:`paired_bootstrap` over its seeds that have a baseline run of the
     same seed and per-article records on the same articles, at least MIN_ARTICLES of them (resampling one article
     gives a zero-width interval that would claim a certainty nobody has); None when no seed qualifies."""
-    base = {r.seed: headline_by_article(r.metrics) for r in runs if r.variant.lower() == baseline.lower()}
+    base = {r.seed: r.record.by_article for r in runs if r.variant.lower() == baseline.lower()}
     out = {}
     for variant in _ordered_variants(runs, baseline):
         if variant.lower() == baseline.lower():
             continue
         pairs = []
         for r in sorted((r for r in runs if r.variant == variant), key=lambda r: r.seed):
-            mine, theirs = headline_by_article(r.metrics), base.get(r.seed)
+            mine, theirs = r.record.by_article, base.get(r.seed)
             if (mine is not None and theirs is not None and mine["article_ids"] == theirs["article_ids"]
                     and len(mine["article_ids"]) >= MIN_ARTICLES):
                 pairs.append((mine, theirs))
@@ -303,12 +258,12 @@ def interval_cell(ci: dict | None) -> str:
 def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells of Table 1 (edit distance: one column per token length found; the interval
     column when some run has per-article records)."""
-    lengths = sorted({int(n) for row in rows for n in row["edit_distance"]})
+    keys = {c.key: sorted({int(n) for row in rows for n in row[c.key]}) for c in KEYED_COLUMNS}
     with_ci = any(row.get("ppl_rel_ci") for row in rows)
     header = ["Variant", "Seeds"]
     for key, h, _ in COLUMNS:
         header += [h] + ([CI_HEADER] if key == "ppl_rel" and with_ci else [])
-    header += [f"Edit dist. @{n}" for n in lengths] + ["Paper PPL (GPT-2, Wikipedia)"]
+    header += [c.header.format(key=n) for c in KEYED_COLUMNS for n in keys[c.key]] + ["Paper PPL (GPT-2, Wikipedia)"]
     body = []
     for row in rows:
         cells = [row["variant"], str(len(row["seeds"]))]
@@ -316,7 +271,7 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             cells.append(_cell(row[key], d, signed=key == "ppl_rel"))
             if key == "ppl_rel" and with_ci:
                 cells.append(interval_cell(row.get("ppl_rel_ci")))
-        cells += [_cell(row["edit_distance"].get(str(n)), 2) for n in lengths]
+        cells += [_cell(row[c.key].get(str(n)), c.decimals) for c in KEYED_COLUMNS for n in keys[c.key]]
         cells.append("–" if row.get("paper_ppl") is None else f"{row['paper_ppl']:.2f}")
         body.append(cells)
     return header, body
@@ -353,7 +308,7 @@ def plot_overhead(overhead: dict[str, float], path: Path, baseline: str = "fixed
     return path
 
 
-SEED_METRICS = (("ppl", "PPL"), ("mauve", "MAUVE"), ("latent_ppl", "Latent PPL"), ("rouge2", "ROUGE-2"))
+SEED_METRICS = tuple((c.key, c.header) for c in NUMBER_COLUMNS)  # PPL, MAUVE, latent PPL, ROUGE-2
 
 
 def plot_seeds(runs: list[Run], path: Path, baseline: str = "fixed",

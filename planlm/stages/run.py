@@ -31,7 +31,6 @@ from planlm.train.lm_pretraining import LMPresetName
 from planlm.train.trainer import OptimConfig, TrainerConfig
 from planlm.variants import (
     DEFAULT_VARIANTS,
-    PAPER_PPL,
     VARIANT_GROUPS,
     VARIANTS,
     expand_variants,
@@ -114,7 +113,8 @@ def validate_run(preset: str, variants: list[str], lm: str | None, seeds: list[i
 
 
 def results_table(rows: list[dict]) -> str:
-    """The paper's Table 1 layout from :func:`planlm.report.results_table` rows (+ ``planner_top1`` stats): PPL
+    """The paper's Table 1 layout from :func:`planlm.report.results_table` rows (+ ``planner_top1`` stats; the
+    paper's number is the rows' ``paper_ppl``, from planlm.variants.PAPER_PPL by the row's name): PPL
     (planner-predicted actions), PPL relative to Fixed of the same seed with its paired bootstrap 95% interval,
     planner top-1; means ± std over seeds when there are several."""
     from planlm.stages.report import interval_cell
@@ -131,7 +131,7 @@ def results_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         ci = interval_cell(r.get("ppl_rel_ci")).replace("–", "-")
-        paper = f"{PAPER_PPL[r['variant']]:.2f}" if r["variant"] in PAPER_PPL else "-"
+        paper = "-" if r.get("paper_ppl") is None else f"{r['paper_ppl']:.2f}"
         lines.append(f"| {r['variant']} | {len(r['seeds'])} | {cell(r['ppl'], '.3f')} | "
                      f"{cell(r['ppl_rel'], '+.2f', '%')} | {ci} | {cell(r.get('planner_top1'), '.3f')} | {paper} |")
     return "\n".join(lines) + "\n"
@@ -157,7 +157,7 @@ def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
 
 def _has_article_records(evaluation: Path) -> bool:
     """Whether an existing evaluation holds the per-article records the intervals need (older ones do not)."""
-    from planlm.stages.report import headline_by_article
+    from planlm.eval.record import headline_by_article
 
     try:
         return headline_by_article(json.loads((evaluation / "metrics.json").read_text())) is not None
@@ -262,6 +262,7 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
     from planlm.data.encoders import EncoderConfig
     from planlm.data.prepared import PreparedCorpus
     from planlm.eval.perplexity import PerplexityConfig
+    from planlm.eval.record import MetricsRecord
     from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
     from planlm.stages.finetune import finetune
@@ -311,9 +312,9 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         # an evaluation written before per-article records existed is redone (seconds), so the table has intervals
         ev = timed(f"evaluate {name}", evaluate, run=run_dir, ppl=ppl_cfg, variant=name,
                    force=force or not _has_article_records(run_dir / "evaluate"))
-        m = json.loads((Path(ev) / "metrics.json").read_text())
+        m = MetricsRecord.load(Path(ev) / "metrics.json")
         rows.append({
-            "variant": name, "ppl": m["ppl"], "planner_top1": m.get("planner_top1"), "planner_top5": m.get("planner_top5"),
+            "variant": name, "ppl": m.ppl, "planner_top1": m.planner_top1, "planner_top5": m.planner_top5,
             "protocol": p.eval_protocol, "run": str(run_dir), "seed": seed,
         })
     return PreparedCorpus.load(prepared), rows

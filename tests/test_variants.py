@@ -1,0 +1,110 @@
+"""A run's name comes from the registry: every row's recipe is named by its own name, a recipe no row trains is named
+as unregistered, and equal recipes written differently get one name."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from planlm.artifacts import to_jsonable
+from planlm.stages.finetune import FinetuneConfig
+from planlm.train.recipe import RecipeConfig
+from planlm.variants import (
+    PAPER_PPL,
+    VARIANTS,
+    recipe_key,
+    registered_variant,
+    variant_name,
+)
+
+
+@pytest.fixture
+def planners(tmp_path):
+    """Two planner folders as `planlm train-planner` leaves them, as far as naming reads them: NAP and NTP."""
+    out = {}
+    for objective in ("nap", "ntp"):
+        folder = tmp_path / f"planner-{objective}"
+        folder.mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"stage": "train-planner",
+                                                          "config": {"objective": objective}}))
+        out[objective] = folder
+    return out
+
+
+def saved(recipe: RecipeConfig, planner=None) -> dict:
+    """``finetune_config.json`` of a run of ``recipe``, as finetune writes it and evaluate reads it back."""
+    return json.loads(json.dumps(to_jsonable(dataclasses.asdict(FinetuneConfig(recipe=recipe, planner=planner)))))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_registry_row_is_named_by_its_own_name(name, planners):
+    variant = VARIANTS[name]
+    planner = planners[variant.planner_pretraining] if variant.needs_planner else None
+    assert variant_name(saved(variant.recipe, planner)) == name
+    assert variant_name({"recipe": dataclasses.asdict(variant.recipe), "planner": planner}) == name
+
+
+def test_rows_are_distinct_experiments():
+    keys = [(json.dumps(recipe_key(v.recipe), sort_keys=True), v.planner_pretraining if v.needs_planner else None)
+            for v in VARIANTS.values()]
+    assert len(set(keys)) == len(keys)
+
+
+def test_the_old_mislabels_are_the_registry_rows(planners):
+    def name(planner="nap", **recipe):
+        return variant_name(saved(RecipeConfig(**recipe), planners[planner]))
+
+    assert name(selection="soft", planner_unfreeze="never") == "Soft / never"  # was "Soft / unfreeze never"
+    assert name(selection="straight-through", planner_unfreeze="0.5") == "Straight-through / halfway"
+    assert name(selection="soft", planner_unfreeze="immediate", nap_weight=1.0) == "NAP during fine-tuning"
+    assert name("ntp", selection="soft", planner_unfreeze="never") == "No NAP pretraining / never"
+    for got in ("Soft / never", "Straight-through / halfway", "NAP during fine-tuning"):
+        assert got in PAPER_PPL  # so the report shows the paper's number next to them
+
+
+def test_a_recipe_no_row_trains_is_named_unregistered(planners):
+    def name(planner="nap", **recipe):
+        return variant_name(saved(RecipeConfig(**recipe), planners[planner]))
+
+    # straight-through / never used to be named as a straight-through row; the registry has none
+    assert name(selection="straight-through", planner_unfreeze="never") == (
+        "Unregistered recipe (selection=straight-through, actions=predicted, planner_unfreeze=never)")
+    assert name(selection="hard", actions="mix", p_predicted=0.3, planner_unfreeze="never") == (
+        "Unregistered recipe (selection=hard, actions=mix, p_predicted=0.3)")
+    assert name(selection="soft", planner_unfreeze="step:10") == (
+        "Unregistered recipe (selection=soft, actions=predicted, planner_unfreeze=step:10)")
+    assert name(selection="soft", planner_unfreeze="0.5", nap_weight=0.5) == (
+        "Unregistered recipe (selection=soft, actions=predicted, nap_weight=0.5, planner_unfreeze=0.5)")
+    assert name(selection="soft", planner_unfreeze="0.5", temperature=2.0).startswith(
+        "Unregistered recipe (selection=soft, temperature=2.0,")
+    # the no-NAP rows are soft only
+    assert name("ntp", selection="straight-through", planner_unfreeze="0.5").endswith("planner_pretraining=ntp)")
+    for unknown in (RecipeConfig(selection="straight-through", planner_unfreeze="never"),):
+        assert registered_variant(unknown) is None
+        assert variant_name(saved(unknown)) not in VARIANTS
+    # Fixed is the paper's baseline whatever its one action is
+    assert registered_variant(RecipeConfig(selection="fixed", fixed_action=3)) == "Fixed"
+
+
+def test_equal_recipes_written_differently_get_one_name(planners):
+    nap = planners["nap"]
+    for unfreeze in ("0.5", "halfway", " Halfway ", "0.50"):
+        assert variant_name({"recipe": {"selection": "soft", "planner_unfreeze": unfreeze}, "planner": nap}) == \
+            "Soft / unfreeze halfway"
+    assert variant_name({"recipe": {"selection": "soft", "planner_unfreeze": "0"}, "planner": nap}) == \
+        "Soft / immediate"
+    # fields at their defaults, given or not; fields that change nothing for a recipe
+    assert variant_name({"recipe": {"selection": "fixed"}}) == "Fixed"  # planner_unfreeze 0.5: no planner to unfreeze
+    assert variant_name({"recipe": {"selection": "uniform", "temperature": 3.0}}) == "Uniform"
+    assert variant_name({"recipe": {"selection": "hard", "actions": "oracle"}}) == "Cornille OA"  # argmax: no gradient
+    assert variant_name({"recipe": {"selection": "hard", "actions": "predicted", "p_predicted": 0.9,
+                                    "planner_unfreeze": "never", "nap_weight": 0}}) == "Cornille PA"
+    assert variant_name({"recipe": {"selection": "hard", "actions": "mix", "p_predicted": 0.25,
+                                    "planner_unfreeze": "never"}}) == "Hard / mix p=0.25"
+    # sampled plans are named by evaluate (" + plans H= M="), the LM fine-tuned too by " + LM"
+    assert variant_name({"recipe": {"selection": "soft", "plan_samples": 4}, "planner": nap}) == \
+        "Soft / unfreeze halfway"
+    assert variant_name({"recipe": {"selection": "fixed", "train_lm": True}}) == "Fixed + LM"
+    assert "Fixed + LM" not in PAPER_PPL
