@@ -52,7 +52,11 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def config_fingerprint(config: Any) -> str:
-    """A stable hash of a config, used to decide whether an existing artifact can be reused."""
+    """A stable hash of a config, used to decide whether an existing artifact can be reused. A stage's config
+    dataclass (:func:`planlm.stage_config.config_of`) is hashed by its ``fingerprint()``: the fields that decide
+    reuse, so that a manifest recording the whole config and the reuse check agree."""
+    if hasattr(type(config), "__fingerprint__"):
+        config = config.fingerprint()
     blob = json.dumps(to_jsonable(config), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

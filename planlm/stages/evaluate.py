@@ -20,48 +20,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from planlm.artifacts import writes_artifact
+from planlm.artifacts import read_manifest, writes_artifact
 from planlm.data.prepared import SPLITS, Split
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.generation_metrics import GenerationMetricsConfig
 from planlm.eval.perplexity import PerplexityConfig
 from planlm.eval.probes import ProbeConfig
 from planlm.eval.record import MetricsRecord
+from planlm.stage_config import Fingerprint, config_of
 from planlm.variants import training_actions, training_p_predicted, variant_name
-
-
-@dataclass
-class EvaluateConfig:
-    """Everything `planlm evaluate` reads (the fields of :func:`evaluate`, but ``out`` and ``force``)."""
-
-    run: Path = Path("runs/finetune")
-    prepared: Path | None = None
-    split: Split = "test"
-    ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
-    generation: bool = False
-    gen: GenerationMetricsConfig = field(default_factory=GenerationMetricsConfig)
-    probes: bool = False
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    probe_windows: int = 64
-    variant: str | None = None
-    encoder: str | None = None
-    device: str | None = None
-
-    def fingerprint(self) -> dict:
-        """What decides whether an existing evaluation is reusable: the settings that change its numbers (options
-        that are off do not count), plus the run's id."""
-        return {
-            "run": str(self.run), "prepared": str(self.prepared) if self.prepared else None, "split": self.split,
-            "ppl": self.ppl, "generation": self.generation, "gen": self.gen if self.generation else None,
-            "probes": self.probes, "probe": self.probe if self.probes else None,
-            "probe_windows": self.probe_windows if self.probes else None, "variant": self.variant,
-            "encoder": self.encoder, "run_id": json.loads((Path(self.run) / "manifest.json").read_text()).get("id"),
-        }
 
 
 def validate_evaluate(cfg: EvaluateConfig) -> None:
@@ -173,15 +144,23 @@ def evaluate(
     """
     from planlm.artifacts import up_to_date
 
-    cfg = EvaluateConfig(run=Path(run), prepared=prepared, split=split, ppl=ppl, generation=generation, gen=gen,
-                         probes=probes, probe=probe, probe_windows=probe_windows, variant=variant, encoder=encoder,
-                         device=device)
+    cfg = EvaluateConfig.from_call(locals())
     validate_evaluate(cfg)
     out = Path(out) if out is not None else cfg.run / "evaluate"
     fingerprint = cfg.fingerprint()
     if up_to_date(out, "evaluate", fingerprint, force):
         return out
     return run_evaluate(cfg, out, fingerprint)
+
+
+# Everything `planlm evaluate` reads. Its fingerprint (the manifest's config) decides whether an existing evaluation
+# is reusable: the settings that change its numbers (the device does not; the settings of an option that is off do
+# not), plus the run's id.
+EvaluateConfig = config_of(evaluate, exclude=("out", "force"), fingerprint=Fingerprint(
+    ignore=("device",),
+    null_unless={"gen": lambda c: c.generation, "probe": lambda c: c.probes, "probe_windows": lambda c: c.probes},
+    extra=lambda c: {"run_id": read_manifest(c.run).get("id")},
+))
 
 
 def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:

@@ -10,7 +10,6 @@ import dataclasses
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from planlm.artifacts import writes_artifact
@@ -18,6 +17,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.adapters import OFFSET_INITS
 from planlm.models.mtp import MTPConfig
 from planlm.models.selection import needs_planner
+from planlm.stage_config import config_of
 from planlm.train.recipe import RecipeConfig
 from planlm.train.start import (
     AdapterConfig,
@@ -25,26 +25,6 @@ from planlm.train.start import (
     initial_planned_lm,
 )
 from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything `planlm finetune` reads; saved in the manifest and in OUT/finetune_config.json."""
-
-    prepared: Path = Path("runs/prepared")
-    lm: str = "gpt2"
-    planner: Path | None = None
-    recipe: RecipeConfig = field(default_factory=RecipeConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    windows: WindowConfig = field(default_factory=WindowConfig)
-    adapters: AdapterConfig = field(default_factory=AdapterConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    mtp: MTPConfig = field(default_factory=lambda: MTPConfig(init="copy"))
-    checkpoint_every: int = 200
-    seed: int = 0
-    myopic: bool = False
-    """Myopic training of the LM (Wu et al. 2024): no gradient from a position's loss into earlier positions'
-    hidden states (planlm/models/myopic.py)."""
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
@@ -117,11 +97,7 @@ def finetune(
     Returns:
         The output folder.
     """
-    cfg = FinetuneConfig(
-        prepared=Path(prepared), lm=str(lm), planner=Path(planner) if planner else None, recipe=recipe, optim=optim,
-        windows=windows, adapters=adapters, trainer=trainer, mtp=mtp, checkpoint_every=checkpoint_every, seed=seed,
-        myopic=myopic,
-    )
+    cfg = FinetuneConfig.from_call(locals())
     out = Path(out)
     validate_finetune(cfg, out)
     from planlm.artifacts import up_to_date
@@ -129,6 +105,11 @@ def finetune(
     if up_to_date(out, "finetune", cfg, force):
         return out
     return run_finetune(cfg, out, resume=resume, force=force)
+
+
+# Everything `planlm finetune` reads; saved in the manifest and in OUT/finetune_config.json. Built directly too
+# (``FinetuneConfig(prepared=..., lm=..., seed=...)``: train-planner's fresh adapters, tests).
+FinetuneConfig = config_of(finetune, exclude=("out", "resume", "force"))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

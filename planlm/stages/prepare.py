@@ -54,6 +54,7 @@ from planlm.data.prepared import EXEMPLARS, SPLITS, ActionSpace, write_prepared
 from planlm.data.sentences import SentenceConfig, split_sentences
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.presets import load_presets
+from planlm.stage_config import Fingerprint, config_of
 
 ActionsPresetName = Literal["auto", "paper", "small"]  # planlm/presets/prepare/*.yaml (tests/test_presets.py)
 
@@ -199,13 +200,7 @@ def prepare(
     space = ActionSpace.load(actions_from) if actions_from is not None else None
     if space is not None:  # the source's encoder; k-means settings do not apply
         encoder = EncoderConfig(name=space.encoder, device=encoder.device, batch_size=encoder.batch_size)
-    config = {
-        "source": source, "split": split, "sentences": sentences, "encoder": encoder, "kmeans": kmeans,
-        "num_actions": num_actions, "preset": preset, "input": _input_fingerprint(source),
-    }
-    if space is not None:
-        config |= {"kmeans": None, "num_actions": None, "preset": None,
-                   "actions_from": {"path": str(actions_from), "id": space.manifest.get("id")}}
+    config = PrepareConfig.from_call(locals()).fingerprint()
     if up_to_date(out_dir, "prepare", config, force):
         return out_dir
 
@@ -292,6 +287,23 @@ def prepare(
         )
     _print_summary(out_dir, counts, sentence_end - sentence_start, train_labels, k, stats, seconds)
     return out_dir
+
+
+def _own_actions(cfg) -> bool:
+    return cfg.actions_from is None
+
+
+# Everything `planlm prepare` reads (--encoder as used: with --actions_from, the source's encoder). Its fingerprint
+# (the manifest's config) decides reuse, with the input corpus's content hash; with --actions_from, the source's
+# path and id stand for the k-means settings, which are unused.
+PrepareConfig = config_of(prepare, exclude=("out", "force"), fingerprint=Fingerprint(
+    ignore=("progress",),
+    null_unless={"kmeans": _own_actions, "num_actions": _own_actions, "preset": _own_actions},
+    absent_unless={"actions_from": lambda c: not _own_actions(c)},
+    record={"actions_from": lambda c: {"path": str(c.actions_from),
+                                       "id": read_manifest(c.actions_from, "prepare").get("id")}},
+    extra=lambda c: {"input": _input_fingerprint(c.source)},
+))
 
 
 def _counts(articles, article_split, sentence_split, k, train_labels, stats, reseeded) -> dict:

@@ -30,6 +30,7 @@ from planlm.artifacts import (
 from planlm.data.prepared import PreparedCorpus
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.mtp import MTPConfig
+from planlm.stage_config import Fingerprint, config_of
 from planlm.train.lm_pretraining import (
     PRESET_OPTIM,
     PRESETS,
@@ -126,17 +127,7 @@ def pretrain_lm(
     validate_pretrain_lm(prepared, out, preset, vocab_size, block_size, optim, mtp, trainer, planned, myopic)
     p = PRESETS[preset]
     block_size, optim = block_size or p.block_size, resolve_optim(preset, optim)
-    shape = {k: v for k, v in dataclasses.asdict(p).items() if k != "optim"}  # the optim run is recorded as "optim"
-    config = {"prepared": str(prepared), "preset": preset, "shape": shape, "vocab_size": vocab_size,
-              "block_size": block_size, "optim": optim, "seed": seed,
-              "prepared_id": read_manifest(prepared, "prepare").get("id")}
-    if mtp.n_heads > 1:  # n = 1 keeps the config (and so the reuse fingerprint) of plain next-token runs
-        config["mtp"] = mtp
-    if myopic:  # only when set, so that vanilla configs (and their reusable artifacts) are unchanged
-        config["myopic"] = True
-    if planned.actions is not None:  # likewise: plain pretraining keeps its config
-        config["planned"] = planned
-        config["recipe"] = planned.recipe()  # what evaluate's variant_name reads
+    config = PretrainLMConfig.from_call(locals()).fingerprint()  # block_size and optim as resolved
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -217,6 +208,25 @@ def pretrain_lm(
     print(f"pretrain-lm {preset}{' (myopic)' if myopic else ''}: val perplexity {metrics['val_perplexity']:.2f} "
           f"(initial {math.exp(metrics['val_loss_initial']):.1f}), {metrics['tokens_per_second']:.0f} tokens/s")
     return metrics
+
+
+def _derived(cfg) -> dict:
+    """The preset's model shape (its optim section is recorded, as run, in "optim"), the prepared corpus's id and,
+    for planned pretraining, the recipe (what evaluate's variant_name reads)."""
+    shape = {k: v for k, v in dataclasses.asdict(PRESETS[cfg.preset]).items() if k != "optim"}
+    out = {"shape": shape, "prepared_id": read_manifest(cfg.prepared, "prepare").get("id")}
+    return out | ({"recipe": cfg.planned.recipe()} if cfg.planned.actions is not None else {})
+
+
+# Everything `planlm pretrain-lm` reads. Its fingerprint (the manifest's config) decides reuse: no hardware settings;
+# mtp, myopic and planned only when used (n > 1, true, planned.actions set), so that plain next-token configs (and
+# their reusable artifacts) keep the fingerprint they had before these options existed.
+PretrainLMConfig = config_of(pretrain_lm, exclude=("out", "force"), name="PretrainLMConfig", fingerprint=Fingerprint(
+    ignore=("trainer",),
+    absent_unless={"mtp": lambda c: c.mtp.n_heads > 1, "myopic": lambda c: c.myopic,
+                   "planned": lambda c: c.planned.actions is not None},
+    extra=_derived,
+))
 
 
 # ---- planned pretraining ------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from planlm.eval.intervals import BOOTSTRAP_RESAMPLES, paired_bootstrap
 from planlm.eval.record import COLUMNS as RECORD_COLUMNS
 from planlm.eval.record import MetricsRecord, json_problems
 from planlm.eval.record import is_number as _is_number
+from planlm.stage_config import config_of
 from planlm.variants import PAPER_PPL
 
 METRICS = "metrics.json"
@@ -440,6 +441,7 @@ def report(
         The output folder.
     """
     runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    config = ReportConfig.from_call(locals()).fingerprint()
     gathered = validate_report(runs, Path(out), force)
     rows = results_table(gathered.runs, baseline)
     header, body = table_cells(rows)
@@ -463,8 +465,12 @@ def report(
                      for r in gathered.runs],
             "figures": [p.name for _, p in figures],
         })
-        write_manifest(tmp, "report", {"runs": runs, "baseline": baseline, "title": title},
+        write_manifest(tmp, "report", config,
                        inputs={f"run{i}": r for i, r in enumerate(runs)},
                        counts={"runs": len(gathered.runs), "variants": len(rows), "figures": len(figures)})
     print(f"report: {len(rows)} variants from {len(gathered.runs)} runs -> {Path(out) / 'report.html'}")
     return Path(out)
+
+
+# What `planlm report` reads (the run folders as a list); recorded as the manifest's config.
+ReportConfig = config_of(report, exclude=("out", "force"))

@@ -37,6 +37,7 @@ from planlm.eval.nap import (
     offset_name,
 )
 from planlm.models.planner import PlannerConfig
+from planlm.stage_config import Fingerprint, config_of
 from planlm.train.planner_nap import ArticleBatches, NAPCollate, nap_module
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
@@ -46,27 +47,6 @@ STAGE = "train-planner"
 # ---- the stage ----------------------------------------------------------------------------------------------------
 Objective = Literal["nap", "ntp"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
-
-
-@dataclasses.dataclass
-class TrainPlannerConfig:
-    """Everything `planlm train-planner` reads (the fields of :func:`train_planner`, but ``out`` and ``force``)."""
-
-    prepared: str = "runs/prepared"
-    lm: str | None = None
-    planner: PlannerConfig = dataclasses.field(default_factory=PlannerConfig)
-    objective: Objective = "nap"
-    planned_lm: str | None = None
-    optim: OptimConfig = dataclasses.field(default_factory=lambda: OptimConfig(weight_decay=1e-4))
-    init_from_centroids: bool = True
-    seed: int = 0
-    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-
-    def fingerprint(self) -> dict:
-        """What decides whether an existing artifact is reusable: the config without the hardware settings, plus
-        the prepared corpus's id."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "trainer"}
-        return {**fields, "prepared_id": read_manifest(self.prepared, "prepare").get("id")}
 
 
 def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
@@ -148,9 +128,7 @@ def train_planner(
     Returns:
         ``{"planner": metrics, "unigram": metrics, "bigram": metrics}``, metrics = loss, top1, top5, perplexity.
     """
-    cfg = TrainPlannerConfig(prepared=str(prepared), lm=lm, planner=planner, objective=objective,
-                             planned_lm=planned_lm, optim=optim, init_from_centroids=init_from_centroids, seed=seed,
-                             trainer=trainer)
+    cfg = TrainPlannerConfig.from_call(locals())
     validate_train_planner(cfg, out)
     fingerprint = cfg.fingerprint()
     if up_to_date(out, STAGE, fingerprint, force):
@@ -159,6 +137,12 @@ def train_planner(
         return metrics
     train = _train_ntp if objective == "ntp" else _train_nap
     return train(cfg, Path(out), fingerprint)
+
+
+# Everything `planlm train-planner` reads. Its fingerprint, recorded as the manifest's config, decides reuse: the
+# config without the hardware settings, plus the prepared corpus's id.
+TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerprint=Fingerprint(
+    ignore=("trainer",), extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 
 @dataclasses.dataclass

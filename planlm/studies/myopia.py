@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -36,6 +36,7 @@ from planlm.artifacts import (
 )
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.probes import ProbeConfig
+from planlm.stage_config import Fingerprint, config_of
 from planlm.stages.pretrain_lm import pretrain_lm
 from planlm.train.lm_pretraining import (
     PRESET_OPTIM,
@@ -166,7 +167,7 @@ def myopia_dp(
         ``{"gap", "gap_ci", "runs": [...]}``.
     """
     validate_myopia_dp(dp, seeds)
-    config = {"task": "dp", "dp": asdict(dp), "seeds": list(seeds)}
+    config = MyopiaDpConfig.from_call(locals()).fingerprint()
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -194,6 +195,11 @@ def myopia_dp(
     print(f"myopia dp: vanilla {result['vanilla_loss']:.4f}, myopic {result['myopic_loss']:.4f}, "
           f"gap {result['gap']:.4f}{_ci_text(result['gap_ci'])} -> {out}")
     return result
+
+
+# What `planlm myopia dp` reads; its fingerprint (the manifest's config) decides reuse.
+MyopiaDpConfig = config_of(myopia_dp, exclude=("out", "force"), fingerprint=Fingerprint(
+    extra=lambda c: {"task": "dp"}))
 
 
 # ---------------------------------------------------------------------------------------------- natural text
@@ -398,9 +404,7 @@ def myopia_lm(
     """
     validate_myopia_lm(prepared, out, budget, seeds, probes, split, bootstrap)
     budget = replace(budget, optim=resolve_optim(budget.preset, budget.optim))  # the config records the real values
-    config = {"task": "lm", "prepared": str(prepared), "prepared_id": read_manifest(prepared, "prepare").get("id"),
-              "budget": asdict(budget), "seeds": list(seeds), "probes": asdict(probes), "split": split,
-              "bootstrap": bootstrap}
+    config = MyopiaLMConfig.from_call(locals()).fingerprint()
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -440,6 +444,12 @@ def myopia_lm(
     print(f"myopia lm: vanilla {mean_loss['vanilla']:.4f}, myopic {mean_loss['myopic']:.4f} nats/token, "
           f"gap {stats['gap']:.4f}{_ci_text(stats['gap_ci'])} -> {out}")
     return result
+
+
+# What `planlm myopia lm` reads (the budget's optim as resolved); its fingerprint (the manifest's config) decides
+# reuse: no hardware settings, plus the prepared corpus's id.
+MyopiaLMConfig = config_of(myopia_lm, exclude=("out", "force"), name="MyopiaLMConfig", fingerprint=Fingerprint(
+    ignore=("trainer",), extra=lambda c: {"task": "lm", "prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 
 # ----------------------------------------------------------------------------------- planned vs Fixed LMs
@@ -524,11 +534,7 @@ def myopia_planned(
         The content of myopia.json.
     """
     validate_myopia_planned(prepared, lm, planner, out, variant, seeds, optim, bootstrap)
-    config = {"task": "planned", "prepared_id": read_manifest(prepared, "prepare").get("id"), "lm": str(lm),
-              "planner_id": read_manifest(planner, "train-planner").get("id"), "variant": variant,
-              "seeds": list(seeds), "optim": asdict(optim), "context_length": context_length,
-              "eval_stride": eval_stride, "eval_max_articles": eval_max_articles, "train_lm": train_lm,
-              "bootstrap": bootstrap}
+    config = MyopiaPlannedConfig.from_call(locals()).fingerprint()
     if up_to_date(out, STAGE, config, force):
         return read_manifest(out, STAGE).get("metrics", {})
 
@@ -575,6 +581,14 @@ def myopia_planned(
           f"{result['gap_planned']['estimate']:.4f}, difference {result['gap_difference']['estimate']:.4f} "
           f"[{result['gap_difference']['low']:.4f}, {result['gap_difference']['high']:.4f}] nats/token -> {out}")
     return result
+
+
+# What `planlm myopia planned` reads; its fingerprint (the manifest's config) decides reuse: the prepared corpus and
+# the planner by their ids (not where they lie), no hardware settings.
+MyopiaPlannedConfig = config_of(myopia_planned, exclude=("out", "force"), fingerprint=Fingerprint(
+    ignore=("prepared", "planner", "trainer"),
+    extra=lambda c: {"task": "planned", "prepared_id": read_manifest(c.prepared, "prepare").get("id"),
+                     "planner_id": read_manifest(c.planner, "train-planner").get("id")}))
 
 
 def _planned_gaps(records: list[dict[str, dict]], n_boot: int) -> dict:
