@@ -356,6 +356,7 @@ CASES = {
     "plan ids out of range": lambda env, tmp: (_generate(env, tmp, "--plan", "1,99"), r"not action ids"),
     "plan not numbers": lambda env, tmp: (_generate(env, tmp, "--plan", "a,b"), r"plan"),
     "whitespace-only prompt": lambda env, tmp: (_generate(env, tmp, "--prompt", "   "), r"prompt"),
+    "generation window of 1": lambda env, tmp: (_generate(env, tmp, "--window", "1"), r"window must be"),
 }
 
 

@@ -18,6 +18,7 @@ from planlm.eval.generator import (
     Generation,
     PlannedGenerator,
     SamplingConfig,
+    resolve_window,
 )
 from planlm.eval.speculative import decode
 from planlm.models.selection import needs_planner
@@ -65,6 +66,7 @@ def generate(
     encoder: str | None = None,
     device: str | None = None,
     speculative: bool = False,
+    window: int | None = None,
 ) -> list[dict]:
     """Generate text with the planner in the loop; show each sentence's action and that action's nearest exemplar.
 
@@ -87,6 +89,9 @@ def generate(
         speculative: RUN is a `planlm pretrain-lm` LM with multi-token heads: self-speculative decoding (heads 2..n
             draft, head 1 verifies; same output as plain greedy decoding, head 1's distribution when sampling),
             reporting the tokens accepted per forward pass. An LM folder without it decodes plainly.
+        window: context window in positions (a chunked sliding window: past it, the context restarts at its last
+            window // 2 tokens, so texts longer than the LM's positions run). Default: the run's fine-tuning context
+            length (the adapters' training windows); 0: none (the whole text, within the LM's positions).
 
     Returns:
         The generations as JSON-ready dicts.
@@ -103,18 +108,22 @@ def generate(
     except PlanlmError as e:
         problems.append(str(e))
         forced = None
+    if window is not None and (window < 0 or window == 1):
+        problems.append(f"window must be 0 (none), >= 2, or unset (the run's training context; got {window})")
     if not is_lm_folder(run) and speculative:
         problems.append("--speculative true needs a `planlm pretrain-lm` LM folder with MTP heads (--mtp.n_heads)")
     raise_if_problems(problems, "generate")
     if is_lm_folder(run):  # an LM without planner (NTP or MTP): plain or self-speculative decoding
         return generate_lm(Path(run), prompt, sampling, num_samples, json, speculative, device)
-    model, tokenizer, corpus, _ = load_run(run, prepared, device)
+    model, tokenizer, corpus, manifest = load_run(run, prepared, device)
     enc = None
     if needs_planner(model.config.selection):
         from planlm.data.encoders import load_encoder
 
         enc = load_encoder(encoder or corpus.encoder, device=device)
-    gen = PlannedGenerator(model, tokenizer, corpus, enc)
+    trained = Path(run) / "finetune_config.json"
+    config = jsonlib.loads(trained.read_text()) if trained.exists() else manifest.get("config") or {}
+    gen = PlannedGenerator(model, tokenizer, corpus, enc, window=resolve_window(window, config))
     results = []
     for first in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - first)
