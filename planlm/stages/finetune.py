@@ -24,13 +24,14 @@ from planlm.train.start import (
     WindowConfig,
     initial_planned_lm,
 )
-from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems
+from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems, global_batch_problems, world_size
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
     from planlm.train.trainer import mtp_problems
 
     problems = list(cfg.recipe.problems()) + strategy_problems(cfg.trainer) + mtp_problems(cfg.mtp, cfg.trainer)
+    problems += global_batch_problems(cfg.optim.batch_size, cfg.optim.accumulate, world_size(cfg.trainer))
     if not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist; build it with `planlm prepare --out {cfg.prepared}`")
     if needs_planner(cfg.recipe.selection) and cfg.planner is None:

@@ -46,7 +46,7 @@ from planlm.train.lm_pretraining import (
     token_stream,
     train_tokenizer,
 )
-from planlm.train.trainer import OptimConfig, TrainerConfig, mtp_problems
+from planlm.train.trainer import OptimConfig, TrainerConfig, global_batch_problems, mtp_problems, world_size
 
 STAGE = "pretrain-lm"
 
@@ -57,6 +57,9 @@ def validate_pretrain_lm(prepared: str, out: str, preset: str, vocab_size: int, 
                          myopic: bool = False) -> None:
     """Raise one error listing every problem with the arguments of :func:`pretrain_lm`."""
     problems = mtp_problems(mtp, trainer) + planned.problems()
+    if preset in PRESETS:
+        run_optim = resolve_optim(preset, optim)
+        problems += global_batch_problems(run_optim.batch_size, run_optim.accumulate, world_size(trainer))
     if planned.actions is not None and (mtp.n_heads > 1 or myopic):
         problems.append("planned pretraining trains next-token prediction: drop --mtp.n_heads / --myopic")
     try:
@@ -163,21 +166,25 @@ def pretrain_lm(
 
         myopia = make_myopic(model)
     module = lm_module(model, optim, p.warmup_fraction, heads, mtp)
-    batch_size = optim.batch_size // optim.accumulate  # blocks per micro-batch
     to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
     gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_blocks, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=to_tensor)
-    # Ready-made val batches: full blocks a micro-batch at a time, the shorter tail block as its own batch.
-    full = [b for b in val_blocks if len(b) == block_size]
-    val_batches = [to_tensor(full[i:i + batch_size]) for i in range(0, len(full), batch_size)]
-    val_batches += [to_tensor([b]) for b in val_blocks if len(b) != block_size]
-    val_loader = DataLoader(val_batches, batch_size=None)
 
     out = Path(out)
     with atomic_dir(out, force=True) as tmp:
         trainer = build_trainer(trainer, tmp, max_epochs=optim.epochs, max_steps=optim.max_steps,
                                 accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
                                 num_sanity_val_steps=0, enable_checkpointing=False)
+        # Blocks per micro-batch per process: the global batch of an optimizer step is exactly optim.batch_size
+        # (Lightning's distributed sampler gives each process its own share of the blocks).
+        raise_if_problems(global_batch_problems(optim.batch_size, optim.accumulate, trainer.world_size), STAGE)
+        batch_size = optim.batch_size // (optim.accumulate * trainer.world_size)
+        train_loader = DataLoader(train_blocks, batch_size=batch_size, shuffle=True, generator=gen,
+                                  collate_fn=to_tensor)
+        # Ready-made val batches: full blocks a micro-batch at a time, the shorter tail block as its own batch.
+        full = [b for b in val_blocks if len(b) == block_size]
+        val_batches = [to_tensor(full[i:i + batch_size]) for i in range(0, len(full), batch_size)]
+        val_batches += [to_tensor([b]) for b in val_blocks if len(b) != block_size]
+        val_loader = DataLoader(val_batches, batch_size=None)
         initial = trainer.validate(module, val_loader, verbose=False)[0]["val/loss"]
         val_loss = fit(trainer, module, train_loader, val_loader)["val/loss"]
         metrics = {

@@ -61,8 +61,13 @@ class LoopData:
     num_workers: int = 0
 
     def micro_batch_size(self, world_size: int) -> int:
-        """Windows per device per forward pass: the global batch split over devices and accumulation steps."""
-        return max(1, self.batch_size // (world_size * self.accumulate))
+        """Windows per device per forward pass: the global batch split over devices and accumulation steps, exactly
+        (an uneven split is refused, so every optimizer step takes ``batch_size`` windows on any device count)."""
+        from planlm.errors import raise_if_problems
+        from planlm.train.trainer import global_batch_problems
+
+        raise_if_problems(global_batch_problems(self.batch_size, self.accumulate, world_size), "training")
+        return self.batch_size // (world_size * self.accumulate)
 
 
 class PlannedLMModule(L.LightningModule):

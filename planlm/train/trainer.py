@@ -270,6 +270,30 @@ def quiet_lightning() -> None:
 DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
+def world_size(cfg: TrainerConfig) -> int | None:
+    """Processes a trainer config asks for (devices x nodes), or None while "auto" leaves it to Lightning."""
+    try:
+        return int(cfg.devices) * int(cfg.num_nodes)
+    except (TypeError, ValueError):
+        return None
+
+
+def global_batch_problems(batch_size: int, accumulate: int, world: int | None, what: str = "optim.batch_size"
+                          ) -> list[str]:
+    """The global batch of an optimizer step must be exactly ``batch_size`` windows: split evenly over ``world``
+    processes and ``accumulate`` micro-batches (a remainder would shrink every step's batch, leave part of each
+    epoch unseen and shift every schedule counted in optimizer steps). One line saying which counts work."""
+    if world is None or batch_size < 1 or accumulate < 1:
+        return []
+    parts = world * accumulate
+    if batch_size % parts == 0:
+        return []
+    ok = [d for d in range(1, batch_size + 1) if batch_size % (d * accumulate) == 0]
+    return [f"{what} {batch_size} does not split evenly over {world} process(es) x {accumulate} accumulation "
+            f"step(s); with accumulate {accumulate}, devices x nodes may be {', '.join(map(str, ok)) or 'none'} "
+            f"(or make the batch a multiple of {parts})"]
+
+
 def strategy_problems(cfg: TrainerConfig) -> list[str]:
     """Strategies Lightning refuses on the chosen accelerator, as one-line problems (checked before any work)."""
     if str(cfg.strategy).startswith("fsdp") and cfg.accelerator == "cpu":
