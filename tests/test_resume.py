@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from finetune_env import cli_args, make_env
 from planlm.cli import main
+from planlm.errors import PlanlmError
 
 # Soft selection with the planner unfreezing a third into training and mixed oracle/predicted actions: the resumed
 # run must restore data order, optimizer, RNG (LM dropout), the mixing masks and the unfreeze state.
@@ -54,8 +55,13 @@ def test_sigkill_then_resume_matches_uninterrupted(env, full, kill_at):
     proc.wait()
     assert ckpt.exists(), "the run ended before its first checkpoint: nothing to resume from"
     assert not killed.exists(), "a killed run must not leave a half-written artifact"
-    step_at_kill = torch.load(ckpt, weights_only=False)["global_step"]
+    saved = torch.load(ckpt, weights_only=False)
+    step_at_kill = saved["global_step"]
     assert 0 < step_at_kill < full_steps
+    # the trainable state only: the frozen base LM is rebuilt from --lm and recorded by its content hash
+    assert not any(k.startswith("model.lm.") for k in saved["state_dict"])
+    assert any(k.startswith("model.adapters.") for k in saved["state_dict"])
+    assert len(saved["planlm"]["frozen_lm"]) == 16
 
     assert main(cli_args(env, killed, *recipe, "--resume", "true")) == 0
     full_m = full
@@ -76,3 +82,39 @@ def test_sigkill_then_resume_matches_uninterrupted(env, full, kill_at):
 def test_resume_without_checkpoint_is_a_clear_error(env, capsys):
     assert main(cli_args(env, env["root"] / "never-ran", "--resume", "true")) == 2
     assert "--resume true but" in capsys.readouterr().err
+
+
+def _module(env, train_lm: bool = False):
+    from planlm.data.prepared import PreparedCorpus
+    from planlm.stages.finetune import FinetuneConfig
+    from planlm.train.loop import PlannedLMModule
+    from planlm.train.recipe import RecipeConfig
+    from planlm.train.start import initial_planned_lm
+    from planlm.train.trainer import OptimConfig
+
+    recipe = RecipeConfig(selection="soft", planner_unfreeze="0.5", train_lm=train_lm)
+    cfg = FinetuneConfig(prepared=env["prepared"], lm=env["lm"], planner=env["planner"], recipe=recipe)
+    model, _ = initial_planned_lm(cfg, PreparedCorpus.load(env["prepared"]))
+    return PlannedLMModule(model, recipe, OptimConfig(), total_steps=10)
+
+
+def test_a_checkpoint_holds_the_lm_only_when_it_trains_and_refuses_another_lm(env):
+    module = _module(env)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("model.lm.") for k in checkpoint["state_dict"])
+    # resuming puts the same frozen LM back, so Lightning's strict load sees every key
+    module.on_load_checkpoint(checkpoint)
+    assert checkpoint["state_dict"].keys() == module.state_dict().keys()
+    # another LM at the same path: refused in one line, before any weight is loaded
+    changed = {k: v for k, v in checkpoint.items()}
+    changed["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("model.lm.")}
+    other = _module(env)
+    with torch.no_grad():
+        next(other.model.lm.parameters()).add_(1.0)
+    with pytest.raises(PlanlmError, match="content hash"):
+        other.on_load_checkpoint(changed)
+    trained = _module(env, train_lm=True)
+    checkpoint = {"state_dict": trained.state_dict()}
+    trained.on_save_checkpoint(checkpoint)
+    assert any(k.startswith("model.lm.") for k in checkpoint["state_dict"]) and checkpoint["planlm"]["frozen_lm"] is None

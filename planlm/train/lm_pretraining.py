@@ -297,9 +297,10 @@ def fold_constant_actions(model):
     with torch.no_grad():
         for layer in model.adapters.layers:
             r = model.adapters.adapters[str(layer)](weights.to(model.lm.device))[0]  # (H,)
-            proj = lm.get_submodule(model.adapters.path.format(i=layer))
+            path = model.adapters.arch.projection_path(layer)
+            proj = lm.get_submodule(path)
             if getattr(proj, "bias", None) is None:
-                raise PlanlmError(f"{model.adapters.path.format(i=layer)} has no bias to fold the action into")
+                raise PlanlmError(f"{path} has no bias to fold the action into")
             # GPT-2's Conv1D computes x @ weight (H, H_out); nn.Linear computes x @ weight.T
             w = proj.weight if not isinstance(proj, torch.nn.Linear) else proj.weight.T
             proj.bias += r.to(w.dtype) @ w

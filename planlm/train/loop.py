@@ -25,6 +25,7 @@ Logged names (slash style, grouped by TensorBoard): ``train/loss`` (the objectiv
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -259,15 +260,45 @@ class PlannedLMModule(L.LightningModule):
         return torch.optim.Adam([g for g in groups if g["params"]], lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---- exact resume ------------------------------------------------------------------------------------------
+    FROZEN_LM = "model.lm."  # state-dict prefix of the base LM
+
+    def frozen_lm_hash(self) -> str:
+        """Content hash of the frozen base LM's state (computed once): what a checkpoint records instead of it."""
+        if getattr(self, "_frozen_lm_hash", None) is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self.model.lm.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._frozen_lm_hash = h.hexdigest()[:16]
+        return self._frozen_lm_hash
+
     def on_save_checkpoint(self, checkpoint):
+        # A checkpoint holds the trainable state only (adapters, planner, heads, optimizer, RNG, data position): the
+        # frozen base LM is rebuilt from the run's --lm, and recorded by its content hash (DESIGN.md: hundreds of
+        # checkpoints an epoch must not each copy a 0.5-5 GB LM).
+        frozen = not self.recipe.train_lm
+        if frozen:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if not k.startswith(self.FROZEN_LM)}
         checkpoint["planlm"] = {
             "batches_this_epoch": self.batches_this_epoch,
             "planner_trainable": self.planner_trainable,
             "rng": rng_states(),
+            "frozen_lm": self.frozen_lm_hash() if frozen else None,
+            "base_lm": getattr(self.model.config, "base_lm", None),
         }
 
     def on_load_checkpoint(self, checkpoint):
         state = checkpoint["planlm"]
+        if state.get("frozen_lm") is not None:
+            # Lightning loads the state dict strictly right after this hook: put the frozen LM back, once it is
+            # known to be the LM the checkpoint was trained on.
+            if state["frozen_lm"] != self.frozen_lm_hash():
+                raise PlanlmError(f"the checkpoint was trained on the base LM {state.get('base_lm')} with content hash "
+                                  f"{state['frozen_lm']}, and this --lm has {self.frozen_lm_hash()}; resume with the "
+                                  "same LM, or run without --resume to start afresh")
+            sd = checkpoint["state_dict"]
+            sd.update({k: v for k, v in self.state_dict().items() if k.startswith(self.FROZEN_LM)})
         self._resume_skip = state["batches_this_epoch"]
         self.planner_trainable = bool(state["planner_trainable"])
         set_rng_states(state["rng"])
