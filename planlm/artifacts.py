@@ -221,6 +221,10 @@ def write_manifest(
 def describe_input(ref: str | Path, directory: str | Path | None = None) -> dict:
     """How a manifest records an input: its path as given, absolute, and relative to the artifact being written
     (``directory``, a sibling of the final folder), so that a folder of runs moved elsewhere still resolves."""
+    from planlm.gguf import describe_lm, is_gguf
+
+    if is_gguf(ref):  # an embedded LM or a .gguf file: also its sha256 and the cached folder it resolved to
+        return describe_lm(str(ref), directory)
     p = Path(ref)
     where = {"path": str(p), "abspath": str(p.resolve())}
     if directory is not None:

@@ -170,7 +170,9 @@ def load_planned_lm(directory: str | Path, lm=None, config_changes: dict | None 
     if lm is None:
         from transformers import AutoModelForCausalLM
 
-        source = directory / LM_SUBDIR if meta["lm"]["saved_in_folder"] else meta["lm"]["source"]
+        from planlm.gguf import resolve_lm
+
+        source = directory / LM_SUBDIR if meta["lm"]["saved_in_folder"] else resolve_lm(meta["lm"]["source"])
         try:
             lm = AutoModelForCausalLM.from_pretrained(str(source), **lm_kwargs)
         except OSError as e:
@@ -208,11 +210,14 @@ def check_local(lm: str, what: str) -> None:
 
 
 def load_tokenizer(lm: str):
-    """The LM's tokenizer, from a Hub name (``gpt2``) or a local folder (e.g. a `planlm pretrain-lm` output)."""
+    """The LM's tokenizer, from a Hub name (``gpt2``), a local folder (e.g. a `planlm pretrain-lm` output) or a GGUF
+    checkpoint (``FILE.gguf``, ``OWNER/REPO/FILE.gguf``, ``smollm2-135m``: see planlm/gguf.py)."""
     from transformers import AutoTokenizer
 
     from planlm.errors import PlanlmError
+    from planlm.gguf import resolve_lm
 
+    lm = resolve_lm(lm)  # a GGUF checkpoint -> its cached plain folder
     check_local(lm, "tokenizer")
     try:
         return AutoTokenizer.from_pretrained(lm)
@@ -222,13 +227,16 @@ def load_tokenizer(lm: str):
 
 
 def load_lm(lm: str):
-    """A Hugging Face causal LM and its tokenizer (pad = eos when it has none), by Hub name or local folder."""
+    """A Hugging Face causal LM and its tokenizer (pad = eos when it has none), by Hub name, local folder or GGUF
+    checkpoint (dequantized once into a cached folder: planlm/gguf.py)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from planlm.errors import PlanlmError
+    from planlm.gguf import resolve_lm
 
     hf_logging.disable_progress_bar()
+    lm = resolve_lm(lm)
     tokenizer = load_tokenizer(lm)  # checks a local folder first
     try:
         model = AutoModelForCausalLM.from_pretrained(lm)

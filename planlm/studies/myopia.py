@@ -461,6 +461,7 @@ MODELS = ("fixed-vanilla", "fixed-myopic", "planned-vanilla", "planned-myopic")
 def validate_myopia_planned(prepared: str, lm: str, planner: str, out: str, variant: str, seeds: list[int],
                             optim: OptimConfig, bootstrap: int) -> None:
     """Raise one error listing every problem with the arguments of :func:`myopia_planned`."""
+    from planlm.gguf import is_gguf
     from planlm.models.selection import needs_planner
     from planlm.variants import VARIANTS
 
@@ -471,7 +472,7 @@ def validate_myopia_planned(prepared: str, lm: str, planner: str, out: str, vari
             read_manifest(path, stage)
         except PlanlmError as e:
             problems.append(f"--{role}: {e} (build it with `{fix} --out {path}`)")
-    if not Path(lm).is_dir() and (Path(lm).is_absolute() or lm.startswith((".", "~")) or lm.count("/") > 1):
+    if not Path(lm).is_dir() and not is_gguf(lm) and (Path(lm).is_absolute() or lm.startswith((".", "~")) or lm.count("/") > 1):
         problems.append(f"--lm {lm} is not a folder; pass a `planlm pretrain-lm` output, a local HF model folder or "
                         "a Hub name")
     if variant not in VARIANTS:
