@@ -174,7 +174,7 @@ def load_planned_lm(directory: str | Path, lm=None, config_changes: dict | None 
 
         source = directory / LM_SUBDIR if meta["lm"]["saved_in_folder"] else resolve_lm(meta["lm"]["source"])
         try:
-            lm = AutoModelForCausalLM.from_pretrained(str(source), **lm_kwargs)
+            lm = AutoModelForCausalLM.from_pretrained(str(source), **{"dtype": lm_dtype(), **lm_kwargs})
         except OSError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PlanlmError(
@@ -226,9 +226,21 @@ def load_tokenizer(lm: str):
                           "holding tokenizer files (e.g. the output of `planlm pretrain-lm`)") from None
 
 
-def load_lm(lm: str):
+def lm_dtype(precision: str | None = None):
+    """The dtype an LM's weights load in: fp32 master weights unless the trainer's ``precision`` asks for half
+    weights ("bf16-true", "16-true"; "64-true": fp64). transformers 5 would otherwise keep a checkpoint's stored
+    dtype (``dtype="auto"``), so a bf16 Llama / OLMo or fp16 Pythia checkpoint would train as a half-precision model
+    under the default "32-true", with no loss scaling."""
+    import torch
+
+    return {"bf16-true": torch.bfloat16, "16-true": torch.float16, "64-true": torch.float64,
+            "64": torch.float64}.get(str(precision), torch.float32)
+
+
+def load_lm(lm: str, precision: str | None = None):
     """A Hugging Face causal LM and its tokenizer (pad = eos when it has none), by Hub name, local folder or GGUF
-    checkpoint (dequantized once into a cached folder: planlm/gguf.py)."""
+    checkpoint (dequantized once into a cached folder: planlm/gguf.py); weights in :func:`lm_dtype` of the
+    trainer's ``precision`` (fp32 by default, whatever dtype the checkpoint was stored in)."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -239,7 +251,7 @@ def load_lm(lm: str):
     lm = resolve_lm(lm)
     tokenizer = load_tokenizer(lm)  # checks a local folder first
     try:
-        model = AutoModelForCausalLM.from_pretrained(lm)
+        model = AutoModelForCausalLM.from_pretrained(lm, dtype=lm_dtype(precision))
     except OSError as e:
         raise PlanlmError(
             f"cannot load the LM {lm!r} ({str(e).splitlines()[0][:160]}); offline, pass a local folder "

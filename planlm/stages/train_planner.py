@@ -266,7 +266,7 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         from planlm.stages.finetune import FinetuneConfig
         from planlm.train.start import initial_planned_lm
 
-        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed, recipe=recipe)
+        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed, recipe=recipe, trainer=cfg.trainer)
         model, _ = initial_planned_lm(start, run.corpus, fresh_planner=run.planner.config)
         run.planner = model.planner
     model.requires_grad_(False)  # LM and adapters stay frozen; PlannedLMModule re-enables the planner only

@@ -78,7 +78,7 @@ def initial_planned_lm(cfg, corpus, fresh_planner=None):
     from planlm.persist import load_lm, load_planner
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lm_model, tokenizer = load_lm(cfg.lm)
+    lm_model, tokenizer = load_lm(cfg.lm, precision=cfg.trainer.precision)
     planner = None
     if fresh_planner is not None:
         planner = Planner(fresh_planner, torch.from_numpy(corpus.centroids))
