@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import inspect
 import json
 import os
+import re
 import shutil
 import time
 from importlib import metadata
@@ -23,6 +25,8 @@ from planlm.errors import PlanlmError
 
 MANIFEST = "manifest.json"
 UNHASHED = ("logs", "checkpoints")  # training logs and Lightning checkpoints inside an artifact: not its content
+CONTENT_HASHED_INPUTS = ("lm",)  # inputs recorded with their folder's content hash: later stages load a base LM from
+# where it is (planlm.persist.load_planned_lm), so a changed, rebuilt or copied one is told apart by content
 _VERSIONED = ("planlm", "torch", "transformers", "sentence-transformers", "lightning", "faiss-cpu", "numpy", "spacy")
 
 
@@ -80,12 +84,16 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; rename it to ``final`` only if the block finishes without error.
 
-    An existing ``final`` is replaced only when ``force`` is set (the caller decides about reuse before this).
+    An existing ``final`` is replaced only when ``force`` is set (the caller decides about reuse before this), and
+    never when it holds files planlm did not write. A full disk or a read-only filesystem while writing ends in one
+    line, the temporary folder removed.
     """
     final = Path(final)
-    if final.exists() and not force:
+    if final.exists() and not force and not _empty_dir(final):
         raise PlanlmError(f"{final} already exists; pass --force to rebuild it or choose another --out")
     refuse_foreign_out(final)
+    refuse_unlisted_files(final)
+    check_writable(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temps(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{int(time.time())}")
@@ -94,9 +102,13 @@ def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        why = _write_failure(e, tmp)
+        if why is None:
+            raise
+        raise PlanlmError(f"could not write {final} ({why}); the partial output was removed and nothing was "
+                          "written: free disk space or choose --out on a writable disk") from None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
@@ -104,6 +116,57 @@ def atomic_dir(final: str | Path, force: bool = False) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+_DISK_MESSAGES = ("No space left on device", "Read-only file system", "Disk quota exceeded")
+
+
+def _write_failure(e: BaseException, tmp: Path) -> str | None:
+    """Why writing into ``tmp`` failed, when ``e`` is the disk's fault (full, read-only, no permission there);
+    None for any other error (a bug or bad input, which keeps its own message)."""
+    if isinstance(e, OSError) and e.errno is not None:
+        inside = e.filename is not None and str(Path(e.filename).absolute()).startswith(str(tmp.absolute()))
+        if e.errno in _DISK_ERRNOS or (inside and e.errno in (errno.EACCES, errno.EPERM)):
+            return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    if isinstance(e, Exception):  # libraries that wrap the OS error (torch.save, safetensors, pyarrow)
+        return next((m for m in _DISK_MESSAGES if m in str(e)), None)
+    return None
+
+
+def check_writable(out: str | Path) -> None:
+    """Refuse an --out that cannot be written (a read-only filesystem, a full disk, no permission) before any work:
+    a small probe file is created and removed in the nearest existing folder above ``out`` (where the artifact's
+    temporary sibling goes). The probe is named like a temporary sibling, so a killed run's is cleaned up too."""
+    out = Path(out).absolute()
+    where = next((p for p in out.parents if p.exists()), None)
+    if where is None:
+        return
+    if not where.is_dir():
+        raise PlanlmError(f"--out {out} is inside {where}, which is a file; choose another --out")
+    try:
+        _probe_write(where, f".{out.name}.tmp-{os.getpid()}-probe-")
+    except OSError as e:
+        reason = {errno.EROFS: "on a read-only file system", errno.ENOSPC: "on a full disk (no space left)",
+                  errno.EDQUOT: "over its disk quota", errno.EACCES: "not writable (permission denied)",
+                  errno.EPERM: "not writable (operation not permitted)"}.get(e.errno, f"not writable ({e.strerror})")
+        raise PlanlmError(f"--out {out} cannot be written: {where} is {reason}; choose --out on a writable disk with "
+                          "free space") from None
+
+
+def _probe_write(folder: Path, prefix: str, size: int = 4096) -> None:
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=prefix, dir=folder)
+    try:
+        os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+        os.unlink(name)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -143,6 +206,66 @@ def refuse_foreign_out(out: str | Path, stage: str | None = None) -> None:
         if got != stage:
             raise PlanlmError(f"--out {out} holds a `{got}` artifact; refusing to replace it with a `{stage}` artifact, "
                               "even with --force: choose another --out")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(tmp|old)-\d+")  # planlm's temporary siblings and files (write_json_atomic)
+# planlm.data.alignment.TokenCache: a prepared corpus's tokens per tokenizer, raw .bin arrays written beside it later
+_TOKEN_CACHE = re.compile(r"^tokens-[0-9a-f]{16}(\.tmp-\d+)?$")
+
+
+def unlisted_files(directory: str | Path, manifest: dict) -> list[str]:
+    """Files inside an artifact that its manifest does not list: put there by someone else, so never deleted by a
+    rebuild. A planlm artifact nested in it (``RUN/evaluate``) is checked against its own manifest; logs,
+    checkpoints and planlm's temporary files are planlm's. An artifact of an older planlm (no hashes recorded)
+    lists nothing to check: empty."""
+    directory = Path(directory)
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return []
+    out = []
+
+    def walk(folder: Path, prefix: str, listed: dict) -> None:
+        for p in sorted(folder.iterdir()):
+            rel = prefix + p.name
+            if p.name == MANIFEST and not prefix or _TEMP_NAME.match(p.name) or (not prefix and p.name in UNHASHED):
+                continue
+            if not prefix and _TOKEN_CACHE.match(p.name) and p.is_dir():
+                out.extend(f"{rel}/{f.relative_to(p)}" for f in sorted(p.rglob("*"))
+                           if not f.is_dir() and not (f.parent == p and f.suffix == ".bin"))
+                continue
+            if p.is_dir() and not p.is_symlink():
+                nested = _nested_manifest(p)
+                if nested is not None:
+                    out.extend(f"{rel}/{x}" for x in unlisted_files(p, nested))
+                else:
+                    walk(p, rel + "/", listed)
+            elif rel not in listed:
+                out.append(rel)
+
+    walk(directory, "", files)
+    return out
+
+
+def _nested_manifest(folder: Path) -> dict | None:
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        return read_manifest(folder)
+    except PlanlmError:
+        return None
+
+
+def refuse_unlisted_files(out: str | Path) -> None:
+    """Refuse to replace the artifact ``out`` while it holds files its manifest does not list (naming them)."""
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        return
+    extra = unlisted_files(out, read_manifest(out))
+    if extra:
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise PlanlmError(f"--out {out} holds files that its {MANIFEST} does not list ({', '.join(extra[:5])}{more}); "
+                          "planlm did not write them and will not delete them: move them out of it, or choose "
+                          "another --out")
 
 
 def content_hashes(directory: str | Path) -> dict[str, str]:
@@ -198,7 +321,7 @@ def write_manifest(
     """
     recorded = {}
     for role, ref in (inputs or {}).items():
-        recorded[role] = describe_input(ref, directory)
+        recorded[role] = describe_input(ref, directory, content=role in CONTENT_HASHED_INPUTS)
     manifest = {
         "stage": stage,
         "id": None,
@@ -218,9 +341,13 @@ def write_manifest(
     return manifest
 
 
-def describe_input(ref: str | Path, directory: str | Path | None = None) -> dict:
+def describe_input(ref: str | Path, directory: str | Path | None = None, content: bool = False) -> dict:
     """How a manifest records an input: its path as given, absolute, and relative to the artifact being written
-    (``directory``, a sibling of the final folder), so that a folder of runs moved elsewhere still resolves."""
+    (``directory``, a sibling of the final folder), so that a folder of runs moved elsewhere still resolves.
+
+    With ``content``, a folder also gets its :func:`folder_content_hash` and a Hub name the revision (commit) the
+    local Hugging Face cache resolves it to, when it is cached.
+    """
     from planlm.gguf import describe_lm, is_gguf
 
     if is_gguf(ref):  # an embedded LM or a .gguf file: also its sha256 and the cached folder it resolved to
@@ -229,14 +356,65 @@ def describe_input(ref: str | Path, directory: str | Path | None = None) -> dict
     where = {"path": str(p), "abspath": str(p.resolve())}
     if directory is not None:
         where["relpath"] = os.path.relpath(p.resolve(), Path(directory).resolve().parent / "_")
-    if p.is_dir() and (p / MANIFEST).exists():
-        m = read_manifest(p)
-        return {**where, "stage": m.get("stage"), "id": m.get("id")}
-    if p.is_dir():  # a folder planlm did not write (e.g. a model saved by transformers): where it is
-        return where
+    if p.is_dir():
+        if content:
+            where["content_hash"] = folder_content_hash(p)
+        if (p / MANIFEST).exists():  # a planlm artifact: its id too
+            m = read_manifest(p)
+            return {**where, "stage": m.get("stage"), "id": m.get("id")}
+        return where  # a folder planlm did not write (e.g. a model saved by transformers): where it is
     if p.is_file():
         return {**where, "sha256": file_hash(p)}
-    return {"name": str(ref)}
+    revision = hub_revision(str(ref)) if content else None
+    return {"name": str(ref), **({"revision": revision} if revision else {})}
+
+
+def hub_revision(name: str) -> str | None:
+    """The commit the local Hugging Face cache resolves the Hub model ``name`` to (None when not cached)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id, no huggingface_hub: nothing known
+        return None
+    if not isinstance(hit, str) or "snapshots" not in Path(hit).parts:
+        return None
+    return Path(hit).parent.name
+
+
+# Files that make a model what it is (weights, configs, tokenizer files); the rest of a folder (READMEs, logs) is not.
+_MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken", ".py")
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def folder_content_hash(directory: str | Path) -> str:
+    """One hash of a model folder's weight, config and tokenizer files (names and contents; manifest, logs,
+    checkpoints and hidden files aside), so that a byte-identical copy elsewhere has the same hash and a changed or
+    rebuilt model another. Files are hashed once per process and file state."""
+    directory = Path(directory)
+    items = []
+    for p in sorted(directory.rglob("*")):
+        rel = p.relative_to(directory)
+        if (not p.is_file() or rel.as_posix() == MANIFEST or rel.parts[0] in UNHASHED
+                or any(part.startswith(".") for part in rel.parts) or not p.name.endswith(_MODEL_SUFFIXES)):
+            continue
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            _FILE_HASHES[key] = file_hash(p)
+        items.append(f"{rel.as_posix()}={_FILE_HASHES[key]}")
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def input_candidates(directory: str | Path, rec: dict) -> list[Path]:
+    """Where a recorded input may be now, in the order tried: relative to the artifact (a moved folder of runs),
+    then absolute, then as given."""
+    directory = Path(directory)
+    tried = []
+    if "relpath" in rec:  # relative to the artifact's own folder (recorded from a sibling of it, hence "_")
+        tried.append(Path(os.path.normpath(directory.resolve().parent / "_" / rec["relpath"])))
+    tried += [Path(rec[k]) for k in ("abspath", "path") if k in rec]
+    return list(dict.fromkeys(tried))
 
 
 def resolve_input(directory: str | Path, manifest: dict, role: str, option: str) -> Path:
@@ -246,15 +424,12 @@ def resolve_input(directory: str | Path, manifest: dict, role: str, option: str)
     rec = (manifest.get("inputs") or {}).get(role) or {}
     if "path" not in rec:
         raise PlanlmError(f"{directory}/{MANIFEST} records no {role} input; pass {option} DIR")
-    tried = []
-    if "relpath" in rec:  # relative to the artifact's own folder (recorded from a sibling of it, hence "_")
-        tried.append(Path(os.path.normpath(directory.resolve().parent / "_" / rec["relpath"])))
-    tried += [Path(rec[k]) for k in ("abspath", "path") if k in rec]
+    tried = input_candidates(directory, rec)
     for cand in tried:
         if (cand / MANIFEST).exists():
             return cand
     raise PlanlmError(f"{directory} was built from the {role} {rec['path']} (id {rec.get('id')}), which is no longer "
-                      f"there (tried {', '.join(dict.fromkeys(map(str, tried)))}); pass {option} DIR")
+                      f"there (tried {', '.join(map(str, tried))}); pass {option} DIR")
 
 
 def check_input_id(artifact: str | Path, manifest: dict, role: str, given: str | Path, given_id: str, fix: str) -> None:
@@ -314,9 +489,11 @@ def up_to_date(out: str | Path, stage: str, config: Any, force: bool) -> bool:
     if reusable(out, stage, config, force):
         print(f"planlm {stage}: {out} is up to date (same config and inputs); --force true rebuilds it")
         return True
-    if out.exists() and not force:
+    if out.exists() and not force and not _empty_dir(out):  # an empty folder holds nothing to lose
         raise PlanlmError(f"{out} already exists and holds something else; pass --force true to replace it or "
                           "choose another --out")
+    refuse_unlisted_files(out)
+    check_writable(out)
     return False
 
 

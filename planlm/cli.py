@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 import os
+import re
 import sys
+import types
 import typing
 
 import yaml
@@ -126,6 +129,75 @@ def choice_problems(fn, args: list[str]) -> list[str]:
     return problems
 
 
+def _floats(hint) -> tuple[bool, bool]:
+    """(whether a type holds floats, whether it is a list of them): ``float``, ``float | None``, ``list[float]``."""
+    if hint is float:
+        return True, False
+    if typing.get_origin(hint) is list and typing.get_args(hint):
+        return _floats(typing.get_args(hint)[0])[0], True
+    args = typing.get_args(hint)
+    return (float in args, False) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (False, False)
+
+
+def _non_finite(value) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+def finite_problems(fn, args: list[str]) -> list[str]:
+    """Every float option of ``args`` given NaN or an infinity (``nan``, ``.nan``, ``inf``, ``-inf``, ``1e999``),
+    as one-line messages: refused in the stage's own line (jsonargparse would reject ``nan`` as "not a float" and
+    take ``-inf`` for an option), never trained with."""
+    problems = []
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                continue
+            value = args[i + 1]
+        holds, is_list = _floats(_hint(fn, key))
+        if not holds:
+            continue
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            continue
+        values = parsed if is_list and isinstance(parsed, list) else [parsed]
+        for v in values:
+            if isinstance(v, str):
+                try:
+                    v = float(v)
+                except ValueError:
+                    continue
+            if _non_finite(v):
+                problems.append(f"{key} must be a finite number (got {value})")
+                break
+    return problems
+
+
+_NUMBER_LIST = re.compile(r"^\s*[-+]?[\d.]+([eE][-+]?\d+)?(\s*,\s*[-+]?[\d.]+([eE][-+]?\d+)?)+\s*$")
+
+
+def with_number_lists(fn, args: list[str]) -> list[str]:
+    """``args`` with a comma-separated value of a list-of-numbers option in list form (``--seeds 1,1`` ->
+    ``--seeds [1,1]``), so that every such option reads ``0,1,2`` like `planlm run --seeds` and the stage's own
+    check judges the values."""
+    out = list(args)
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        hint = _hint(fn, key)
+        if typing.get_origin(hint) is not list or not set(typing.get_args(hint)) <= {int, float}:
+            continue
+        if eq and _NUMBER_LIST.match(value):
+            out[i] = f"--{key}=[{value}]"
+        elif not eq and i + 1 < len(args) and _NUMBER_LIST.match(args[i + 1]):
+            out[i + 1] = f"[{args[i + 1]}]"
+    return out
+
+
 def _stage(argv: list[str]):
     """(command words, stage function) named by ``argv``, or (words, None)."""
     node, words = COMMANDS, []
@@ -149,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         words, fn = _stage(args)
         if fn is not None:
-            raise_if_problems(choice_problems(fn, args[len(words):]), " ".join(words))
+            rest = args[len(words):]
+            raise_if_problems(choice_problems(fn, rest) + finite_problems(fn, rest), " ".join(words))
+            args = [*words, *with_number_lists(fn, rest)]
         CLI(
             COMMANDS,
             args=with_preset_sections(args),

@@ -172,7 +172,14 @@ def load_planned_lm(directory: str | Path, lm=None, config_changes: dict | None 
 
         from planlm.gguf import resolve_lm
 
-        source = directory / LM_SUBDIR if meta["lm"]["saved_in_folder"] else resolve_lm(meta["lm"]["source"])
+        revision = None
+        if meta["lm"]["saved_in_folder"]:
+            source = directory / LM_SUBDIR
+        else:
+            source, revision = resolve_base_lm(directory, meta["lm"]["source"])
+            source = resolve_lm(source)  # a GGUF checkpoint: its dequantized folder
+        if revision:  # the Hub snapshot the run was trained on, not whatever the name points to today
+            lm_kwargs = {"revision": revision, **lm_kwargs}
         try:
             lm = AutoModelForCausalLM.from_pretrained(str(source), **{"dtype": lm_dtype(), **lm_kwargs})
         except OSError as e:
@@ -194,6 +201,55 @@ def load_planned_lm(directory: str | Path, lm=None, config_changes: dict | None 
             f"unexpected {sorted(unexpected)[:3]})"
         )
     return model.eval()  # like Hugging Face's from_pretrained; call .train() to fine-tune further
+
+
+def resolve_base_lm(directory: Path, source: str) -> tuple[str, str | None]:
+    """``(where, Hub revision or None)`` of the base LM a planned LM in ``directory`` was trained on, which its
+    folder does not hold (a frozen LM): found like a run's prepared corpus (relative to the run, then as recorded)
+    and checked against the content hash its manifest recorded, so a byte-identical copy next to a moved run is
+    used and a changed or rebuilt LM is refused in one line. ``source`` (the recorded path or name) is used as it is
+    for a folder without a manifest and for runs written before the LM's hash was recorded."""
+    from planlm.artifacts import (
+        MANIFEST,
+        folder_content_hash,
+        input_candidates,
+        read_manifest,
+    )
+    from planlm.errors import PlanlmError
+
+    if not (directory / MANIFEST).exists():
+        return source, None
+    rec = (read_manifest(directory).get("inputs") or {}).get("lm") or {}
+    if rec.get("sha256") and "resolved" in rec:  # a GGUF checkpoint: the file must be the one trained on
+        from planlm.gguf import file_sha256, gguf_file
+
+        given = rec.get("name") or rec["path"]
+        now = file_sha256(gguf_file(given))
+        if now != rec["sha256"]:
+            raise PlanlmError(f"{directory}'s base LM {given} changed since training (sha256 {now[:16]}, recorded "
+                              f"{rec['sha256'][:16]}): restore that file, or fine-tune again with --force true")
+        return given, None
+    if "name" in rec:  # a Hub name: the snapshot the run was trained on, when it was known
+        return rec["name"], rec.get("revision")
+    if "content_hash" not in rec:
+        return source, None
+    candidates = [c for c in input_candidates(directory, rec) if c.is_dir()]
+    for cand in candidates:
+        if folder_content_hash(cand) == rec["content_hash"]:
+            return str(cand), None
+    if not candidates:
+        raise PlanlmError(f"{directory}'s base LM {rec['path']} is no longer there (tried "
+                          f"{', '.join(map(str, input_candidates(directory, rec)))}); put it back, or copy it next to "
+                          f"the run (as {rec.get('relpath', rec['path'])} from the run's folder)")
+    cand = candidates[0]
+    ids = ""
+    if rec.get("id") and (cand / MANIFEST).exists():
+        now = read_manifest(cand).get("id")
+        ids = f"; id {now}, trained on id {rec['id']}" if now != rec["id"] else ""
+    raise PlanlmError(f"{directory}'s base LM {cand} changed since training (content hash {folder_content_hash(cand)}, "
+                      f"recorded {rec['content_hash']}{ids}): it is not the LM the run was trained on; restore that LM "
+                      f"(or put a copy of it next to the run), or fine-tune again with `planlm finetune --lm {cand} "
+                      "--force true`")
 
 
 # ---- base LMs and tokenizers (Hub name or local folder) ----------------------------------------------------------------

@@ -290,3 +290,32 @@ def prepare_builtin_slice(out, n_articles: int = 12, num_actions: int = 16) -> P
     prepare(out=str(out), source=SourceConfig(max_articles=n_articles), encoder=EncoderConfig(name="fake:32"),
             num_actions=num_actions, progress=False)
     return Path(out)
+
+
+def snapshot(*roots: Path) -> dict:
+    """Every path under ``roots`` with (is a folder, size, mtime of a file): equal before and after a refused
+    command when it added, changed and removed nothing."""
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            st = p.lstat()
+            out[str(p)] = (p.is_dir(), st.st_size, 0 if p.is_dir() else st.st_mtime_ns)
+    return out
+
+
+def assert_refused(capsys, argv: list, pattern: str, *roots: Path) -> str:
+    """``planlm argv`` exits 2 with one ``planlm: error:`` line matching ``pattern`` and leaves ``roots`` as they
+    were; returns the line."""
+    import re
+
+    from planlm.cli import main
+
+    before = snapshot(*roots)
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert rc == 2, f"exit {rc}, stderr: {err[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("planlm: error: "), err[-2000:]
+    assert re.search(pattern, lines[0]), lines[0]
+    assert snapshot(*roots) == before, "a refused command must add, change and remove nothing"
+    return lines[0]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from finetune_env import cli_args
+from helpers import snapshot as _snapshot
 from helpers import synthetic_prepared, tiny_lm, tiny_planner
 from planlm.artifacts import resolve_input, write_manifest
 from planlm.cli import main
@@ -269,6 +270,85 @@ def _resume_changed_lr(env, tmp):
     return _finetune(env, tmp, "--resume", "true"), r"another config than the interrupted run \(optim.lr changed\)"
 
 
+def _user_file_in_prepared(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    (prep / "notes.txt").write_text("my notes on the clusters")
+    argv = _prepare(tmp, _jsonl(tmp, [{"text": "A b."}]), "--force", "true")
+    argv[argv.index("--out") + 1] = str(prep)
+    return argv, r"holds files that its manifest\.json does not list \(notes\.txt\).*move them"
+
+
+def _user_file_in_run(env, tmp):
+    run = _copy(env, tmp, "run")
+    (run / "tokenizer" / "my_vocab_notes.md").write_text("notes")
+    argv = _finetune(env, tmp, "--force", "true")
+    argv[argv.index("--out") + 1] = str(run)
+    return argv, r"does not list \(tokenizer/my_vocab_notes\.md\)"
+
+
+def _truncated_exemplars(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    _truncate(prep / "exemplars.json")
+    return ["actions", "show", prep], r"exemplars\.json was changed"
+
+
+def _unhashed_truncated_exemplars(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    _strip_hashes(prep)
+    _truncate(prep / "exemplars.json")
+    return ["actions", "show", prep], r"exemplars\.json is damaged"
+
+
+def _swapped_centroids_shown(env, tmp):
+    prep = _copy(env, tmp, "prepared")
+    shutil.copy(Path(env["other"]) / "centroids.npy", prep / "centroids.npy")
+    return ["actions", "show", prep], r"centroids\.npy was changed"
+
+
+def _run_with_own_lm(env, tmp) -> tuple[Path, Path]:
+    """A copy of the run and of its base LM, the run's manifest saying it was trained on that copy."""
+    run, lm = _copy(env, tmp, "run"), _copy(env, tmp, "lm")
+    m = json.loads((run / "manifest.json").read_text())
+    m["inputs"]["lm"].update(path=str(lm), abspath=str(lm))
+    (run / "manifest.json").write_text(json.dumps(m))
+    return run, lm
+
+
+def _zero_weights(lm: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(lm / "model.safetensors")
+    save_file({k: v * 0 for k, v in weights.items()}, lm / "model.safetensors", metadata={"format": "pt"})
+
+
+def _zeroed_lm_evaluate(env, tmp):
+    run, lm = _run_with_own_lm(env, tmp)
+    _zero_weights(lm)
+    return _evaluate(env, tmp, run), r"run's base LM .*lm changed since training \(content hash"
+
+
+def _zeroed_lm_generate(env, tmp):
+    run, lm = _run_with_own_lm(env, tmp)
+    _zero_weights(lm)
+    return _generate(env, tmp, run=run), r"run's base LM .*lm changed since training \(content hash"
+
+
+def _lm_of_another_seed(env, tmp):
+    run, lm = _run_with_own_lm(env, tmp)
+    shutil.rmtree(lm)
+    tiny_lm(lm, env["corpus"].texts, seed=1)  # the same recipe, another initialisation
+    return _evaluate(env, tmp, run), r"base LM .* changed since training.*not the LM the run was trained on"
+
+
+def _lm_gone(env, tmp):
+    run, lm = _run_with_own_lm(env, tmp)
+    shutil.rmtree(lm)
+    m = json.loads((run / "manifest.json").read_text())
+    m["inputs"]["lm"]["relpath"] = "../gone-lm"
+    (run / "manifest.json").write_text(json.dumps(m))
+    return _evaluate(env, tmp, run), r"base LM .*lm is no longer there \(tried"
+
+
 def _out_is_own_planner(env, tmp):
     planner = _copy(env, tmp, "planner")
     return cli_args(dict(env, planner=str(planner)), planner, *FAST, "--force", "true"), r"holds a `train-planner`"
@@ -301,6 +381,23 @@ CASES = {
                                                r"no article|empty"),
     "text is a number": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"text": 12345}])), r"is a int, not a string"),
     "text is an object": lambda env, tmp: (_prepare(tmp, _jsonl(tmp, [{"text": {"a": 1}}])), r"is a dict, not a string"),
+    "random bytes named .parquet": lambda env, tmp: (
+        _prepare(tmp, _write(tmp / "c.parquet", np.random.default_rng(0).bytes(2000))),
+        r"c\.parquet is not a Parquet file"),
+    "plain text named .jsonl.gz": lambda env, tmp: (
+        _prepare(tmp, _write(tmp / "c.jsonl.gz", b'{"text": "A sentence."}\n')),
+        r"c\.jsonl\.gz is not a valid gzip file.*drop \.gz from its name"),
+    "truncated .jsonl.bz2": lambda env, tmp: (
+        _prepare(tmp, _write(tmp / "c.jsonl.bz2", __import__("bz2").compress(b'{"text": "A b. C d."}\n' * 500)[:60])),
+        r"c\.jsonl\.bz2 is not a valid bzip2 file"),
+    "truncated .xml": lambda env, tmp: (
+        _prepare(tmp, _write(tmp / "c.xml", b"<mediawiki><page><title>A</title><revision><text>Some text")),
+        r"c\.xml is not a complete XML dump .*truncated"),
+    "one JSON array instead of JSON Lines": lambda env, tmp: (
+        _prepare(tmp, _write(tmp / "c.jsonl", b'[{"text": "A sentence."}, {"text": "Another."}]\n')),
+        r"c\.jsonl holds a JSON array, not JSON Lines.*one object per line"),
+    "pretty-printed JSON array": lambda env, tmp: (
+        _prepare(tmp, _write(tmp / "c.json", b'[\n  {"text": "A sentence."}\n]\n')), r"JSON array, not JSON Lines"),
     "undecodable bytes only": lambda env, tmp: (_prepare(tmp, _write(tmp / "c.jsonl", b"\xff\xfe\xfa\n")), r"line 1"),
     "zero articles after min_chars": lambda env, tmp: (
         _prepare(tmp, _jsonl(tmp, [{"text": "Hi."}]), "--sentences.min_chars", "50"), r"no article"),
@@ -312,10 +409,43 @@ CASES = {
     "split fractions > 1": lambda env, tmp: (
         _prepare(tmp, _jsonl(tmp, [{"text": "A b."}]), "--split.val", "0.8", "--split.test", "0.7"), r"split|val"),
     "lr <= 0": lambda env, tmp: (_finetune(env, tmp, "--optim.lr", "-1"), r"lr must be positive"),
-    "lr nan": lambda env, tmp: (_finetune(env, tmp, "--optim.lr", "nan"), r"optim.lr.*(finite|nan)"),
+    "lr nan": lambda env, tmp: (_finetune(env, tmp, "--optim.lr", "nan"),
+                                r"^planlm: error: finetune: optim\.lr must be a finite number \(got nan\)$"),
+    "lr -inf": lambda env, tmp: (_finetune(env, tmp, "--optim.lr", "-inf"), r"finetune: optim\.lr must be a finite"),
+    "lr 1e999": lambda env, tmp: (_finetune(env, tmp, "--optim.lr=1e999"), r"finetune: optim\.lr must be a finite"),
     "planner lr inf": lambda env, tmp: (
         ["train-planner", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--optim.lr", "inf",
-         "--planner.context_sentences", "3"], r"lr.*(finite|inf)"),
+         "--planner.context_sentences", "3"], r"train-planner: optim\.lr must be a finite number \(got inf\)"),
+    "pretrain lr nan": lambda env, tmp: (
+        ["pretrain-lm", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--preset", "tiny",
+         "--optim.lr", "nan"], r"pretrain-lm: optim\.lr must be a finite number"),
+    "mtp-compare lr inf": lambda env, tmp: (
+        ["mtp-compare", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--preset", "tiny",
+         "--optim.lr", "inf"], r"mtp-compare: optim\.lr must be a finite number"),
+    "mtp-compare lr .nan (past the parser)": lambda env, tmp: (
+        ["mtp-compare", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--preset", "tiny",
+         "--optim.lr", ".nan"], r"mtp-compare: optim\.lr must be a finite number"),
+    "myopia lm lr nan": lambda env, tmp: (
+        ["myopia", "lm", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--budget.optim.lr", "nan"],
+        r"myopia lm: budget\.optim\.lr must be a finite number"),
+    "myopia dp lr .nan": lambda env, tmp: (["myopia", "dp", "--out", str(tmp / "out"), "--dp.lr", ".nan"],
+                                           r"myopia dp: dp\.lr must be a finite number"),
+    "myopia dp frequency inf": lambda env, tmp: (["myopia", "dp", "--out", str(tmp / "out"), "--dp.frequency", "inf"],
+                                                 r"myopia dp: dp\.frequency must be a finite number"),
+    "grad_clip negative": lambda env, tmp: (_finetune(env, tmp, "--optim.grad_clip", "-1"),
+                                            r"optim\.grad_clip must be >= 0 \(0 = no clipping"),
+    "myopia dp duplicate seeds": lambda env, tmp: (["myopia", "dp", "--out", str(tmp / "out"), "--seeds", "1,1"],
+                                                   r"myopia dp: seeds must be distinct \(got \[1, 1\]\)"),
+    "myopia lm duplicate seeds": lambda env, tmp: (
+        ["myopia", "lm", "--prepared", env["prepared"], "--out", str(tmp / "out"), "--seeds=0, 2,0"],
+        r"myopia lm: seeds must be distinct"),
+    "run duplicate variants": lambda env, tmp: (["run", "--out", str(tmp / "out"), "--variants", "Fixed,Fixed"],
+                                                r"run: --variants names 'Fixed' more than once"),
+    "run unknown variant": lambda env, tmp: (
+        ["run", "--out", str(tmp / "out"), "--variants", "Fixed,fixd"],
+        r"unknown variants 'fixd'; choose from Fixed, Uniform, .*'A,B' or '\[A, B\]'"),
+    "run variant of the wrong case": lambda env, tmp: (
+        ["run", "--out", str(tmp / "out"), "--variants", "cornille pa"], r"'cornille pa' \(did you mean 'Cornille PA'\?\)"),
     "batch 0": lambda env, tmp: (_finetune(env, tmp, "--optim.batch_size", "0"), r"batch_size"),
     "context length 1": lambda env, tmp: (_finetune(env, tmp, "--windows.context_length", "1"), r"context_length"),
     "max_steps 0": lambda env, tmp: (_finetune(env, tmp, "--optim.max_steps", "0"), r"max_steps must be positive"),
@@ -330,6 +460,12 @@ CASES = {
         _finetune(env, tmp, planner=env["other_planner"]), r"was built from the prepared .*not from"),
     "run evaluated on another corpus": lambda env, tmp: (
         _evaluate(env, tmp, None, "--prepared", env["other"]), r"other writing actions than the run.*centroids"),
+    "K=2 with one train sentence": lambda env, tmp: (
+        _prepare(tmp, _jsonl(tmp, [{"text": f"Article number {i} is here."} for i in range(3)]), "--num_actions", "2"),
+        r"^(?!.*use --num_actions 2).*train split has 1 sentence, too few"),
+    "K=2 of identical sentences": lambda env, tmp: (
+        _prepare(tmp, _jsonl(tmp, [{"text": "Same words here. Same words here."}] * 5), "--num_actions", "2"),
+        r"^(?!.*use --num_actions 2).*same embedding"),
     "truncated manifest.json": _truncated_manifest,
     "empty manifest.json": _empty_manifest,
     "edited manifest": _edited_manifest,
@@ -352,21 +488,22 @@ CASES = {
     "finetune --out is a foreign folder": _out_is_foreign_folder,
     "resume with a changed lr": _resume_changed_lr,
     "malicious pickle as checkpoint": _malicious_resume,
+    "prepare --force over a user's file": _user_file_in_prepared,
+    "finetune --force over a user's file": _user_file_in_run,
+    # artifacts read without being checked
+    "actions show of a truncated exemplars.json": _truncated_exemplars,
+    "actions show of a truncated exemplars.json, no hashes recorded": _unhashed_truncated_exemplars,
+    "actions show of swapped centroids.npy": _swapped_centroids_shown,
+    "evaluate, the run's base LM zeroed": _zeroed_lm_evaluate,
+    "generate, the run's base LM zeroed": _zeroed_lm_generate,
+    "evaluate, the base LM rebuilt with another seed": _lm_of_another_seed,
+    "evaluate, the base LM gone": _lm_gone,
     # generation
     "plan ids out of range": lambda env, tmp: (_generate(env, tmp, "--plan", "1,99"), r"not action ids"),
     "plan not numbers": lambda env, tmp: (_generate(env, tmp, "--plan", "a,b"), r"plan"),
     "whitespace-only prompt": lambda env, tmp: (_generate(env, tmp, "--prompt", "   "), r"prompt"),
     "generation window of 1": lambda env, tmp: (_generate(env, tmp, "--window", "1"), r"window must be"),
 }
-
-
-def _snapshot(*roots: Path) -> dict:
-    out = {}
-    for root in roots:
-        for p in sorted(Path(root).rglob("*")):
-            st = p.lstat()
-            out[str(p)] = (p.is_dir(), st.st_size, 0 if p.is_dir() else st.st_mtime_ns)
-    return out
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -419,3 +556,92 @@ def test_a_planner_counted_in_a_plain_hf_lm_folders_tokens_is_accepted(env, tmp_
     check_planner_inputs(config(env["lm"]), env["corpus"])
     with pytest.raises(PlanlmError, match="counted its context in tokens of the LM"):
         check_planner_inputs(config(str(shutil.copytree(env["lm"], tmp_path / "other_lm"))), env["corpus"])
+
+
+def test_a_bom_at_the_start_of_a_jsonl_file_is_not_content(tmp_path):
+    from planlm.data.corpus import SourceConfig, read_corpus
+
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"title": "T", "text": "A sentence here."}\n{"text": "Another one."}\n')
+    articles, stats = read_corpus(SourceConfig(source=str(path)), progress=False)
+    assert [(a.title, a.text) for a in articles] == [("T", "A sentence here."), ("c:2", "Another one.")]
+    assert stats.undecodable_bytes == 0
+
+
+def test_variants_and_seeds_read_comma_separated_lists():
+    from planlm.cli import with_number_lists
+    from planlm.stages.run import parse_variants
+    from planlm.studies.myopia import myopia_dp
+
+    assert parse_variants("Fixed, Cornille PA") == ["Fixed", "Cornille PA"]
+    assert parse_variants("table1") == ["table1"] and parse_variants(["Fixed", "Uniform"]) == ["Fixed", "Uniform"]
+    assert with_number_lists(myopia_dp, ["--seeds", "0,1", "--seeds=2, 3", "--out", "a,b"]) == \
+        ["--seeds", "[0,1]", "--seeds=[2, 3]", "--out", "a,b"]
+
+
+def test_unlisted_files_spare_nested_artifacts_and_planlms_own_files(tmp_path):
+    from planlm.artifacts import unlisted_files
+
+    art = tmp_path / "run"
+    (art / "sub").mkdir(parents=True)
+    (art / "weights.bin").write_bytes(b"1")
+    (art / "sub" / "config.json").write_text("{}")
+    m = write_manifest(art, "finetune", {})
+    assert unlisted_files(art, m) == []
+    (art / "evaluate").mkdir()  # `planlm evaluate RUN`'s default --out: a planlm artifact of its own
+    (art / "evaluate" / "metrics.json").write_text("{}")
+    write_manifest(art / "evaluate", "evaluate", {})
+    (art / "logs").mkdir()
+    (art / "logs" / "metrics.csv").write_text("step\n")
+    (art / ".weights.bin.tmp-123").write_text("")
+    (art / "tokens-0123456789abcdef").mkdir()  # a prepared corpus's token cache (planlm.data.alignment.TokenCache)
+    (art / "tokens-0123456789abcdef" / "input_ids.bin").write_bytes(b"")
+    assert unlisted_files(art, m) == []
+    (art / "tokens-0123456789abcdef" / "notes.txt").write_text("x")
+    assert unlisted_files(art, m) == ["tokens-0123456789abcdef/notes.txt"]
+    (art / "tokens-0123456789abcdef" / "notes.txt").unlink()
+    (art / "sub" / "mine.txt").write_text("x")
+    (art / "evaluate" / "draft.md").write_text("x")
+    assert unlisted_files(art, m) == ["evaluate/draft.md", "sub/mine.txt"]
+
+
+def test_a_moved_run_uses_the_copy_of_its_base_lm_next_to_it(env, tmp_path, capsys):
+    """A run and a byte-identical copy of its base LM moved elsewhere together: the copy is found relative to the
+    run (and checked by content, not path) even when the LM at the recorded absolute path is gone."""
+    from planlm.persist import load_run, resolve_base_lm
+
+    moved = tmp_path / "elsewhere"
+    for name in ("prep", "lm", "run"):
+        shutil.copytree(env["root"] / name, moved / name)
+    m = json.loads((moved / "run" / "manifest.json").read_text())
+    assert m["inputs"]["lm"]["content_hash"] and m["inputs"]["lm"]["relpath"] == "../lm"
+    m["inputs"]["lm"].update(path=str(tmp_path / "gone"), abspath=str(tmp_path / "gone"))  # the original is gone
+    (moved / "run" / "manifest.json").write_text(json.dumps(m))
+    assert resolve_base_lm(moved / "run", "unused") == (str(moved / "lm"), None)
+    model, *_ = load_run(moved / "run", device="cpu")
+    assert model.lm.config.n_embd == 32
+    assert main(_evaluate(env, tmp_path, moved / "run")) == 0, capsys.readouterr().err[-2000:]
+
+
+def test_a_run_without_a_recorded_lm_hash_still_loads(env, tmp_path):
+    """Runs of an older planlm recorded their base LM by path only: loaded as recorded, unchecked."""
+    from planlm.persist import load_run
+
+    run = _copy(env, tmp_path, "run")
+    m = json.loads((run / "manifest.json").read_text())
+    m["inputs"]["lm"].pop("content_hash")
+    (run / "manifest.json").write_text(json.dumps(m))
+    model, *_ = load_run(run, device="cpu")
+    assert model.config.base_lm == str(Path(env["lm"]).resolve())
+
+
+def test_python_api_refuses_non_finite_numbers_too():
+    from planlm.eval.generator import SamplingConfig
+    from planlm.studies.myopia import DpConfig, validate_myopia_dp
+    from planlm.train.trainer import OptimConfig
+
+    assert "temperature must be a finite number (got nan)" in SamplingConfig(temperature=float("nan")).problems()
+    assert any("grad_clip must be >= 0" in p for p in OptimConfig(grad_clip=-1.0).problems())
+    assert not OptimConfig(grad_clip=0.0).problems()  # 0 = no clipping
+    with pytest.raises(PlanlmError, match=r"dp\.frequency must be a finite number \(got inf\); \(2\) dp\.lr must be a finite"):
+        validate_myopia_dp(DpConfig(lr=float("nan"), frequency=float("inf")), [0])

@@ -9,6 +9,7 @@ its first checkpoint exists), then finishes the job in this process.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from finetune_env import cli_args, make_env
+from helpers import assert_refused
 from planlm.artifacts import lock_path, read_manifest, verify_artifact
 from planlm.cli import main
 
@@ -156,3 +158,88 @@ def test_second_writer_on_the_same_out_is_refused(env, tmp_path, capsys):
     assert read_manifest(out, "prepare") == verify_artifact(out)  # the first writer's artifact, whole
     assert not lock.exists()
     assert json.loads((out / "manifest.json").read_text())["counts"]["total"]["articles"] > 0
+
+
+# ---- where --out cannot be written: a read-only filesystem, a full disk ---------------------------------------------
+def test_an_empty_out_folder_holds_nothing_to_lose(env, tmp_path):
+    out = tmp_path / "prep"
+    out.mkdir()
+    assert main(["prepare", "--out", out, *env["prepare"]]) == 0
+    verify_artifact(out)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``mount(name, options)``: a tmpfs mounted at tmp_path/name (skips where mounting is not permitted)."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        where = tmp_path / name
+        where.mkdir()
+        try:
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                               text=True, check=False)
+        except FileNotFoundError:
+            pytest.skip("no mount command here")
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:100]}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def _no_work(*args, **kwargs):
+    raise AssertionError("the stage started working before it checked that --out can be written")
+
+
+def test_read_only_out_is_refused_before_any_work(env, tmp_path, tmpfs, capsys, monkeypatch):
+    import planlm.stages.prepare as prepare_stage
+
+    ro = tmpfs("ro", "size=64k,ro")
+    monkeypatch.setattr(prepare_stage, "load_encoder", _no_work)
+    assert_refused(capsys, ["prepare", "--out", ro / "prep", *env["prepare"]],
+                   rf"--out {ro}/prep cannot be written: {ro} is on a read-only file system", tmp_path)
+    assert_refused(capsys, cli_args(env, ro / "runs" / "ft", "--optim.max_steps", "1"),
+                   r"cannot be written: .* is on a read-only file system", tmp_path)
+
+
+def test_full_disk_mid_write_is_one_line_and_leaves_nothing(env, tmp_path, tmpfs, capsys):
+    full = tmpfs("full", "size=12k")  # room for the probe, not for the artifact
+    assert_refused(capsys, ["prepare", "--out", full / "prep", *env["prepare"]],
+                   rf"could not write {full}/prep \(No space left on device.*the partial output was removed", tmp_path)
+    assert not list(full.iterdir())
+
+
+@pytest.mark.parametrize("code, says", [(errno.EROFS, "on a read-only file system"),
+                                        (errno.ENOSPC, r"on a full disk \(no space left\)")])
+def test_unwritable_out_is_refused_before_any_work_everywhere(env, tmp_path, capsys, monkeypatch, code, says):
+    """The same checks without mounting anything: the probe write fails as the OS would make it fail."""
+    import planlm.stages.prepare as prepare_stage
+    from planlm import artifacts
+
+    def probe(folder, prefix, size=4096):
+        raise OSError(code, os.strerror(code), str(folder / prefix))
+
+    monkeypatch.setattr(artifacts, "_probe_write", probe)
+    monkeypatch.setattr(prepare_stage, "load_encoder", _no_work)
+    assert_refused(capsys, ["prepare", "--out", tmp_path / "prep", *env["prepare"]],
+                   rf"--out {tmp_path}/prep cannot be written: {tmp_path} is {says}; choose --out", tmp_path)
+
+
+def test_disk_full_while_writing_the_artifact_everywhere(env, tmp_path, capsys, monkeypatch):
+    import planlm.stages.prepare as prepare_stage
+
+    real = prepare_stage.write_prepared
+
+    def write_until_full(directory, *args, **kwargs):
+        real(directory, *args, **kwargs)  # half of the artifact is on disk when the disk fills up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(directory) / "manifest.json"))
+
+    monkeypatch.setattr(prepare_stage, "write_prepared", write_until_full)
+    assert_refused(capsys, ["prepare", "--out", tmp_path / "prep", *env["prepare"]],
+                   r"could not write .*/prep \(No space left on device: .*manifest\.json\); the partial output was "
+                   r"removed and nothing was written", tmp_path)
+    assert not list(tmp_path.iterdir())

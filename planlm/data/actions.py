@@ -80,6 +80,11 @@ def check_num_actions(num_actions: int, n_train: int) -> None:
     """Refuse a K that cannot give K non-empty actions, suggesting one that fits."""
     if num_actions < 2:
         raise PlanlmError(f"num_actions must be >= 2 (got {num_actions})")
+    if n_train < 2:
+        raise PlanlmError(
+            f"the train split has {n_train} sentence{'s' * (n_train != 1)}, too few for any set of actions (at least "
+            "2 are needed for K=2); read more articles or give fewer to --split.val / --split.test"
+        )
     if num_actions > n_train:
         raise PlanlmError(
             f"num_actions={num_actions} is larger than the {n_train} train sentences; "
@@ -218,6 +223,11 @@ def _reseed_empty(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, dist
             picks.append(int(i))
             if len(picks) == len(empty):
                 break
+        if not picks and k - len(empty) < 2:
+            raise PlanlmError(
+                "every train sentence has the same embedding (duplicates), so no 2 distinct actions can be formed; "
+                "use a corpus with more varied sentences"
+            )
         if not picks:
             raise PlanlmError(
                 f"only {k - len(empty)} distinct actions can be formed from these sentences (too many duplicates); "
@@ -227,7 +237,9 @@ def _reseed_empty(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, dist
         reseeded += len(picks)
         labels, dists = assign(x, centroids)
     if np.any(np.bincount(labels, minlength=k) == 0):
-        raise PlanlmError(f"k-means left empty actions after re-seeding; use a smaller --num_actions (e.g. {k // 2})")
+        raise PlanlmError("k-means left empty actions after re-seeding; "
+                          + (f"use a smaller --num_actions (e.g. {k // 2})" if k // 2 >= 2 else
+                             "use a corpus with more distinct train sentences"))
     return centroids, labels, dists, reseeded
 
 

@@ -246,6 +246,11 @@ def iter_jsonl(path: Path, title_field: str, text_field: str, stats: ReadStats) 
     with _open_binary(path) as f:
         for lineno, raw in enumerate(f, 1):
             line = _decode(raw, stats).strip()
+            if lineno == 1:
+                line = line.removeprefix("\ufeff").strip()  # a UTF-8 byte order mark (utf-8-sig): not content
+                if line.startswith("["):
+                    raise PlanlmError(f"{path} holds a JSON array, not JSON Lines; planlm reads JSON Lines (one object "
+                                      f"per line: {{\"{text_field}\": ...}}): convert it, e.g. `jq -c '.[]' {path}`")
             if not line:
                 continue
             try:
@@ -303,9 +308,9 @@ def iter_txt(path: Path, stats: ReadStats) -> Iterator[Article]:
     """A directory: one article per ``.txt`` file (sorted by name). A file: one article per blank-line block."""
     if path.is_dir():
         for p in sorted(path.rglob("*.txt")):
-            yield Article(p.stem, _decode(p.read_bytes(), stats).strip())
+            yield Article(p.stem, _decode(p.read_bytes(), stats).removeprefix("\ufeff").strip())
         return
-    text = _decode(path.read_bytes(), stats)
+    text = _decode(path.read_bytes(), stats).removeprefix("\ufeff")
     for i, block in enumerate(re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")), 1):
         yield Article(f"{path.stem}:{i}", block.strip())
 
@@ -402,7 +407,45 @@ def iter_articles(cfg: SourceConfig, stats: ReadStats) -> Iterator[Article]:
     }
     if kind not in readers:
         raise PlanlmError(f"cannot read source {cfg.source!r} of kind {kind!r}; pass --source.kind")
-    return readers[kind]()
+    return readers[kind]() if kind == "hub" else _refusing_damaged(readers[kind](), path, kind)
+
+
+_WHAT = {"parquet": "a Parquet file", "xml": "a complete XML dump", "builtin": "a complete XML dump",
+         "jsonl": "a JSON Lines file", "txt": "a text file"}
+
+
+def _refusing_damaged(articles: Iterator[Article], path: Path, kind: str) -> Iterator[Article]:
+    """``articles``, with a file that is not what its name says (random bytes named .parquet, plain text named
+    .gz, a truncated dump) refused in one line naming it, instead of the reader library's traceback."""
+    import zlib
+
+    try:
+        yield from articles
+    except PlanlmError:
+        raise
+    except ET.ParseError as e:
+        raise PlanlmError(f"{path} is not {_WHAT[kind]} (XML parse error: {e}; truncated or not XML); pass a whole "
+                          "Wikipedia .xml[.bz2] dump") from None
+    except (EOFError, zlib.error, OSError) as e:
+        compressed = {".gz": "gzip", ".bz2": "bzip2"}.get(path.suffix)
+        msg = " ".join(str(e).split())[:120] or type(e).__name__
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise PlanlmError(f"cannot read {path} ({msg}); pass a readable corpus file") from None
+        if compressed and not _is_arrow_error(e):
+            raise PlanlmError(f"{path} is not a valid {compressed} file ({msg}): not {compressed}-compressed or "
+                              f"truncated; compress it with {compressed}, or drop {path.suffix} from its name") from None
+        raise PlanlmError(f"{path} is not {_WHAT[kind]} ({msg}); check the file, or pass --source.kind for "
+                          "its real format") from None
+    except Exception as e:
+        if not _is_arrow_error(e):
+            raise
+        msg = " ".join(str(e).split())[:120]
+        raise PlanlmError(f"{path} is not {_WHAT[kind]} ({msg}); check the file, or pass --source.kind for "
+                          "its real format") from None
+
+
+def _is_arrow_error(e: BaseException) -> bool:
+    return type(e).__module__.startswith("pyarrow")
 
 
 def read_corpus(cfg: SourceConfig, progress: bool = True) -> tuple[list[Article], ReadStats]:

@@ -54,7 +54,7 @@ from typing import Literal, Sequence, get_args
 import numpy as np
 import torch
 
-from planlm.errors import PlanlmError, raise_if_problems
+from planlm.errors import PlanlmError, check_finite, raise_if_problems
 from planlm.models.arch import cache_keyword
 from planlm.models.selection import needs_planner
 
@@ -80,6 +80,7 @@ class SamplingConfig:
 
     def problems(self) -> list[str]:
         out = []
+        check_finite(out, temperature=self.temperature, top_p=self.top_p)
         if self.max_new_tokens < 1:
             out.append(f"max_new_tokens must be positive (got {self.max_new_tokens})")
         if self.temperature < 0:

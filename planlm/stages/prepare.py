@@ -21,6 +21,7 @@ from planlm.artifacts import (
     file_hash,
     read_manifest,
     up_to_date,
+    verify_artifact,
     write_manifest,
     writes_artifact,
 )
@@ -362,11 +363,19 @@ def actions_show(artifact: str, action: int | None = None, n: int = 5) -> None:
     """
     import json
 
-    manifest = read_manifest(artifact, "prepare")
+    manifest = verify_artifact(artifact, read_manifest(artifact, "prepare"))  # a changed file is refused, not shown
     path = Path(artifact) / EXEMPLARS
     if not path.exists():
         raise PlanlmError(f"{artifact} has no {EXEMPLARS}; rebuild it with `planlm prepare --force true`")
-    table = json.loads(path.read_text())
+    try:
+        table = json.loads(path.read_text())
+        rows_ok = isinstance(table, list) and all(isinstance(r, dict) and {"action", "size", "exemplars"} <= set(r)
+                                                  for r in table)
+    except (ValueError, UnicodeDecodeError):
+        rows_ok = False
+    if not rows_ok:  # an artifact of an older planlm, whose hashes were not recorded
+        raise PlanlmError(f"{path} is damaged (not the list of actions `planlm prepare` writes); rebuild it with "
+                          "`planlm prepare --force true`")
     k = int(manifest.get("num_actions", len(table)))
     if action is not None and not 0 <= action < k:
         raise PlanlmError(f"action {action} does not exist; {artifact} has actions 0..{k - 1}")

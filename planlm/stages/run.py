@@ -19,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from planlm.artifacts import writes_artifact
+from planlm.artifacts import check_writable, writes_artifact
 from planlm.errors import check_max_steps, raise_if_problems
 from planlm.presets import load_presets
 from planlm.stages.prepare import ActionsPresetName
@@ -92,9 +93,19 @@ def parse_seeds(seeds: list[int] | str) -> list[int]:
     return values
 
 
+def parse_variants(variants: list[str] | str) -> list[str]:
+    """``"Fixed,Cornille PA"`` (or ``[Fixed, Cornille PA]``, or one name or group) -> the names, as given."""
+    names = variants.split(",") if isinstance(variants, str) else list(variants)
+    return [str(name).strip() for name in names]
+
+
 def validate_run(preset: str, variants: list[str], lm: str | None, seeds: list[int] | str = "0",
-                 finetune_max_steps: int = -1) -> None:
+                 finetune_max_steps: int = -1, given: list[str] | None = None) -> None:
+    """``variants``: the names after groups are expanded; ``given``: as on the command line (duplicates refused)."""
     problems = []
+    repeated = [name for name, n in Counter(given or []).items() if n > 1]
+    if repeated:
+        problems.append(f"--variants names {', '.join(map(repr, repeated))} more than once; name each variant once")
     check_max_steps(problems, finetune_max_steps, "--finetune_max_steps")
     try:
         parse_seeds(seeds)
@@ -104,7 +115,10 @@ def validate_run(preset: str, variants: list[str], lm: str | None, seeds: list[i
         problems.append(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        problems.append(f"unknown variants {unknown}; choose from {list(VARIANTS)} or the groups {list(VARIANT_GROUPS)}")
+        folded = {name.lower(): name for name in [*VARIANTS, *VARIANT_GROUPS]}
+        hints = [f"{v!r} (did you mean {folded[v.lower()]!r}?)" if v.lower() in folded else repr(v) for v in unknown]
+        problems.append(f"unknown variants {', '.join(hints)}; choose from {', '.join(VARIANTS)} or the groups "
+                        f"{', '.join(VARIANT_GROUPS)}, several as 'A,B' or '[A, B]'")
     if not variants:
         problems.append("--variants is empty")
     if lm is not None and not lm.strip():
@@ -195,7 +209,7 @@ def run(
         preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS), or groups of
             them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
-            group alone (``--variants mix-sweep``) or a list (``--variants '[Fixed, no-nap]'``).
+            group alone (``--variants mix-sweep``) or several (``--variants 'Fixed,no-nap'`` or ``'[Fixed, no-nap]'``).
         seeds: the seeds to run, e.g. 0,1,2 (the paper's Appendix C): each sets the initialisation and data order of
             every training stage, and the article split with --split_seed_follows true.
         split_seed_follows: each seed also draws its own train/val/test article split (a prepared corpus per seed).
@@ -207,8 +221,9 @@ def run(
     Returns:
         The output folder.
     """
-    variants = expand_variants([variants] if isinstance(variants, str) else list(variants))
-    validate_run(preset, variants, lm, seeds, finetune_max_steps)
+    given = parse_variants(variants)
+    variants = expand_variants(given)
+    validate_run(preset, variants, lm, seeds, finetune_max_steps, given=given)
     seeds = parse_seeds(seeds)
     from planlm.artifacts import write_json_atomic
     from planlm.stages.report import gather, report, seed_stats
@@ -218,6 +233,7 @@ def run(
     if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))
     out = Path(out)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     rows, corpus = [], None

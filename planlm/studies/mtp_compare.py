@@ -16,10 +16,12 @@ import json
 import time
 from pathlib import Path
 
+from planlm.artifacts import check_writable
 from planlm.errors import raise_if_problems
 from planlm.eval.probes import ProbeConfig
 from planlm.stages.pretrain_lm import pretrain_lm
-from planlm.train.lm_pretraining import PRESET_OPTIM, LMPresetName
+from planlm.train.lm_pretraining import PRESET_OPTIM, LMPresetName, resolve_optim
+from planlm.train.lm_pretraining import PRESETS as LM_PRESETS
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 
@@ -125,8 +127,10 @@ def mtp_compare(
     problems = [f"n_heads must be positive (got {n})" for n in n_heads if n < 1]
     problems += [] if n_heads else ["n_heads is empty"]
     problems += MTPConfig(backward=backward).problems()
+    problems += resolve_optim(preset, optim).problems() if preset in LM_PRESETS else []
     raise_if_problems(problems, "mtp-compare")
     out = Path(out)
+    check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, probe_rows = [], {}
     for n in n_heads:

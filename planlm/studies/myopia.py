@@ -34,7 +34,7 @@ from planlm.artifacts import (
     write_json_atomic,
     write_manifest,
 )
-from planlm.errors import PlanlmError, raise_if_problems
+from planlm.errors import PlanlmError, check_finite, raise_if_problems
 from planlm.eval.probes import ProbeConfig
 from planlm.stage_config import Fingerprint, config_of
 from planlm.stages.pretrain_lm import pretrain_lm
@@ -131,6 +131,7 @@ def _bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> list[floa
 def validate_myopia_dp(dp: DpConfig, seeds: list[int]) -> None:
     """Raise one error listing every problem with the arguments of :func:`myopia_dp`."""
     problems = []
+    check_finite(problems, **{f"dp.{k}": getattr(dp, k) for k in ("p", "frequency", "lr")})
     if not 0.0 <= dp.p <= 1.0:
         problems.append(f"dp.p must be in [0, 1] (got {dp.p})")
     for name in ("length", "n_layer", "n_head", "n_embd", "steps", "batch_size", "eval_sequences", "eval_every"):

@@ -59,6 +59,8 @@ class OptimConfig:
             out.append("optim.batch_size, optim.accumulate and optim.epochs must be positive")
         elif self.batch_size % self.accumulate:
             out.append(f"optim.batch_size {self.batch_size} is not divisible by optim.accumulate {self.accumulate}")
+        if self.grad_clip < 0:
+            out.append(f"optim.grad_clip must be >= 0 (0 = no clipping; got {self.grad_clip})")
         if self.planner_lr is not None and self.planner_lr < 0:
             out.append(f"optim.planner_lr must be non-negative, or unset to use optim.lr (got {self.planner_lr})")
         return out
