@@ -243,3 +243,62 @@ def test_disk_full_while_writing_the_artifact_everywhere(env, tmp_path, capsys, 
                    r"could not write .*/prep \(No space left on device: .*manifest\.json\); the partial output was "
                    r"removed and nothing was written", tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def _killed_after_first_checkpoint(env, tmp_path, *extra: str) -> tuple[list, Path]:
+    out = tmp_path / "ft"
+    argv = cli_args(env, out, "--optim.epochs", "3", "--checkpoint_every", "1", "--windows.max_val_windows", "2",
+                    *extra)
+    ckpt = tmp_path / "ft.work" / "checkpoints" / "last.ckpt"
+    proc = _start(argv)
+    assert _kill_when(proc, ckpt.exists), "the run finished before its first checkpoint"
+    return argv, ckpt
+
+
+def test_a_killed_finetune_rerun_without_resume_keeps_its_checkpoint(env, tmp_path, capsys):
+    """Re-running a killed finetune without --resume stops with one line instead of deleting its checkpoint;
+    --force true starts over."""
+    argv, ckpt = _killed_after_first_checkpoint(env, tmp_path)
+    assert_refused(capsys, argv, r"found a checkpoint at step \d+ in .*--resume true to continue, --force true to "
+                                 r"start over", tmp_path)
+    assert ckpt.exists()
+    assert main([*argv, "--force", "true", "--optim.epochs", "1"]) == 0  # starts over (the checkpoint goes)
+    assert not ckpt.parent.parent.exists() and (tmp_path / "ft" / "manifest.json").exists()
+
+
+def test_finetune_never_deletes_a_users_out_work_folder(env, tmp_path, capsys):
+    out = tmp_path / "ft"
+    work = tmp_path / "ft.work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    argv = cli_args(env, out, "--optim.max_steps", "1")
+    assert_refused(capsys, argv, r"ft\.work holds files planlm did not write \(notes\.txt\)", tmp_path)
+    assert_refused(capsys, [*argv, "--force", "true"], r"planlm did not write", tmp_path)
+    (work / "notes.txt").unlink()
+    work.rmdir()
+    work.write_text("a file")
+    assert_refused(capsys, argv, r"ft\.work is a file", tmp_path)
+
+
+def test_a_resume_checkpoint_of_the_wrong_structure_is_one_line(env, tmp_path, capsys):
+    import torch
+
+    argv, ckpt = _killed_after_first_checkpoint(env, tmp_path)
+    torch.save({"something": 1}, ckpt)
+    assert_refused(capsys, [*argv, "--resume", "true"], r"is not a finetune checkpoint", tmp_path)
+
+
+def test_ctrl_c_is_interrupted_exit_130_and_keeps_the_checkpoint(env, tmp_path):
+    out = tmp_path / "ft"
+    argv = cli_args(env, out, "--optim.epochs", "50", "--checkpoint_every", "1", "--windows.max_val_windows", "2")
+    ckpt = tmp_path / "ft.work" / "checkpoints" / "last.ckpt"
+    proc = _start(argv)
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before its first checkpoint"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert err.decode().strip().splitlines()[-1] == "planlm: interrupted"
+    assert ckpt.exists() and not out.exists()

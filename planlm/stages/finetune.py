@@ -144,6 +144,50 @@ def check_resume_config(cfg: FinetuneConfig, work: Path) -> None:
                           f"resume with the same arguments, or run without --resume to start afresh")
 
 
+WORK_MARKER = ".planlm-work"
+WORK_FILES = {"config.json", "checkpoints", "logs", WORK_MARKER}  # everything planlm writes in OUT.work
+
+
+def open_work_folder(cfg: FinetuneConfig, work: Path, resume: bool, force: bool) -> int | None:
+    """Make ``OUT.work`` ready (the checkpoints of a run while it trains) and return the step to resume from (None
+    for a fresh run). Nothing planlm did not write is deleted, and neither is a resumable checkpoint without
+    ``--force true``: each refusal is one line saying what to do."""
+    from planlm.artifacts import write_json_atomic
+    from planlm.train.resumable import load_checkpoint_safely
+
+    last = work / "checkpoints" / "last.ckpt"
+    if work.exists() and not work.is_dir():
+        raise PlanlmError(f"{work} is a file, where finetune keeps its checkpoints; move it or choose another --out")
+    if work.exists():
+        foreign = sorted(p.name for p in work.iterdir() if p.name not in WORK_FILES)
+        ours = (work / WORK_MARKER).exists() or (work / "config.json").exists()
+        if foreign or (not ours and any(work.iterdir())):
+            raise PlanlmError(f"{work} holds files planlm did not write ({', '.join(foreign[:3]) or 'no config.json'}); "
+                              "finetune keeps its checkpoints there: move them or choose another --out")
+    if resume:
+        if not last.exists():
+            raise PlanlmError(f"--resume true but {last} does not exist; run without --resume to start afresh")
+        check_resume_config(cfg, work)
+        state = load_checkpoint_safely(last)  # refuses a pickle before Lightning sees it
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or "planlm" not in state:
+            raise PlanlmError(f"{last} is not a finetune checkpoint (no step or planlm state); run without --resume "
+                              "--force true to start afresh")
+        return int(state["global_step"])
+    if last.exists() and not force:
+        try:
+            step = f" at step {int(load_checkpoint_safely(last)['global_step'])}"
+        except (PlanlmError, KeyError, TypeError, ValueError):
+            step = ""
+        raise PlanlmError(f"found a checkpoint{step} in {last.parent}: --resume true to continue, --force true to "
+                          "start over")
+    if work.exists():
+        shutil.rmtree(work)  # planlm's own, and nothing to resume from (or --force): stale state must not leak in
+    work.mkdir(parents=True)
+    (work / WORK_MARKER).write_text("checkpoints of `planlm finetune` while it trains; removed when it finishes\n")
+    write_json_atomic(work / "config.json", dataclasses.asdict(cfg))
+    return None
+
+
 def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bool = False) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -153,10 +197,12 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from planlm.data.windows import WindowDataset
     from planlm.persist import save_planned_lm
     from planlm.train.loop import LoopData, PlannedLMModule
-    from planlm.train.resumable import AtomicCheckpointIO, load_checkpoint_safely
+    from planlm.train.resumable import AtomicCheckpointIO
     from planlm.train.trainer import build_trainer, fit
 
     t0 = time.time()
+    work = out.with_name(out.name + ".work")
+    resume_step = open_work_folder(cfg, work, resume, force)  # before any work: nothing to lose, nothing deleted
     corpus = PreparedCorpus.load(cfg.prepared)
     model, tokenizer = initial_planned_lm(cfg, corpus)
     lm_model, planner = model.lm, model.planner
@@ -188,20 +234,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     module = PlannedLMModule(model, cfg.recipe, cfg.optim, total_steps, seed=cfg.seed, data=data,
                              compile=cfg.trainer.compile, heads=heads, mtp=cfg.mtp)
 
-    work = out.with_name(out.name + ".work")
     ckpt_dir = work / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    resume_step = None
-    if resume:
-        if not last.exists():
-            raise PlanlmError(f"--resume true but {last} does not exist; run without --resume to start afresh")
-        check_resume_config(cfg, work)
-        resume_step = int(load_checkpoint_safely(last)["global_step"])  # refuses a pickle before Lightning sees it
-    elif work.exists():
-        shutil.rmtree(work)  # a fresh run: stale checkpoints of an earlier try must not be resumed by accident
-    if not resume:
-        work.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(work / "config.json", dataclasses.asdict(cfg))
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0,
         save_on_train_epoch_end=True,

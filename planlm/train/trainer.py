@@ -166,7 +166,12 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, train_dataloaders=None,
     validation), the final model is validated once more, so the ``val/*`` metrics returned are always those of the
     model the stage saves; the ``train/*`` ones are the last logged.
     """
-    trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, train_dataloaders, val_dataloaders, ckpt_path=ckpt_path)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning answers Ctrl-C with its own exit(1): planlm's is "interrupted", 130
+            raise KeyboardInterrupt from None
+        raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     validated = next((c for c in trainer.callbacks if isinstance(c, ValidatedAt)), None)
     # num_val_batches is set up when the fit starts; [] (not set up) validates rather than risk a stale number
