@@ -302,3 +302,19 @@ def test_ctrl_c_is_interrupted_exit_130_and_keeps_the_checkpoint(env, tmp_path):
     assert proc.returncode == 130, err.decode()[-2000:]
     assert err.decode().strip().splitlines()[-1] == "planlm: interrupted"
     assert ckpt.exists() and not out.exists()
+
+
+def test_report_refuses_an_edited_metrics_json_and_an_out_that_is_a_run(run, tmp_path, capsys):
+    """`report` reads what `evaluate` wrote only while its hashes hold, and never replaces a run it reads."""
+    runs = tmp_path / "runs"
+    shutil.copytree(run, runs / "fixed")
+    assert main(["evaluate", "--run", runs / "fixed", "--ppl.max_articles", "1", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert_refused(capsys, ["report", runs, "--out", runs / "fixed", "--force", "true"],
+                   r"would replace .*fixed.*, which this report reads", tmp_path)
+    assert_refused(capsys, ["report", runs, "--out", runs, "--force", "true"], r"would replace", tmp_path)
+    metrics = runs / "fixed" / "evaluate" / "metrics.json"
+    m = json.loads(metrics.read_text())
+    m["ppl"] = 1.5
+    metrics.write_text(json.dumps(m))
+    assert_refused(capsys, ["report", runs, "--out", tmp_path / "report"], r"metrics\.json", tmp_path)

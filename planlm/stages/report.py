@@ -35,12 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from planlm.artifacts import (
+    verify_artifact,
     atomic_dir,
     write_json_atomic,
     write_manifest,
     writes_artifact,
 )
-from planlm.errors import raise_if_problems
+from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.figures import plot_mixing, plot_planner_correct, pyplot
 from planlm.eval.intervals import BOOTSTRAP_RESAMPLES, paired_bootstrap
 from planlm.eval.record import COLUMNS as RECORD_COLUMNS
@@ -123,6 +124,12 @@ def gather(runs: list[Path]) -> Gathered:
             if path.resolve() in seen:  # overlapping run folders (a and a/sub)
                 continue
             seen.add(path.resolve())
+            if (path.parent / "manifest.json").exists():  # written by `planlm evaluate`: its hashes must hold
+                try:
+                    verify_artifact(path.parent)
+                except PlanlmError as e:
+                    out.problems.append(str(e))
+                    continue
             m = _read_json(path, out.problems)
             problems = [] if m is None else json_problems(m, path)
             out.problems += problems
@@ -166,6 +173,12 @@ def validate_report(runs: list[Path], out: Path, force: bool) -> Gathered:
     if Path(out).exists() and not force:
         problems.append(f"{out} already exists; pass --force true to rebuild it or choose another --out")
     gathered = gather(runs)
+    target = Path(out).resolve()
+    inputs = [Path(r).resolve() for r in runs] + [run.path.resolve() for run in gathered.runs]
+    hit = next((p for p in inputs if p == target or target in p.parents), None)
+    if hit is not None:  # --force would replace the runs being reported
+        problems.append(f"--out {out} would replace {hit}, which this report reads; choose an --out outside the runs "
+                        "(e.g. RUNS/../report)")
     raise_if_problems(problems + gathered.problems, "planlm report")
     return gathered
 
