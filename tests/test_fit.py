@@ -106,3 +106,21 @@ def test_multi_token_loss_returns_the_objective_and_the_backward_of_its_mode(bac
     with torch.no_grad():  # validation: computed naively whatever the configured backward
         val, _ = step(backward, False)
     assert val.backward is val.objective and val.objective.item() == pytest.approx(ref.objective.item(), rel=1e-6)
+
+
+def test_the_step_timer_sums_step_seconds_on_the_cpu():
+    import time
+
+    import torch
+
+    from planlm.train.trainer import StepTimer
+
+    t, cpu = StepTimer(), torch.device("cpu")
+    wall = time.perf_counter()
+    for _ in range(3):
+        t.start(cpu)
+        time.sleep(0.01)
+        t.stop(cpu)
+        time.sleep(0.02)  # between steps: not counted
+    wall = time.perf_counter() - wall
+    assert 0.03 <= t.seconds <= wall - 0.06  # the steps, and none of the time between them

@@ -165,6 +165,8 @@ def pretrain_lm(
         from planlm.models.myopic import make_myopic
 
         myopia = make_myopic(model)
+    if trainer.compile:  # in place (nn.Module.compile): the saved state dict keeps eager names
+        model.compile()
     module = lm_module(model, optim, p.warmup_fraction, heads, mtp)
     to_tensor = lambda rows: torch.from_numpy(np.stack(rows))  # noqa: E731  (B, T)
     gen = torch.Generator().manual_seed(seed)

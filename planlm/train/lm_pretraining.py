@@ -15,7 +15,6 @@ Training data: the train articles, each followed by ``<|endoftext|>``, concatena
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -29,7 +28,7 @@ from planlm.train.loop import PlannedLMModule
 from planlm.train.multi_token import multi_token_loss
 from planlm.train.recipe import RecipeConfig
 from planlm.train.start import AdapterConfig
-from planlm.train.trainer import OptimConfig
+from planlm.train.trainer import OptimConfig, StepTimer
 
 LMPresetName = Literal["gpt2", "small-cpu", "tiny"]  # planlm/presets/pretrain-lm/*.yaml (tests/test_presets.py)
 EOS = "<|endoftext|>"
@@ -194,8 +193,7 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
             self.model = model
             self.heads = heads  # multi-token heads 2..n (planlm.models.mtp), or None: next-token prediction
             self.train_tokens = 0
-            self.train_seconds = 0.0
-            self._t0 = 0.0
+            self.timer = StepTimer()
             self._val = None
 
         def training_step(self, batch, batch_idx):
@@ -211,17 +209,15 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
             self.log("train/lm_loss", mt.lm_loss)
             return mt.backward
 
-        def _clock(self) -> float:
-            # CUDA kernels run asynchronously: without a sync the clock reads when the step was queued, not done.
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            return time.perf_counter()
+        @property
+        def train_seconds(self) -> float:
+            return self.timer.seconds  # forward + backward + optimizer step, summed (CUDA events: no per-step sync)
 
         def on_train_batch_start(self, batch, batch_idx):
-            self._t0 = self._clock()
+            self.timer.start(self.device)
 
         def on_train_batch_end(self, outputs, batch, batch_idx):
-            self.train_seconds += self._clock() - self._t0  # forward + backward + optimizer step
+            self.timer.stop(self.device)
 
         def on_validation_epoch_start(self):
             self._val = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, predicted tokens
@@ -315,15 +311,19 @@ class PretrainModule(PlannedLMModule):
     snapshot_dir: Path | None = None
 
     def on_fit_start(self):
-        self.train_tokens, self.train_seconds, self._t0 = 0, 0.0, 0.0
+        self.train_tokens, self.timer = 0, StepTimer()
         self.snapshots: list[dict] = []  # {"step", "tokens"} of every snapshot written
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)
-        self._t0 = time.perf_counter()
+        self.timer.start(self.device)
+
+    @property
+    def train_seconds(self) -> float:
+        return self.timer.seconds  # forward + backward + optimizer step (CUDA events: no per-step sync)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        self.train_seconds += time.perf_counter() - self._t0  # forward + backward + optimizer step
+        self.timer.stop(self.device)
         self.train_tokens += batch["num_tokens"]  # real (unpadded) tokens, counted on the host
         step = self.global_step  # optimizer steps done; with accumulation the first micro-batch after one saves
         if (self.snapshot_every and step % self.snapshot_every == 0 and self.trainer.is_global_zero

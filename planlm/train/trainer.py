@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
@@ -155,6 +156,35 @@ class ValidatedAt(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self.step = trainer.global_step
+
+
+class StepTimer:
+    """Seconds spent in training steps (forward + backward + optimizer step), without a host-device sync per step:
+    on a GPU each step is bracketed by CUDA events, read (one sync) only when :attr:`seconds` is asked for."""
+
+    def __init__(self):
+        self._seconds, self._t0, self._events = 0.0, 0.0, []
+
+    def start(self, device) -> None:
+        if device.type == "cuda":
+            self._events.append([torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)])
+            self._events[-1][0].record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self, device) -> None:
+        if device.type == "cuda":
+            self._events[-1][1].record()
+        else:
+            self._seconds += time.perf_counter() - self._t0
+
+    @property
+    def seconds(self) -> float:
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
+            self._events = []
+        return self._seconds
 
 
 def fit(trainer: pl.Trainer, module: pl.LightningModule, train_dataloaders=None, val_dataloaders=None,
