@@ -136,3 +136,16 @@ def test_bad_window_arguments_are_listed():
     assert "context_length" in msg and "stride" in msg and "score" in msg
     with pytest.raises(PlanlmError, match="empty"):
         collate_windows([])
+
+
+def test_loader_workers_and_pinned_memory_default_to_the_device():
+    import torch
+
+    from planlm.train.loop import LoopData
+
+    data = LoopData(train=[], val=None, collate=None)
+    assert data.loader_settings(torch.device("cpu")) == {"num_workers": 0, "pin_memory": False}  # as before
+    gpu = data.loader_settings(torch.device("cuda"))
+    assert gpu["pin_memory"] and 1 <= gpu["num_workers"] <= 4
+    assert LoopData(train=[], val=None, collate=None, num_workers=2).loader_settings(torch.device("cpu")) == {
+        "num_workers": 2, "pin_memory": False}

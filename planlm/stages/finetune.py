@@ -17,7 +17,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.models.adapters import OFFSET_INITS
 from planlm.models.mtp import MTPConfig
 from planlm.models.selection import needs_planner
-from planlm.stage_config import config_of
+from planlm.stage_config import Fingerprint, config_of
 from planlm.train.recipe import RecipeConfig
 from planlm.train.start import (
     AdapterConfig,
@@ -110,7 +110,9 @@ def finetune(
 
 # Everything `planlm finetune` reads; saved in the manifest and in OUT/finetune_config.json. Built directly too
 # (``FinetuneConfig(prepared=..., lm=..., seed=...)``: train-planner's fresh adapters, tests).
-FinetuneConfig = config_of(finetune, exclude=("out", "resume", "force"))
+FinetuneConfig = config_of(finetune, exclude=("out", "resume", "force"), fingerprint=Fingerprint(
+    # DataLoader workers change no number: a run reads as before whatever (and however defaulted) they are
+    record={"windows": lambda c: {**dataclasses.asdict(c.windows), "num_workers": c.windows.num_workers or 0}}))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -137,6 +139,8 @@ def check_resume_config(cfg: FinetuneConfig, work: Path) -> None:
     except ValueError:
         raise PlanlmError(f"{saved} is damaged; run without --resume to start afresh") from None
     now.pop("trainer", None), before.pop("trainer", None)
+    for side in (now, before):  # DataLoader workers are hardware, like --trainer.*
+        (side.get("windows") or {}).pop("num_workers", None)
     flat_now, flat_before = _flatten(now), _flatten(before)
     changed = sorted(k for k in set(flat_now) | set(flat_before) if flat_now.get(k) != flat_before.get(k))
     if changed:

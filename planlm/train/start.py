@@ -24,8 +24,9 @@ class WindowConfig:
     """Use only the first this many train articles (None = all)."""
     max_val_windows: int | None = 512
     """Validate on at most this many val windows (None = all)."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
+    num_workers: int | None = None
+    """DataLoader worker processes (they also build the planner inputs); None = 0 on a CPU, and on a GPU a few
+    workers with pinned memory, so the GPU is not kept waiting (the numbers do not depend on it)."""
 
 
 @dataclass
