@@ -1,15 +1,8 @@
 """`planlm pretrain-lm`: a byte-level BPE tokenizer and a GPT-2 trained from scratch, for offline use (DESIGN.md 4).
 
-The stage's frame; presets, tokenizer, blocks and the Lightning modules are planlm/train/lm_pretraining.py.
-
-No pretrained LM is packaged offline, so this stage makes one from the train split of a prepared corpus. The result
-is an ordinary Hugging Face folder (``save_pretrained``): every ``--lm`` option of planlm accepts it exactly as it
-accepts a Hub name such as ``gpt2``, and ``AutoModelForCausalLM`` / ``AutoTokenizer`` load it.
-
-Tokenizer: byte-level BPE (HF ``tokenizers``, GPT-2's pre-tokenisation, so every string is encodable), with
-``<|endoftext|>`` as bos/eos (as GPT-2) and a separate ``<|pad|>`` so that padding never masks a real end of text.
-Training data: the train articles, each followed by ``<|endoftext|>``, concatenated and cut into blocks. AdamW
-(weight decay on matrices only), cosine schedule with linear warmup.
+The stage's frame (validate -> reuse or refuse -> build -> fit -> write). The output is an ordinary Hugging Face
+folder that every ``--lm`` option accepts; what it holds and how it is trained (tokenizer, blocks, AdamW + cosine,
+multi-token heads, planned pretraining) is planlm/train/lm_pretraining.py.
 """
 
 from __future__ import annotations
