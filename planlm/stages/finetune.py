@@ -152,11 +152,10 @@ WORK_MARKER = ".planlm-work"
 WORK_FILES = {"config.json", "checkpoints", "logs", WORK_MARKER}  # everything planlm writes in OUT.work
 
 
-def open_work_folder(cfg: FinetuneConfig, work: Path, resume: bool, force: bool) -> int | None:
-    """Make ``OUT.work`` ready (the checkpoints of a run while it trains) and return the step to resume from (None
-    for a fresh run). Nothing planlm did not write is deleted, and neither is a resumable checkpoint without
-    ``--force true``: each refusal is one line saying what to do."""
-    from planlm.artifacts import write_json_atomic
+def check_work_folder(cfg: FinetuneConfig, work: Path, resume: bool, force: bool) -> int | None:
+    """Check ``OUT.work`` (the checkpoints of a run while it trains) before any work, writing nothing, and return the
+    step to resume from (None for a fresh run). Nothing planlm did not write may be deleted, and neither may a
+    resumable checkpoint without ``--force true``: each refusal is one line saying what to do."""
     from planlm.train.resumable import load_checkpoint_safely
 
     last = work / "checkpoints" / "last.ckpt"
@@ -164,9 +163,8 @@ def open_work_folder(cfg: FinetuneConfig, work: Path, resume: bool, force: bool)
         raise PlanlmError(f"{work} is a file, where finetune keeps its checkpoints; move it or choose another --out")
     if work.exists():
         foreign = sorted(p.name for p in work.iterdir() if p.name not in WORK_FILES)
-        ours = (work / WORK_MARKER).exists() or (work / "config.json").exists()
-        if foreign or (not ours and any(work.iterdir())):
-            raise PlanlmError(f"{work} holds files planlm did not write ({', '.join(foreign[:3]) or 'no config.json'}); "
+        if foreign:
+            raise PlanlmError(f"{work} holds files planlm did not write ({', '.join(foreign[:3])}); "
                               "finetune keeps its checkpoints there: move them or choose another --out")
     if resume:
         if not last.exists():
@@ -184,12 +182,19 @@ def open_work_folder(cfg: FinetuneConfig, work: Path, resume: bool, force: bool)
             step = ""
         raise PlanlmError(f"found a checkpoint{step} in {last.parent}: --resume true to continue, --force true to "
                           "start over")
+    return None
+
+
+def fresh_work_folder(cfg: FinetuneConfig, work: Path) -> None:
+    """A fresh run's ``OUT.work`` (:func:`check_work_folder` found it planlm's own, or absent): emptied, marked and
+    holding the run's config, which ``--resume true`` compares against."""
+    from planlm.artifacts import write_json_atomic
+
     if work.exists():
         shutil.rmtree(work)  # planlm's own, and nothing to resume from (or --force): stale state must not leak in
     work.mkdir(parents=True)
     (work / WORK_MARKER).write_text("checkpoints of `planlm finetune` while it trains; removed when it finishes\n")
     write_json_atomic(work / "config.json", dataclasses.asdict(cfg))
-    return None
 
 
 def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bool = False) -> Path:
@@ -206,7 +211,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
 
     t0 = time.time()
     work = out.with_name(out.name + ".work")
-    resume_step = open_work_folder(cfg, work, resume, force)  # before any work: nothing to lose, nothing deleted
+    resume_step = check_work_folder(cfg, work, resume, force)  # before any work, writing nothing
     corpus = PreparedCorpus.load(cfg.prepared)
     model, tokenizer = initial_planned_lm(cfg, corpus)
     lm_model, planner = model.lm, model.planner
@@ -240,6 +245,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
 
     ckpt_dir = work / "checkpoints"
     last = ckpt_dir / "last.ckpt"
+    if resume_step is None:
+        fresh_work_folder(cfg, work)
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0,
         save_on_train_epoch_end=True,
