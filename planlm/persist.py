@@ -332,6 +332,13 @@ def read_planned_manifest(run: str | Path) -> dict:
                          read_manifest(run).get("stage") == "pretrain-lm" else "finetune")
 
 
+def training_config(run: str | Path, manifest: dict) -> dict:
+    """The config a planned LM was trained with: ``finetune_config.json`` of a finetune run, else its manifest's
+    ``config`` (planned pretraining)."""
+    saved = Path(run) / "finetune_config.json"
+    return json.loads(saved.read_text()) if saved.exists() else manifest.get("config") or {}
+
+
 def load_run(run: Path, prepared: Path | None = None, device: str | None = None):
     """A finetune run folder -> ``(model, tokenizer, corpus, manifest)``; refuses other folders with one line."""
     import torch

@@ -192,8 +192,9 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
 
         model, tokenizer, corpus, manifest = load_run(run, cfg.prepared, cfg.device)
         heads = load_mtp_heads(run, model.lm)
-    ft_config = json.loads((run / "finetune_config.json").read_text()) if (run / "finetune_config.json").exists() \
-        else manifest.get("config", {})
+    from planlm.persist import training_config
+
+    ft_config = training_config(run, manifest)
     constant = not needs_planner(model.config.selection)
 
     variant = cfg.variant or (mtp_eval.lm_variant_name(heads) if lm_folder else variant_name(ft_config))

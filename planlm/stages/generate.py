@@ -22,7 +22,7 @@ from planlm.eval.generator import (
 )
 from planlm.eval.speculative import decode
 from planlm.models.selection import needs_planner
-from planlm.persist import is_lm_folder, load_mtp_lm, load_run
+from planlm.persist import is_lm_folder, load_mtp_lm, load_run, training_config
 
 # ---------------------------------------------------------------------------------------------- loading a run
 
@@ -121,9 +121,7 @@ def generate(
         from planlm.data.encoders import load_encoder
 
         enc = load_encoder(encoder or corpus.encoder, device=device)
-    trained = Path(run) / "finetune_config.json"
-    config = jsonlib.loads(trained.read_text()) if trained.exists() else manifest.get("config") or {}
-    gen = PlannedGenerator(model, tokenizer, corpus, enc, window=resolve_window(window, config))
+    gen = PlannedGenerator(model, tokenizer, corpus, enc, window=resolve_window(window, training_config(run, manifest)))
     results = []
     for first in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - first)
