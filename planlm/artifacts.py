@@ -568,7 +568,7 @@ def output_lock(out: str | Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _secondary_rank() -> bool:
+def secondary_rank() -> bool:
     """True in a distributed worker other than the global rank 0 (Lightning's launcher, torchrun, SLURM)."""
     return any(int(os.environ.get(k, "0") or 0) > 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
@@ -582,7 +582,7 @@ def writes_artifact(out: Callable[[dict], Any] = lambda args: args["out"]) -> Ca
 
         @functools.wraps(fn)
         def stage_fn(*args, **kwargs):
-            if _secondary_rank():  # a DDP worker re-running the command: rank 0 holds the lock and writes --out
+            if secondary_rank():  # a DDP worker re-running the command: rank 0 holds the lock and writes --out
                 return fn(*args, **kwargs)
             bound = sig.bind(*args, **kwargs)
             bound.apply_defaults()

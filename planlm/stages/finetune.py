@@ -200,7 +200,7 @@ def fresh_work_folder(cfg: FinetuneConfig, work: Path) -> None:
 def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bool = False) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from planlm.artifacts import atomic_dir, write_json_atomic, write_manifest
+    from planlm.artifacts import atomic_dir, secondary_rank, write_json_atomic, write_manifest
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.prepared import PreparedCorpus
     from planlm.data.windows import WindowDataset
@@ -211,7 +211,10 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
 
     t0 = time.time()
     work = out.with_name(out.name + ".work")
-    resume_step = check_work_folder(cfg, work, resume, force)  # before any work, writing nothing
+    # before any work, writing nothing. A DDP worker (rank > 0) re-running the command leaves OUT.work to rank 0,
+    # which checks and writes it: two ranks emptying and re-creating one folder race each other.
+    worker = secondary_rank()
+    resume_step = check_work_folder(cfg, work, resume, force) if resume or not worker else None
     corpus = PreparedCorpus.load(cfg.prepared)
     model, tokenizer = initial_planned_lm(cfg, corpus)
     lm_model, planner = model.lm, model.planner
@@ -245,7 +248,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
 
     ckpt_dir = work / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume_step is None:
+    if resume_step is None and not worker:
         fresh_work_folder(cfg, work)
     checkpoint = ModelCheckpoint(
         dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0,
