@@ -6,10 +6,12 @@
     python bench/overhead.py --prepared DIR       # batches from a prepared corpus (built there first if missing)
     python bench/overhead.py --compile            # + compiled Fixed and compiled reference (default on a GPU)
     python bench/overhead.py --profile            # + operators (and GPU kernels) per step, from torch.profiler
+    python bench/overhead.py --lm smollm2-135m    # a real pretrained LM (SmolLM2-135M, 30 layers), frozen
 
 One optimizer step = forward, backward and Adam step of a planned LM through the training loop's own step
 (:meth:`planlm.train.loop.PlannedLMModule.step_losses`). The LM has GPT-2-small's shape (124M parameters, randomly
-initialised: timing does not depend on the weights), frozen as in the paper, with adapters on layers 2-11 and K=1024;
+initialised: timing does not depend on the weights; ``--lm`` times a real LM instead, e.g. SmolLM2-135M with adapters
+on 28 of its 30 layers), frozen as in the paper, with adapters on layers 2-11 and K=1024;
 the planner is paper-sized (1 layer, d=768, 2 heads, ff 2048) over cached 768-d sentence embeddings. Batches are
 real: windows of 128 tokens (stride 127) over wiki-bench articles split into sentences by planlm's splitter, with the
 planner's paper context (the sentences in the 128 tokens before each target sentence). Variants run interleaved,
@@ -93,9 +95,10 @@ def build_corpus(data: Path, n_articles: int, work: Path, num_actions: int, dim:
     return PreparedCorpus.load(work)
 
 
-def bench_corpus(args, tmp: str):
-    """The benches' corpus and BPE tokenizer: ``--prepared DIR`` when it exists (a GPU machine without spaCy), else
-    one built from ``--data`` (K = 1024, 768-d random embeddings) in ``tmp``."""
+def bench_corpus(args, tmp: str, tokenizer=None):
+    """The benches' corpus and tokenizer (``tokenizer``, else a BPE one trained on the corpus): ``--prepared DIR``
+    when it exists (a GPU machine without spaCy), else one built from ``--data`` (K = 1024, 768-d random
+    embeddings) in ``tmp``."""
     from planlm.data.prepared import PreparedCorpus
     from planlm.train.lm_pretraining import train_tokenizer
 
@@ -104,7 +107,7 @@ def bench_corpus(args, tmp: str):
         corpus = PreparedCorpus.load(folder)
     else:
         corpus = build_corpus(args.data, args.articles, folder, 1024, 768, seed=0)
-    return corpus, train_tokenizer(corpus.texts, vocab_size=8192)
+    return corpus, tokenizer or train_tokenizer(corpus.texts, vocab_size=8192)
 
 
 def make_batches(corpus, tokenizer, batch_size: int, n_batches: int, planner_cfg):
@@ -125,10 +128,15 @@ def make_batches(corpus, tokenizer, batch_size: int, n_batches: int, planner_cfg
 
 
 def reference_model(base, device, layer: int = 2):
-    """Plain HF: ``base`` frozen, one trainable vector added at the input of layer ``layer``'s attention projection."""
+    """Plain HF: ``base`` frozen, one trainable vector added at the input of layer ``layer``'s attention projection
+    (the lowest layer the adapters condition by default), found by the LM family's module path."""
+    from planlm.models.adapters import projection_input_dim
+    from planlm.models.arch import architecture
+
     model = copy.deepcopy(base).requires_grad_(False).to(device)
-    vector = torch.nn.Parameter(torch.zeros(model.config.n_embd, device=device))
-    model.transformer.h[layer].attn.c_proj.register_forward_pre_hook(lambda mod, args: (args[0] + vector,))
+    projection = model.get_submodule(architecture(model.config.model_type).projection_path(layer))
+    vector = torch.nn.Parameter(torch.zeros(projection_input_dim(projection), device=device))
+    projection.register_forward_pre_hook(lambda mod, args: (args[0] + vector,))
     model.train()  # dropout active, as in the planned LM's training (the paper's code)
     return model, vector
 
@@ -182,6 +190,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--profile", action="store_true", help="count operators / kernels per step of each variant")
     ap.add_argument("--planner_only", action="store_true",
                     help="time only the planner's part of each step (forward + backward), against Soft/Unfreeze's")
+    ap.add_argument("--lm", default=None,
+                    help="a real LM to time instead of the random GPT-2-small shape: smollm2-135m (the embedded "
+                         "SmolLM2-135M), a GGUF file, a Hub name or a folder; its own tokenizer cuts the batches")
     ap.add_argument("--only", default=None, help="comma-separated rows to time (Fixed always), e.g. "
                     "'Soft/Unfreeze,Soft plan H=4 M=16 (decoder)'")
     args = ap.parse_args(argv)
@@ -201,8 +212,15 @@ def main(argv=None) -> dict:
     batch_size = args.batch or (32 if device.type == "cuda" else 8)
     compile_too = device.type == "cuda" if args.compile is None else args.compile
     torch.manual_seed(0)
+    lm_tokenizer = None
+    if args.lm:
+        from planlm.persist import load_lm
+
+        base, lm_tokenizer = load_lm(args.lm)  # fp32, as `planlm finetune` loads it
+    else:
+        base = GPT2LMHeadModel(GPT2Config())  # GPT-2 small shape: 12 layers, 768 wide, vocab 50257 (124M)
     with tempfile.TemporaryDirectory() as tmp:
-        corpus, tokenizer = bench_corpus(args, tmp)
+        corpus, tokenizer = bench_corpus(args, tmp, lm_tokenizer)
         K, D = corpus.num_actions, corpus.embedding_dim
         pcfg = PlannerConfig(num_actions=K, encoder_dim=D)  # paper: 1 layer, d 768, 2 heads, ff 2048, dropout 0
         n_batches = args.warmup + args.steps
@@ -210,7 +228,6 @@ def main(argv=None) -> dict:
     batches = [to_device(b, device) for b in batches]
     sentences_per_window = float(np.mean([len(b["sentence_ids"]) / b["input_ids"].shape[0] for b in batches]))
 
-    base = GPT2LMHeadModel(GPT2Config())  # GPT-2 small shape: 12 layers, 768 wide, vocab 50257 (124M)
     base_planner = Planner(pcfg, centroids=torch.from_numpy(corpus.centroids))
     modules, optims = {}, {}
     # name -> (recipe, planner or None, horizon): the paper's rows, then the plan rows (a horizon-4 planner)
@@ -298,6 +315,7 @@ def main(argv=None) -> dict:
         ratios["HF reference (compiled) / HF reference"] = ms["HF reference (compiled)"] / ms["HF reference"]
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "lm": args.lm or "random GPT-2-small shape",
         "batch": f"{batch_size} x 128",
         "precision": "bf16 autocast" if args.dtype == "bfloat16" else "fp32",
         "sentences_per_window": round(sentences_per_window, 2),

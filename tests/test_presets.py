@@ -68,8 +68,14 @@ def test_preset_matches_its_dataclass_and_the_stage_signatures(path):
         # the nested sections are the configs the stages take, so a run preset cannot drift from them
         assert hints["finetune"] is typing.get_type_hints(finetune)["optim"]
         assert hints["planner_optim"] is typing.get_type_hints(train_planner)["optim"]
+        assert hints["adapters"] is typing.get_type_hints(finetune)["adapters"]
         assert preset.lm_preset in preset_names("pretrain-lm")
         assert preset.prepare_preset in PREPARE_PRESETS
+        from planlm.gguf import EMBEDDED_LMS, is_gguf
+        from planlm.variants import VARIANTS
+
+        assert preset.lm is None or not is_gguf(preset.lm) or preset.lm in EMBEDDED_LMS or preset.lm.endswith(".gguf")
+        assert all(name in VARIANTS for name in preset.variants or []), preset.variants
 
 
 def test_unknown_fields_and_names_are_refused():

@@ -151,7 +151,7 @@ def tiny_run(tmp_path_factory):
         "max_articles": 20, "num_actions": 8, "encoder": "fake:32", "prepare_preset": "small",
         "planner_optim": {"lr": 1e-3, "max_steps": 2}, "planner_context": "causal",
         "finetune": {"lr": 1e-3, "planner_lr": 1e-4, "batch_size": 4, "max_steps": 2}, "context_length": 32,
-        "eval_protocol": "strided", "eval_max_articles": 2, "eval_batch_size": 64})
+        "eval_protocol": "strided", "eval_max_articles": 2, "eval_batch_size": 64, "eval_oracle": True})
     try:
         out = run(out=root / "out", lm=lm, preset="test-tiny", variants=["Fixed", "Cornille PA"], seeds="0,1",
                   finetune_max_steps=3, trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))
@@ -178,6 +178,14 @@ def test_run_with_two_seeds_writes_each_seed_and_the_interval_table(tiny_run):
     results = (out / "results.md").read_text()
     assert "seeds 0,1, fine-tuning capped at 3 steps" in results and "| Cornille PA | 2 |" in results
     assert "95% CI vs Fixed" in results
+    # eval_oracle: the variants that condition on per-sentence actions also get the oracle-action PPL (the ceiling)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in results.splitlines()
+            if line.startswith("| ") and "seeds" not in line}
+    header = [c.strip() for c in next(l for l in results.splitlines() if l.startswith("| variant")).split("|")[1:-1]]
+    oracle = header.index("PPL, oracle actions")
+    assert rows["Fixed"][oracle] == "-" and float(rows["Cornille PA"][oracle].split(" ± ")[0]) > 1
+    assert "Departures from the paper (the budget's cuts): fine-tuning capped at 3 optimizer steps" in results
+    assert "batch 4 x 32 tokens (paper: 32 x 128)" in results
     table = {r["variant"]: r for r in json.loads((out / "report" / "report.json").read_text())["table"]}
     assert table["Cornille PA"]["ppl_rel_ci"]["seeds"] == 2 and table["Cornille PA"]["seeds"] == [0, 1]
     assert (out / "report" / "seeds.png").exists()

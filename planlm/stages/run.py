@@ -29,6 +29,7 @@ from planlm.errors import check_max_steps, raise_if_problems
 from planlm.presets import load_presets
 from planlm.stages.prepare import ActionsPresetName
 from planlm.train.lm_pretraining import LMPresetName
+from planlm.train.start import AdapterConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
 from planlm.variants import (
     DEFAULT_VARIANTS,
@@ -42,6 +43,12 @@ from planlm.variants import (
 class RunPreset:
     """Sizes of every stage of `planlm run` (one preset per budget)."""
 
+    lm: str | None = None
+    """The base LM when --lm is unset: a Hub name, folder or GGUF checkpoint (``smollm2-135m``: the embedded
+    SmolLM2-135M, frozen as the paper freezes GPT-2); None = a small GPT-2 pretrained from scratch on the corpus
+    (``lm_preset``)."""
+    variants: list[str] | None = None
+    """The variants trained when --variants is unset (None = planlm.variants.DEFAULT_VARIANTS)."""
     max_articles: int | None = None
     """Corpus articles to read (None = all)."""
     prepare_preset: ActionsPresetName = "auto"
@@ -63,6 +70,8 @@ class RunPreset:
     """Planner context mode (paper / causal)."""
     finetune: OptimConfig = field(default_factory=OptimConfig)
     """Fine-tuning optimisation (paper: Adam 1e-4, batch 32, one epoch)."""
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    """Where and how the action adapters attach (paper: every layer but the first two, no gate)."""
     context_length: int = 128
     """Window length (paper: 128)."""
     eval_protocol: Literal["paper", "strided"] = "paper"
@@ -75,6 +84,9 @@ class RunPreset:
     """Cap on scored tokens per perplexity."""
     eval_batch_size: int = 64
     """Windows per evaluation forward pass."""
+    eval_oracle: bool = False
+    """Also evaluate every variant that conditions on per-sentence actions with the oracle actions (the test
+    sentences' own k-means actions): the ceiling a perfect planner would reach, in the table next to its PPL."""
 
 
 # planlm/presets/run/*.yaml: quick (<= 3 minutes on a 2-core CPU), default (<= 15 minutes), paper (a GPU)
@@ -139,16 +151,51 @@ def results_table(rows: list[dict]) -> str:
         text = format(stat["mean"], fmt) + suffix
         return text + f" ± {format(stat['std'], fmt.lstrip('+'))}" if stat["n"] > 1 else text
 
+    oracle = any(r.get("ppl_oracle") for r in rows)  # a column only when some variant was evaluated with them
     lines = [
-        "| variant | seeds | PPL | vs Fixed | 95% CI vs Fixed | planner top-1 | paper PPL (GPT-2, Wikipedia) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | seeds | PPL | vs Fixed | 95% CI vs Fixed | " + ("PPL, oracle actions | " if oracle else "")
+        + "planner top-1 | paper PPL (GPT-2, Wikipedia) |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if oracle else "") + "---:|",
     ]
     for r in rows:
         ci = interval_cell(r.get("ppl_rel_ci")).replace("–", "-")
         paper = "-" if r.get("paper_ppl") is None else f"{r['paper_ppl']:.2f}"
         lines.append(f"| {r['variant']} | {len(r['seeds'])} | {cell(r['ppl'], '.3f')} | "
-                     f"{cell(r['ppl_rel'], '+.2f', '%')} | {ci} | {cell(r.get('planner_top1'), '.3f')} | {paper} |")
+                     f"{cell(r['ppl_rel'], '+.2f', '%')} | {ci} | "
+                     + (f"{cell(r.get('ppl_oracle'), '.3f')} | " if oracle else "")
+                     + f"{cell(r.get('planner_top1'), '.3f')} | {paper} |")
     return "\n".join(lines) + "\n"
+
+
+def budget_departures(p: RunPreset) -> list[str]:
+    """What a preset changes of the paper's fine-tuning and evaluation setting (Adam 1e-4, batch 32, one epoch,
+    adapters without a gate, stride-1 perplexity on 1,000 test articles), one phrase each, for the results table."""
+    f = p.finetune
+    cuts = []
+    if f.max_steps > 0:
+        cuts.append(f"fine-tuning capped at {f.max_steps} optimizer steps (paper: one epoch)")
+    elif f.epochs != 1:
+        cuts.append(f"{f.epochs} fine-tuning epochs (paper: one)")
+    if f.batch_size != 32:
+        cuts.append(f"batch {f.batch_size} x {p.context_length} tokens (paper: 32 x 128)")
+    if f.lr != 1e-4:
+        cuts.append(f"adapter learning rate {f.lr:g} (paper: 1e-4)")
+    if f.planner_lr is not None and f.planner_lr != f.lr:
+        cuts.append(f"the unfrozen planner at its own rate {f.planner_lr:g}")
+    if p.adapters.gate:
+        cuts.append("zero-initialised adapter gates, so every variant starts as the base LM (paper: no gate)")
+    if p.eval_protocol != "paper":
+        cuts.append(f"{p.eval_protocol} perplexity, stride {p.eval_stride} (paper: stride 1)")
+    return cuts
+
+
+def describe_base_lm(lm: str | None) -> str:
+    """The base LM as the results table names it."""
+    from planlm.gguf import is_gguf
+
+    if lm is None:
+        return "pretrained from scratch per seed"
+    return f"{lm}, frozen" + (" (4-bit GGUF weights dequantized to fp32, not the original bf16)" if is_gguf(lm) else "")
 
 
 def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: RunPreset, seed: int,
@@ -185,8 +232,8 @@ def run(
     data: str = "builtin",
     data_config: str | None = None,
     lm: str | None = None,
-    preset: Literal["default", "paper", "quick"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
-    variants: list[str] | str = DEFAULT_VARIANTS,
+    preset: Literal["default", "paper", "quick", "small-lm"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
+    variants: list[str] | str | None = None,
     seeds: list[int] | str = "0",
     split_seed_follows: bool = False,
     finetune_max_steps: int = -1,
@@ -205,10 +252,12 @@ def run(
             several seeds) and the results table.
         data: corpus: builtin, a local .jsonl/.parquet/.txt/.xml(.bz2) file or folder, or a Hub dataset name.
         data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
-        lm: base causal LM (Hub name or folder); unset = pretrain a small GPT-2 from scratch on the corpus.
+        lm: base causal LM (Hub name, folder or GGUF checkpoint); unset = the preset's (default preset:
+            smollm2-135m, the embedded SmolLM2-135M; small-lm and quick: a small GPT-2 pretrained from scratch on
+            the corpus).
         preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
-        variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS), or groups of
-            them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
+        variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS; unset = the
+            preset's, else Fixed, Uniform, Cornille OA, Cornille PA, Soft / unfreeze halfway), or groups of them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
             group alone (``--variants mix-sweep``) or several (``--variants 'Fixed,no-nap'`` or ``'[Fixed, no-nap]'``).
         seeds: the seeds to run, e.g. 0,1,2 (the paper's Appendix C): each sets the initialisation and data order of
             every training stage, and the article split with --split_seed_follows true.
@@ -221,6 +270,8 @@ def run(
     Returns:
         The output folder.
     """
+    if variants is None:
+        variants = (PRESETS[preset].variants if preset in PRESETS else None) or DEFAULT_VARIANTS
     given = parse_variants(variants)
     variants = expand_variants(given)
     validate_run(preset, variants, lm, seeds, finetune_max_steps, given=given)
@@ -230,6 +281,7 @@ def run(
     from planlm.stages.report import results_table as report_rows
 
     p = PRESETS[preset]
+    lm = p.lm if lm is None else lm
     if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))
     out = Path(out)
@@ -247,19 +299,22 @@ def run(
 
     evaluations = [Path(r["run"]) / "evaluate" for r in rows]  # this run's, not whatever else lies under OUT
     table_rows = report_rows(gather(evaluations).runs)
-    for row in table_rows:  # the planner's top-1 on the test split, over the same seeds
-        top1 = [r["planner_top1"] for r in rows if r["variant"] == row["variant"] and r.get("planner_top1") is not None]
-        row["planner_top1"] = seed_stats(top1)
+    for row in table_rows:  # the planner's top-1 (and the oracle-action PPL) on the test split, over the same seeds
+        for key in ("planner_top1", "ppl_oracle"):
+            values = [r[key] for r in rows if r["variant"] == row["variant"] and r.get(key) is not None]
+            row[key] = seed_stats(values)
     table = results_table(table_rows)
+    cuts = budget_departures(p)
     header = (
         f"# planlm run ({preset} preset, seeds {','.join(map(str, seeds))}"
         + (", split per seed" if split_seed_follows else "")
         + (f", fine-tuning capped at {finetune_max_steps} steps" if finetune_max_steps != -1 else "") + ")\n\n"
         f"Corpus: {data} ({len(corpus.texts)} articles, K={corpus.num_actions} actions, encoder {corpus.encoder}); "
-        f"LM: {lm or 'pretrained from scratch per seed'}; perplexity on the test split with planner-predicted "
+        f"LM: {describe_base_lm(lm)}; perplexity on the test split with planner-predicted "
         f"actions, {p.eval_protocol} protocol (windows of {p.context_length} tokens"
         + (f", stride {p.eval_stride}" if p.eval_protocol == "strided" else ", stride 1") + "). 95% CI: paired "
         "bootstrap over test articles" + (" and seeds" if len(seeds) > 1 else "") + " (* = excludes 0).\n\n"
+        + ("Departures from the paper (the budget's cuts): " + "; ".join(cuts) + ".\n\n" if cuts else "")
     )
     (out / ".results.md.tmp").write_text(header + table + "\nStage times (s): " + json.dumps(times) + "\n")
     (out / ".results.md.tmp").replace(out / "results.md")
@@ -319,10 +374,11 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         recipe = dataclasses.replace(variant.recipe)
         planner = (ntp_dir if variant.planner_pretraining == "ntp" else planner_dir) if variant.needs_planner else None
         timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner,
-              out=run_dir, recipe=recipe, optim=p.finetune, windows=WindowConfig(context_length=p.context_length,
+              out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters, windows=WindowConfig(context_length=p.context_length,
               stride=p.context_length - 1), trainer=trainer, seed=seed, force=force)
+        oracle = p.eval_oracle and variant.recipe.selection not in ("fixed", "uniform")
         ppl_cfg = PerplexityConfig(
-            actions=["predicted"], protocols=[p.eval_protocol], context_length=p.context_length, stride=p.eval_stride,
+            actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[p.eval_protocol], context_length=p.context_length, stride=p.eval_stride,
             max_articles=p.eval_max_articles, max_tokens=p.eval_max_tokens, batch_size=p.eval_batch_size,
         )
         # an evaluation written before per-article records existed is redone (seconds), so the table has intervals
@@ -330,7 +386,8 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
                    force=force or not _has_article_records(run_dir / "evaluate"))
         m = MetricsRecord.load(Path(ev) / "metrics.json")
         rows.append({
-            "variant": name, "ppl": m.ppl, "planner_top1": m.planner_top1, "planner_top5": m.planner_top5,
+            "variant": name, "ppl": m.ppl, "ppl_oracle": m.ppl_oracle, "planner_top1": m.planner_top1,
+            "planner_top5": m.planner_top5,
             "protocol": p.eval_protocol, "run": str(run_dir), "seed": seed,
         })
     return PreparedCorpus.load(prepared), rows
