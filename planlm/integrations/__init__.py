@@ -13,10 +13,9 @@ def lm_eval_main(argv: list[str] | None = None) -> int:
     from planlm.errors import PlanlmError
 
     try:
-        from lm_eval.__main__ import cli_evaluate
+        from planlm.integrations.lm_eval import harness_command  # registers the model; one line if lm-eval is missing
 
-        import planlm.integrations.lm_eval  # noqa: F401  (registers the model)
-
+        cli_evaluate = harness_command()
         saved = sys.argv
         sys.argv = [saved[0] if argv is None else "planlm-lm-eval", *(saved[1:] if argv is None else argv)]
         try:  # the harness's command reads its arguments from sys.argv

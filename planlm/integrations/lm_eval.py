@@ -272,3 +272,10 @@ class PlanlmLM(LM):
                                                window=resolve_window(None, self.training_config))
         return self._generator
 
+
+
+def harness_command():
+    """The harness's ``lm_eval`` command function (it reads ``sys.argv``), with this module's model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    return cli_evaluate
