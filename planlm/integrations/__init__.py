@@ -13,7 +13,8 @@ def lm_eval_main(argv: list[str] | None = None) -> int:
     from planlm.errors import PlanlmError
 
     try:
-        from planlm.integrations.lm_eval import harness_command  # registers the model; one line if lm-eval is missing
+        # importing it registers the model; without lm-eval it raises one line naming the extra
+        from planlm.integrations.lm_eval import harness_command
 
         cli_evaluate = harness_command()
         saved = sys.argv
