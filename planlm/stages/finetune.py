@@ -99,6 +99,9 @@ def finetune(
     Returns:
         The output folder.
     """
+    from planlm.hub import local_folder
+
+    planner = local_folder(planner, "--planner")  # a Hub id: its cached snapshot
     cfg = FinetuneConfig.from_call(locals())
     out = Path(out)
     validate_finetune(cfg, out)
