@@ -24,6 +24,13 @@ ACTIONS = "actions"
 TOKENIZER = "tokenizer"
 
 
+def _tokenizer_note(source: str | None) -> str:
+    """Where the card says the context tokenizer is: tokenizer/ of the folder, from a Hub name or a local LM."""
+    if not source:
+        return "- (the planner counts sentences, not LM tokens)"
+    return f"{TOKENIZER}/ (from {source if not Path(source).exists() else Path(source).name})"
+
+
 def _card(manifest: dict, prepared: dict, exemplars: list[dict], license: str, hub_dataset: str | None,
           examples: int, repo: str | None) -> str:
     """README.md: the model card of a shared planner."""
@@ -49,7 +56,7 @@ def _card(manifest: dict, prepared: dict, exemplars: list[dict], license: str, h
              f"| sentence encoder | {manifest.get('encoder')} |",
              f"| actions K | {manifest.get('num_actions')} |",
              f"| context | {cfg.get('context')} ({cfg.get('context_tokens')} LM tokens) |",
-             f"| context tokenizer | {manifest.get('context_tokenizer') or '-'} |",
+             f"| context tokenizer | {_tokenizer_note(manifest.get('context_tokenizer'))} |",
              f"| NAP top-1 / top-5 (val split) | {acc or '-'} |",
              f"| corpus | {corpus} |", "",
              "## Use", "", "```bash",
