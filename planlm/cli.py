@@ -21,16 +21,17 @@ import yaml
 
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.stages.evaluate import evaluate
+from planlm.stages.finetune import finetune
 from planlm.stages.generate import generate
-from planlm.studies.mtp_compare import mtp_compare
-from planlm.studies.myopia import LMBudget, myopia_dp, myopia_lm, myopia_planned
 from planlm.stages.prepare import actions_show, prepare
+from planlm.stages.pretrain_lm import pretrain_lm
 from planlm.stages.report import report
 from planlm.stages.run import run
-from planlm.stages.finetune import finetune
+from planlm.stages.share import share
 from planlm.stages.train_planner import train_planner
+from planlm.studies.mtp_compare import mtp_compare
+from planlm.studies.myopia import LMBudget, myopia_dp, myopia_lm, myopia_planned
 from planlm.train.lm_pretraining import PRESETS as LM_PRESETS
-from planlm.stages.pretrain_lm import pretrain_lm
 
 # subcommand -> stage function; nested dicts are command groups (`planlm actions show`).
 COMMANDS: dict = {
@@ -38,6 +39,7 @@ COMMANDS: dict = {
     "actions": {"show": actions_show},
     "pretrain-lm": pretrain_lm,
     "train-planner": train_planner,
+    "share": share,
     "finetune": finetune,
     "evaluate": evaluate,
     "generate": generate,

@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "planlm"
 LIBRARIES = ("planlm.models", "planlm.data", "planlm.train", "planlm.eval")
-TOP = ("planlm.stages", "planlm.studies", "planlm.cli")
+TOP = ("planlm.stages", "planlm.studies", "planlm.cli", "planlm.integrations")
 
 
 def module_name(path: Path) -> str:
@@ -132,3 +132,10 @@ def test_evaluation_imports_no_training_loop(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PACKAGE.parent)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_integrations_import_no_stages():
+    """planlm/integrations/ (lm-eval's model) reads runs through the libraries and persist, never through a stage."""
+    bad = [f"{m} imports {t}" for m, targets in import_graph().items() if m.startswith("planlm.integrations")
+           for t in sorted(targets) if t.startswith(("planlm.stages", "planlm.studies", "planlm.cli"))]
+    assert not bad, "; ".join(bad)

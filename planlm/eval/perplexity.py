@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -87,6 +88,8 @@ class PerplexityResult:
     """(tokens,) NLL of every scored token, in scoring order."""
     token_sentence: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
     """(tokens,) global sentence id of each scored token (the sentence whose action conditioned its prediction)."""
+    token_greedy: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, bool))
+    """(tokens,) whether each scored token is the LM's most probable next token (lm-eval's ``is_greedy``)."""
 
     def summary(self) -> dict:
         """The JSON-friendly numbers (no per-token arrays)."""
@@ -227,6 +230,7 @@ def perplexity(
     fixed_action: int | None = None,
     planner_logits: tuple[np.ndarray, torch.Tensor] | None = None,
     progress: bool = True,
+    score_from: np.ndarray | None = None,
 ) -> PerplexityResult:
     """Perplexity of a planned LM on one split (see the module docstring for protocols and action sources).
 
@@ -248,6 +252,9 @@ def perplexity(
         planner_logits: ``(sentence_ids, logits)`` already computed for (a superset of) the evaluated sentences,
             to share one planner pass between several calls (not used by a model that reads plans).
         progress: show a progress bar.
+        score_from: ``(A,)`` per article id, the index of its first token to score (the tokens before it are context
+            only, and windows that score nothing from there on are not run): the continuation of a
+            (context, continuation) pair, as lm-eval's ``loglikelihood`` asks. None scores every token.
 
     Returns:
         A :class:`PerplexityResult`.
@@ -260,6 +267,11 @@ def perplexity(
     device = next(model.parameters()).device
     stride = resolve_stride(protocol, context_length, stride)
     dataset = WindowDataset.from_corpus(corpus, tokenizer, split, context_length, stride, "new", max_articles)
+    if score_from is not None:  # a window's last token is always one it scores: keep those that reach score_from
+        last = np.minimum(dataset.index[:, 1] + context_length,
+                          [dataset.articles[a].num_tokens for a in dataset.index[:, 0]]) - 1  # (W,)
+        first = np.asarray(score_from)[[dataset.articles[a].article_id for a in dataset.index[:, 0]]]  # (W,)
+        dataset.index = dataset.index[last >= first]
     order = score_windows(dataset, max_tokens)
 
     constant = not needs_planner(model.config.selection)
@@ -282,11 +294,15 @@ def perplexity(
     keep_logits = _accepts_logits_to_keep(model.lm)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    nlls, sentences = [], []
+    nlls, sentences, greedy = [], [], []
     batches = range(0, len(order), batch_size)
     for b in tqdm(batches, desc=f"perplexity ({protocol}, {actions})", unit="batch", disable=not progress):
         batch = collate_windows([dataset[int(i)] for i in order[b : b + batch_size]], pad_token_id=pad)
         labels = batch["labels"]  # (B, T), -100 = not scored
+        if score_from is not None:  # tokens before an article's score_from are context only
+            index = batch["window_starts"][:, None] + torch.arange(labels.shape[1])  # (B, T) token index in article
+            first = torch.as_tensor(np.asarray(score_from)[batch["article_ids"].numpy()])[:, None]  # (B, 1)
+            labels = labels.masked_fill(index < first, IGNORE_INDEX)
         target = labels[:, 1:]  # (B, T-1): token t + 1 is predicted at position t
         scored = target != IGNORE_INDEX  # (B, T-1)
         kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
@@ -316,24 +332,27 @@ def perplexity(
         ).cpu()  # (B, P)
         mask = tgt != IGNORE_INDEX  # (B, P)
         nlls.append(nll[mask].numpy())
+        greedy.append((out_logits.argmax(-1).cpu() == tgt)[mask].numpy())
         # The scored token t + 1 belongs to the sentence whose action position t carries (DESIGN.md 1.4).
         slot = batch["token_slot"][:, positions]  # (B, P)
         sentences.append(batch["sentence_ids"][slot][mask].numpy())
 
     token_nll = np.concatenate(nlls).astype(np.float32) if nlls else np.zeros(0, np.float32)
     token_sentence = np.concatenate(sentences).astype(np.int64) if sentences else np.zeros(0, np.int64)
+    token_greedy = np.concatenate(greedy) if greedy else np.zeros(0, bool)
     if max_tokens is not None and len(token_nll) > max_tokens:  # the last window of the first article may overshoot
         token_nll, token_sentence = token_nll[:max_tokens], token_sentence[:max_tokens]
+        token_greedy = token_greedy[:max_tokens]
     if len(token_nll) == 0:
         raise PlanlmError(
             f"no tokens to score in split {split!r} of {corpus.path}; prepare a corpus with {split} articles"
         )
     nll_sum = float(token_nll.astype(np.float64).sum())
     return PerplexityResult(
-        ppl=math.exp(nll_sum / len(token_nll)), nll_sum=nll_sum, tokens=int(len(token_nll)),
-        articles=int(len(np.unique(dataset.index[order, 0]))), windows=int(len(order)), split=split,
+        ppl=math.exp(nll_sum / len(token_nll)), nll_sum=nll_sum, tokens=len(token_nll),
+        articles=len(np.unique(dataset.index[order, 0])), windows=len(order), split=split,
         actions=actions, protocol=protocol, context_length=context_length, stride=stride,
-        token_nll=token_nll, token_sentence=token_sentence,
+        token_nll=token_nll, token_sentence=token_sentence, token_greedy=token_greedy,
     )
 
 

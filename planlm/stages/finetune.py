@@ -28,9 +28,10 @@ from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems, 
 
 
 def validate_finetune(cfg: FinetuneConfig, out: Path) -> None:
-    from planlm.train.trainer import mtp_problems
+    from planlm.train.trainer import logger_problems, mtp_problems
 
     problems = list(cfg.recipe.problems()) + strategy_problems(cfg.trainer) + mtp_problems(cfg.mtp, cfg.trainer)
+    problems += logger_problems(cfg.trainer)
     problems += global_batch_problems(cfg.optim.batch_size, cfg.optim.accumulate, world_size(cfg.trainer))
     if not Path(cfg.prepared).exists():
         problems.append(f"--prepared {cfg.prepared} does not exist; build it with `planlm prepare --out {cfg.prepared}`")
@@ -98,6 +99,9 @@ def finetune(
     Returns:
         The output folder.
     """
+    from planlm.hub import local_folder
+
+    planner = local_folder(planner, "--planner")  # a Hub id: its cached snapshot
     cfg = FinetuneConfig.from_call(locals())
     out = Path(out)
     validate_finetune(cfg, out)
@@ -254,8 +258,14 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         dirpath=str(ckpt_dir), every_n_train_steps=cfg.checkpoint_every, save_last=True, save_top_k=0,
         save_on_train_epoch_end=True,
     )
+    from planlm.artifacts import to_jsonable
+    from planlm.train.trainer import Experiment
+    from planlm.variants import variant_name
+
+    config = to_jsonable(cfg)
     trainer = build_trainer(
         cfg.trainer, work, callbacks=[checkpoint], resume_step=resume_step,
+        experiment=Experiment("finetune", variant_name(config), cfg.seed, config),
         find_unused_parameters=module.planner_waits,
         max_epochs=cfg.optim.epochs, max_steps=total_steps, accumulate_grad_batches=cfg.optim.accumulate,
         gradient_clip_val=cfg.optim.grad_clip or None, use_distributed_sampler=False, num_sanity_val_steps=0,

@@ -196,6 +196,9 @@ def prepare(
     Returns:
         The artifact directory.
     """
+    from planlm.hub import local_folder
+
+    actions_from = local_folder(actions_from, "--actions_from", "actions")  # a Hub id or a `planlm share` folder
     validate_prepare(out, source, split, sentences, encoder, kmeans, num_actions, preset, actions_from)
     out_dir = Path(out)
     space = ActionSpace.load(actions_from) if actions_from is not None else None

@@ -166,7 +166,10 @@ def pretrain_lm(
 
     out = Path(out)
     with atomic_dir(out, force=True) as tmp:
-        trainer = build_trainer(trainer, tmp, max_epochs=optim.epochs, max_steps=optim.max_steps,
+        from planlm.train.trainer import Experiment
+
+        trainer = build_trainer(trainer, tmp, experiment=Experiment("pretrain-lm", f"LM ({preset})", seed, config),
+                                max_epochs=optim.epochs, max_steps=optim.max_steps,
                                 accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
                                 num_sanity_val_steps=0, enable_checkpointing=False)
         # Blocks per micro-batch per process: the global batch of an optimizer step is exactly optim.batch_size
@@ -304,7 +307,10 @@ def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: 
 
     with atomic_dir(out, force=True) as tmp:
         module.snapshot_dir = tmp / "snapshots"
-        trainer = build_trainer(trainer_cfg, tmp, max_epochs=optim.epochs, max_steps=total,
+        from planlm.train.trainer import Experiment
+
+        trainer = build_trainer(trainer_cfg, tmp, experiment=Experiment("pretrain-lm", "planned LM", seed, config),
+                                max_epochs=optim.epochs, max_steps=total,
                                 accumulate_grad_batches=optim.accumulate, gradient_clip_val=optim.grad_clip or None,
                                 num_sanity_val_steps=0, enable_checkpointing=False, use_distributed_sampler=False)
         initial = float(trainer.validate(module, verbose=False)[0]["val/loss"])

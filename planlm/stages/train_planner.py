@@ -193,6 +193,14 @@ def _save(tmp: Path, run: _Run, cfg: TrainPlannerConfig, fingerprint: dict, metr
     )
 
 
+def _experiment(cfg: TrainPlannerConfig):
+    """What --trainer.logger wandb records: group = the planner objective (NAP / NTP), the resolved config."""
+    from planlm.artifacts import to_jsonable
+    from planlm.train.trainer import Experiment
+
+    return Experiment("train-planner", f"planner ({cfg.objective})", cfg.seed, to_jsonable(cfg))
+
+
 def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     import torch
     from torch.utils.data import DataLoader
@@ -218,7 +226,8 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
 
     with atomic_dir(out, force=True) as tmp:
         trainer = build_trainer(cfg.trainer, tmp, max_epochs=o.epochs, max_steps=o.max_steps, num_sanity_val_steps=0,
-                                enable_checkpointing=False, gradient_clip_val=o.grad_clip or None)
+                                enable_checkpointing=False, gradient_clip_val=o.grad_clip or None,
+                                experiment=_experiment(cfg))
         started = time.perf_counter()
         got = fit(trainer, module, train_loader, val_loader)
         seconds = time.perf_counter() - started
@@ -283,7 +292,7 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     with atomic_dir(out, force=True) as tmp:
         trainer = build_trainer(cfg.trainer, tmp, max_epochs=o.epochs, max_steps=total, num_sanity_val_steps=0,
                                 enable_checkpointing=False, use_distributed_sampler=False,
-                                gradient_clip_val=o.grad_clip or None)
+                                gradient_clip_val=o.grad_clip or None, experiment=_experiment(cfg))
         started = time.perf_counter()
         lm_loss = fit(trainer, module)["val/loss"]
         seconds = time.perf_counter() - started

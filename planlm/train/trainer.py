@@ -82,8 +82,10 @@ class TrainerConfig:
     """Lightning strategy: "auto", "ddp", "ddp_spawn", "fsdp", "deepspeed" ... (gloo backend on CPU)."""
     precision: str = "32-true"
     """"32-true", "bf16-mixed" (GPU), "16-mixed"."""
-    logger: Literal["csv", "tensorboard", "none"] = "csv"
-    """"csv" (default), "tensorboard" or "none"."""
+    logger: Literal["csv", "tensorboard", "wandb", "none"] = "csv"
+    """"csv" (default, OUT/logs/metrics.csv), "tensorboard", "wandb" (Weights & Biases: pip install
+    'planlm[wandb]'; project $WANDB_PROJECT or planlm, group = the variant, name = variant / seed, config = the
+    stage's resolved config; WANDB_MODE=offline keeps the run in OUT/logs/wandb/) or "none"."""
     log_every_n_steps: int = 10
     """How often to log training metrics."""
     progress_bar: bool = True
@@ -135,7 +137,38 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def build_logger(cfg: TrainerConfig, out_dir: Path, resume_step: int | None = None):
+@dataclass
+class Experiment:
+    """What an experiment tracker (``--trainer.logger wandb``) records of a training run, given by its stage."""
+
+    stage: str
+    """The stage: finetune, train-planner, pretrain-lm."""
+    group: str
+    """The variant (finetune: its row name), the planner objective, the LM preset: runs that differ by seed only."""
+    seed: int
+    config: dict
+    """The stage's resolved config (what its manifest records)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.group} / seed {self.seed}"
+
+
+WANDB_EXTRA = "wandb"  # pip install 'planlm[wandb]'
+
+
+def logger_problems(cfg: TrainerConfig) -> list[str]:
+    """A logger whose package is missing, as a one-line problem naming the extra that installs it."""
+    if cfg.logger == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            return [f"trainer.logger=wandb needs Weights & Biases: pip install 'planlm[{WANDB_EXTRA}]'"]
+    return []
+
+
+def build_logger(cfg: TrainerConfig, out_dir: Path, resume_step: int | None = None,
+                 experiment: Experiment | None = None):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     if cfg.logger == "csv":
@@ -144,6 +177,17 @@ def build_logger(cfg: TrainerConfig, out_dir: Path, resume_step: int | None = No
                                   flush_logs_every_n_steps=1)
     if cfg.logger == "tensorboard":
         return TensorBoardLogger(save_dir=str(out_dir), name="logs", version="")
+    if cfg.logger == "wandb":
+        import os
+
+        from lightning.pytorch.loggers import WandbLogger
+
+        info = experiment or Experiment(stage="train", group=Path(out_dir).name, seed=0, config={})
+        # OUT/logs/wandb/ (offline runs stay there, next to metrics.csv's place); it must exist before wandb starts
+        (Path(out_dir) / "logs").mkdir(parents=True, exist_ok=True)
+        return WandbLogger(project=os.environ.get("WANDB_PROJECT", "planlm"), name=info.name, group=info.group,
+                           tags=[info.stage, info.group], config={"stage": info.stage, **info.config},
+                           save_dir=str(Path(out_dir) / "logs"), log_model=False)
     return False
 
 
@@ -203,6 +247,20 @@ def fit(trainer: pl.Trainer, module: pl.LightningModule, train_dataloaders=None,
             raise KeyboardInterrupt from None
         raise
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    try:
+        return _validated_metrics(trainer, module, val_dataloaders, metrics)
+    finally:
+        finish_trackers(trainer)
+
+
+def finish_trackers(trainer: pl.Trainer) -> None:
+    """End the Weights & Biases run of a fit (Lightning leaves it open), so that its files are complete."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.finish()
+
+
+def _validated_metrics(trainer: pl.Trainer, module, val_dataloaders, metrics: dict[str, float]) -> dict[str, float]:
     validated = next((c for c in trainer.callbacks if isinstance(c, ValidatedAt)), None)
     # num_val_batches is set up when the fit starts; [] (not set up) validates rather than risk a stale number
     has_val = not trainer.num_val_batches or sum(trainer.num_val_batches) > 0
@@ -345,6 +403,7 @@ def build_trainer(
     callbacks: list | None = None,
     resume_step: int | None = None,
     find_unused_parameters: bool = False,
+    experiment: Experiment | None = None,
     **kwargs,
 ):
     """A ``lightning.Trainer`` for ``cfg`` writing logs under ``out_dir``; ``kwargs`` go to the Trainer as they are.
@@ -352,10 +411,11 @@ def build_trainer(
     ``resume_step``: the global step of the checkpoint the run resumes from (its logged rows before it are kept).
     ``find_unused_parameters``: some trainable parameters get no gradient in some steps (a planner that is still
     frozen); DDP must then look for them after every forward instead of waiting for their gradients forever.
+    ``experiment``: what the stage tells an experiment tracker (``--trainer.logger wandb``) about the run.
     """
     from planlm.errors import raise_if_problems
 
-    raise_if_problems(strategy_problems(cfg), "trainer")
+    raise_if_problems(strategy_problems(cfg) + logger_problems(cfg), "trainer")
     quiet_lightning()
     out_dir = Path(out_dir)
     callbacks = list(callbacks or [])
@@ -372,7 +432,7 @@ def build_trainer(
         num_nodes=cfg.num_nodes,
         strategy=strategy,
         precision=cfg.precision,
-        logger=build_logger(cfg, out_dir, resume_step),
+        logger=build_logger(cfg, out_dir, resume_step, experiment),
         log_every_n_steps=cfg.log_every_n_steps,
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
