@@ -89,7 +89,8 @@ class RunPreset:
     sentences' own k-means actions): the ceiling a perfect planner would reach, in the table next to its PPL."""
 
 
-# planlm/presets/run/*.yaml: quick (<= 3 minutes on a 2-core CPU), default (<= 15 minutes), paper (a GPU)
+# planlm/presets/run/*.yaml: quick (<= 3 minutes on a 2-core CPU), default (<= 15 minutes), smollm2 (the frozen
+# SmolLM2-135M), paper (a GPU)
 PRESETS: dict[str, RunPreset] = load_presets("run", RunPreset)
 
 
@@ -232,7 +233,7 @@ def run(
     data: str = "builtin",
     data_config: str | None = None,
     lm: str | None = None,
-    preset: Literal["default", "paper", "quick", "small-lm"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
+    preset: Literal["default", "paper", "quick", "smollm2"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
     variants: list[str] | str | None = None,
     seeds: list[int] | str = "0",
     split_seed_follows: bool = False,
@@ -252,10 +253,10 @@ def run(
             several seeds) and the results table.
         data: corpus: builtin, a local .jsonl/.parquet/.txt/.xml(.bz2) file or folder, or a Hub dataset name.
         data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
-        lm: base causal LM (Hub name, folder or GGUF checkpoint); unset = the preset's (default preset:
-            smollm2-135m, the embedded SmolLM2-135M; small-lm and quick: a small GPT-2 pretrained from scratch on
-            the corpus).
-        preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), paper (the paper's settings, GPU).
+        lm: base causal LM (Hub name, folder or GGUF checkpoint); unset = the preset's (smollm2: the embedded
+            SmolLM2-135M; default and quick: a small GPT-2 pretrained from scratch on the corpus).
+        preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), smollm2 (the frozen pretrained
+            SmolLM2-135M on the builtin corpus), paper (the paper's settings, GPU).
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS; unset = the
             preset's, else Fixed, Uniform, Cornille OA, Cornille PA, Soft / unfreeze halfway), or groups of them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
             group alone (``--variants mix-sweep``) or several (``--variants 'Fixed,no-nap'`` or ``'[Fixed, no-nap]'``).
