@@ -19,8 +19,10 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -29,6 +31,8 @@ from planlm.errors import PlanlmError
 _NONSPACE_RUN = re.compile(r"[^\n]+")
 _LINE_BREAK = re.compile(r"\n")
 _FIRST_NONSPACE = re.compile(r"\S+")
+T = TypeVar("T")
+PARALLEL_MIN_TEXTS = 500  # fewer texts than this are split in one process (starting a worker costs ~1 s of imports)
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,7 +76,7 @@ def _nlp():
 
 def auto_processes(n_texts: int) -> int:
     """Worker processes worth starting for ``n_texts`` articles: spawning one costs about a second of imports."""
-    if n_texts < 500:
+    if n_texts < PARALLEL_MIN_TEXTS:
         return 1
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -99,16 +103,31 @@ def split_sentences(
         For each text, its sentences as ``(start, end)`` pairs in order: ``text[start:end]`` is the sentence, with
         no leading or trailing whitespace and no line break inside.
     """
+    n_process = auto_processes(len(texts)) if n_process == 0 else n_process
+    spans = (sp for _, sp in iter_sentence_spans(texts, n_process, min_chars, max_chars, batch_size))
+    return list(tqdm(spans, total=len(texts), desc="split sentences", unit=" art", disable=not progress))
+
+
+def iter_sentence_spans(
+    items: Iterable[T], n_process: int = 1, min_chars: int = 1, max_chars: int | None = None, batch_size: int = 32,
+    text: Callable[[T], str] | None = None,
+) -> Iterator[tuple[T, list[tuple[int, int]]]]:
+    """:func:`split_sentences` of a stream, lazily: ``(item, spans of its text)`` in order while spaCy reads the
+    next items (a few batches ahead), so a corpus is never held whole. ``text(item)`` is the item's text (the item
+    itself by default); ``n_process`` >= 1 here."""
     if max_chars is not None and max_chars < 1:
         raise PlanlmError(f"max_chars must be >= 1 or None (got {max_chars})")
-    if n_process == 0:
-        n_process = auto_processes(len(texts))
-    nlp = _nlp()
-    out: list[list[tuple[int, int]]] = []
-    docs = nlp.pipe(texts, n_process=n_process, batch_size=batch_size)
-    for text, doc in tqdm(zip(texts, docs), total=len(texts), desc="split sentences", unit=" art", disable=not progress):
-        out.append(_doc_spans(text, doc, min_chars, max_chars))
-    return out
+    pending: deque = deque()  # items handed to spaCy whose doc has not come back yet
+    text_of = text or (lambda item: item)
+
+    def fed() -> Iterator[str]:
+        for item in items:
+            pending.append(item)
+            yield text_of(item)
+
+    for doc in _nlp().pipe(fed(), n_process=n_process, batch_size=batch_size):
+        item = pending.popleft()
+        yield item, _doc_spans(text_of(item), doc, min_chars, max_chars)
 
 
 def _doc_spans(text: str, doc, min_chars: int, max_chars: int | None) -> list[tuple[int, int]]:
