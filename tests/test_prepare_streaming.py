@@ -229,3 +229,27 @@ def test_iter_sentence_spans_is_lazy_and_keeps_items():
                                            (2, "Item 2 one. Item 2 two.")]
     assert first[0][1] == [(0, 11), (12, 23)] and len(fed) < 50  # read a batch or so ahead, not the stream
     stream.close()
+
+
+def test_a_txt_file_is_read_in_chunks_exactly_as_whole(tmp_path):
+    """Blank-line blocks of a .txt file read a few bytes at a time equal the split of the whole text (CRLF, a byte
+    order mark, tabs, runs of blank lines, multi-byte and undecodable bytes at every chunk boundary)."""
+    import re
+
+    from planlm.data.corpus import ReadStats, _blank_line_blocks, _decode
+
+    rng = np.random.default_rng(0)
+    pieces = ["word", " ", "\t", "\n", "\r\n", "\r", "é", "€", "\n\n", "\n \t\n", "\r\n\r\n", ".", "\n\n\n\n"]
+    for trial in range(60):
+        raw = b"\xef\xbb\xbf" * (trial % 3 == 0) + "".join(rng.choice(pieces, size=40)).encode()
+        if trial % 4 == 1:
+            raw = raw[:7] + b"\xff\xe2\x82" + raw[7:]  # undecodable bytes, a truncated euro sign
+        path = tmp_path / f"{trial}.txt"
+        path.write_bytes(raw)
+        whole_stats = ReadStats()
+        text = _decode(raw, whole_stats).removeprefix("\ufeff")
+        expected = re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n"))
+        for chunk in (1, 2, 3, 5, 64):
+            stats = ReadStats()
+            assert list(_blank_line_blocks(path, stats, chunk=chunk)) == expected, (trial, chunk, raw)
+            assert stats.undecodable_bytes == whole_stats.undecodable_bytes

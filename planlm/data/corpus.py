@@ -121,13 +121,15 @@ class _CountingTextReader:
     """A binary stream read as UTF-8 text, with undecodable bytes replaced and counted (for ElementTree.iterparse)."""
 
     def __init__(self, raw: IO[bytes], stats: ReadStats):
-        self.raw, self.stats = raw, stats
+        self.raw, self.stats, self.eof = raw, stats, False
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="planlm_count")
 
     def read(self, size: int = -1) -> str:
+        """Up to ``size`` bytes, decoded: "" also before the end when they end inside a character (see ``eof``)."""
         before = _UNDECODABLE[0]
         chunk = self.raw.read(size)
-        text = self.decoder.decode(chunk, final=not chunk)
+        self.eof = not chunk
+        text = self.decoder.decode(chunk, final=self.eof)
         self.stats.undecodable_bytes += _UNDECODABLE[0] - before
         return text
 
@@ -228,8 +230,11 @@ def _plain(nodes) -> str:
 def iter_wiki_xml(path: Path, stats: ReadStats) -> Iterator[Article]:
     """Stream a MediaWiki XML dump: main-namespace pages that are not redirects, wikitext parsed to plain text."""
     with _open_binary(path) as raw:
-        for _, elem in ET.iterparse(_CountingTextReader(raw, stats), events=("end",)):
-            if not elem.tag.endswith("}page") and elem.tag != "page":
+        root = None
+        for event, elem in ET.iterparse(_CountingTextReader(raw, stats), events=("start", "end")):
+            if root is None:
+                root = elem  # <mediawiki>: its finished pages are dropped, so a whole dump never accumulates
+            if event == "start" or (not elem.tag.endswith("}page") and elem.tag != "page"):
                 continue
             # "{*}" matches a tag in any namespace or none (dumps carry the export-0.x namespace).
             ns = elem.findtext("{*}ns") or "0"
@@ -243,6 +248,7 @@ def iter_wiki_xml(path: Path, stats: ReadStats) -> Iterator[Article]:
                 else:
                     yield Article(title, wikitext_to_text(wikitext))
             elem.clear()
+            root.clear()
 
 
 # ---- other sources -----------------------------------------------------------------------------------------------
@@ -284,7 +290,8 @@ def _from_record(obj: dict, title_field: str, text_field: str, where: str, defau
     return Article(str(title) if title is not None else default_title, "" if text is None else text)
 
 
-def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats) -> Iterator[Article]:
+def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats,
+                 batch_size: int = 1024) -> Iterator[Article]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -298,7 +305,7 @@ def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats
         raise PlanlmError(f"{path}: column {text_field!r} holds {kind}, not text; pass the right --source.text_field")
     columns = [text_field] + ([title_field] if title_field in names else [])
     row = 0
-    for batch in pf.iter_batches(columns=columns):
+    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):  # a batch's texts at a time
         d = batch.to_pydict()
         titles = d.get(title_field, [None] * batch.num_rows)
         for title, text in zip(titles, d[text_field]):
@@ -314,9 +321,28 @@ def iter_txt(path: Path, stats: ReadStats) -> Iterator[Article]:
         for p in sorted(path.rglob("*.txt")):
             yield Article(p.stem, _decode(p.read_bytes(), stats).removeprefix("\ufeff").strip())
         return
-    text = _decode(path.read_bytes(), stats).removeprefix("\ufeff")
-    for i, block in enumerate(re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")), 1):
+    for i, block in enumerate(_blank_line_blocks(path, stats), 1):
         yield Article(f"{path.stem}:{i}", block.strip())
+
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def _blank_line_blocks(path: Path, stats: ReadStats, chunk: int = 1 << 20) -> Iterator[str]:
+    """The blocks between blank lines of a text file, read ``chunk`` bytes at a time, exactly as splitting the
+    whole text (byte order mark dropped, CRLF read as LF) at ``\\n[ \\t]*\\n`` gives them: a separator holds one
+    blank line, so every one found in the text read so far is final and only the unfinished last block is carried."""
+    with _open_binary(path) as raw:
+        reader = _CountingTextReader(raw, stats)
+        tail, held, first = "", "", True  # held: a CR ending one read, whose LF may start the next
+        while not reader.eof:
+            text = held + reader.read(chunk)
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            held = "\r" if not reader.eof and text.endswith("\r") else ""
+            parts = _BLANK_LINE.split(tail + text[: len(text) - len(held)].replace("\r\n", "\n"))
+            tail = "" if reader.eof else parts.pop()
+            yield from parts
 
 
 def iter_hub(cfg: SourceConfig, stats: ReadStats) -> Iterator[Article]:

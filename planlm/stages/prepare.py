@@ -205,10 +205,23 @@ def prepare(
     does (256 on the ~24k-sentence builtin corpus), so every action is populated; "paper" is always 1024; "small"
     is 64. No action is ever empty: empty clusters are re-seeded.
 
+    Sizes: every article of the source is read unless --source.max_articles or --split.train says otherwise. The
+    paper's are 285,310 train, 1,000 val and 1,000 test articles: `--split.train 285310 --split.val 1000
+    --split.test 1000` reads exactly the first 287,310 articles with a sentence (of the ~6.4M of wikimedia/wikipedia
+    20231101.en), and the default split of `--source.max_articles 287310` (what `planlm run --preset paper` uses) is
+    the same. Test protocol: the paper's text, 1,000 test articles, all evaluated; the authors' code draws 5,000 test
+    articles and evaluates the first 1,000, which planlm does not (it draws the 1,000 it evaluates).
+
+    Memory does not grow with the corpus but for a few integers per sentence and per article: the texts are spooled
+    to disk, the embeddings written as they are computed (65,536 sentences per encoder call) and read back in chunks,
+    and k-means (faiss) trains on at most --kmeans.max_points_per_centroid x K train sentences (faiss's own sample;
+    0 = every one, as does --kmeans.backend sklearn). The split is a seeded shuffle of the article count, decided
+    after the first pass.
+
     Args:
         out: Artifact directory to write.
         source: Corpus source (builtin, .jsonl, .parquet, .txt, Wikipedia .xml[.bz2], or a Hub dataset name).
-        split: Article-level train/val/test split (paper: 1000 val and 1000 test articles).
+        split: Article-level train/val/test split (paper: 285,310 train, 1,000 val and 1,000 test articles).
         sentences: Sentence splitting.
         encoder: Frozen sentence encoder.
         kmeans: k-means++ backend and settings.
