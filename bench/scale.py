@@ -1,7 +1,7 @@
 """Memory and start-up time against corpus size: peak RSS of each stage at 100k and at 1M sentences, and of
-`planlm prepare` at 1k and 10k articles.
+`planlm prepare` at 500 and 5,000 articles.
 
-    python bench/scale.py                          # 100k and 1M sentences, 20 steps per stage; prepare 1k, 10k
+    python bench/scale.py                          # 100k and 1M sentences, 20 steps per stage; prepare 500, 5k
     python bench/scale.py --sizes 20000,200000     # smaller, faster
     python bench/scale.py --stages prepare         # the prepare row only
     python bench/scale.py --json
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", type=Path, default=WIKI_BENCH, help="wiki-bench.jsonl.gz (sentence statistics)")
     ap.add_argument("--sizes", default="100000,1000000", help="sentence counts, comma-separated")
     ap.add_argument("--stages", default="train-planner,finetune,prepare", help="stages to measure, comma-separated")
-    ap.add_argument("--prepare-articles", default="1000,10000", help="article counts of the prepare row")
+    ap.add_argument("--prepare-articles", default="500,5000", help="article counts of the prepare row")
     ap.add_argument("--prepare-dim", type=int, default=64, help="dimension of the prepare row's fake encoder")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per stage")
     ap.add_argument("--n-layer", type=int, default=4)

@@ -45,7 +45,7 @@ EXEMPLARS = "exemplars.json"
 ARTICLES_PER_ROW_GROUP = 256  # the unit ArticleTexts reads: small enough that reading one article stays cheap
 
 
-SENTENCES_PER_ROW_GROUP = 1 << 20  # sentences.parquet is written (and its columns built) this many rows at a time
+SENTENCES_PER_ROW_GROUP = 1 << 18  # sentences.parquet is written (and its columns built) this many rows at a time
 
 
 def write_prepared(
