@@ -25,8 +25,9 @@ import inspect
 import os
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from planlm.artifacts import to_jsonable
 
@@ -45,14 +46,16 @@ class Fingerprint:
     """field -> condition: recorded as null while the condition is false (the settings of an option that is off)."""
     absent_unless: Mapping[str, Condition] = dataclasses.field(default_factory=dict)
     """field -> condition: left out while the condition is false, so that the configs of artifacts built before the
-    field existed keep their fingerprint (and are still reused)."""
+    field existed keep their fingerprint (and are still reused). A dotted name (``"split.train"``) is a field of a
+    field's dataclass, left out of that field's value."""
     record: Mapping[str, Callable[[Any], Any]] = dataclasses.field(default_factory=dict)
     """field -> the value recorded for it, from the config (e.g. an input artifact as its path and id)."""
     extra: Callable[[Any], dict] | None = None
     """Entries computed from the config and its inputs (input ids, a preset's shape), after the fields."""
 
     def names(self) -> set[str]:
-        return {*self.ignore, *self.null_unless, *self.absent_unless, *self.record}
+        """The stage parameters named (a dotted name names its first part)."""
+        return {name.split(".")[0] for name in (*self.ignore, *self.null_unless, *self.absent_unless, *self.record)}
 
 
 def config_of(stage: Callable, *, exclude: tuple[str, ...] = (), fingerprint: Fingerprint = Fingerprint(),
@@ -148,5 +151,13 @@ def _fingerprint(self) -> dict:
             out[f.name] = getattr(self, f.name)
     if decl.extra is not None:
         out |= decl.extra(self)
-    return to_jsonable(out)
+    out = to_jsonable(out)
+    for name, counts in decl.absent_unless.items():
+        *path, leaf = name.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if path and isinstance(node, dict) and not counts(self):
+            node.pop(leaf, None)
+    return out
 

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from finetune_env import cli_args, make_env
 from helpers import assert_refused
+
 from planlm.artifacts import lock_path, read_manifest, verify_artifact
 from planlm.cli import main
 
@@ -235,13 +235,13 @@ def test_unwritable_out_is_refused_before_any_work_everywhere(env, tmp_path, cap
 def test_disk_full_while_writing_the_artifact_everywhere(env, tmp_path, capsys, monkeypatch):
     import planlm.stages.prepare as prepare_stage
 
-    real = prepare_stage.write_prepared
+    real = prepare_stage.write_action_space
 
     def write_until_full(directory, *args, **kwargs):
-        real(directory, *args, **kwargs)  # half of the artifact is on disk when the disk fills up
+        real(directory, *args, **kwargs)  # every data file is on disk when the disk fills up
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(directory) / "manifest.json"))
 
-    monkeypatch.setattr(prepare_stage, "write_prepared", write_until_full)
+    monkeypatch.setattr(prepare_stage, "write_action_space", write_until_full)
     assert_refused(capsys, ["prepare", "--out", tmp_path / "prep", *env["prepare"]],
                    r"could not write .*/prep \(No space left on device: .*manifest\.json\); the partial output was "
                    r"removed and nothing was written", tmp_path)

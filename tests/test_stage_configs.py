@@ -27,6 +27,7 @@ RECORDED = {
     "prepare": "59b5bbbabc103fb8",
     "prepare-set": "954806d348628ea7",
     "prepare-from": "7f54492886aa43f9",
+    "prepare-split-train": "7bc5a05c7cb4e3e9",  # split.train (issue 25) counts when set, is absent when unset
     "pretrain-lm": "9c2231a8913cdcb5",
     "pretrain-lm-set": "1f8f38402b4d2d5c",
     "pretrain-lm-trainer": "1f8f38402b4d2d5c",  # the trainer does not count
@@ -126,6 +127,8 @@ def cases() -> dict:
             kmeans=KMeansConfig(backend="sklearn", seed=1), num_actions=16, preset="small", progress=False),
         "prepare-from": lambda: prepare(out="out", source=SourceConfig(source="corpus.txt"), actions_from="src",
                                         encoder=EncoderConfig(batch_size=4)),
+        "prepare-split-train": lambda: prepare(out="out", source=SourceConfig(source="corpus.txt"),
+                                               split=SplitConfig(train=1, val=1, test=0)),
         "pretrain-lm": lambda: pretrain_lm(prepared="prep", out="out"),
         "pretrain-lm-set": lambda: pretrain_lm(prepared="prep", out="out", preset="tiny", vocab_size=300,
                                                block_size=32, optim=lm_optim("tiny", max_steps=6), seed=1),
@@ -298,6 +301,25 @@ def test_a_new_field_counts_by_default():
     assert same.fingerprint() == {"steps": 3, "data": "d", "init": "i", "sizes": [1, 2], "id": "x"}
     off = dataclasses.replace(same, steps=1, lr=0.5, name="other")
     assert off.fingerprint() == {"steps": 1, "data": "d", "init": None, "sizes": [1, 2], "lr": 0.5, "id": "x"}
+
+
+@dataclasses.dataclass
+class Inner:
+    a: int = 1
+    b: int | None = None
+
+
+def test_a_new_nested_field_can_keep_old_fingerprints():
+    def nested(out: str = "o", inner: Inner = Inner(), force: bool = False):  # noqa: B008
+        return Nested.from_call(locals())
+
+    Nested = config_of(nested, exclude=("out", "force"), fingerprint=Fingerprint(
+        absent_unless={"inner.b": lambda c: c.inner.b is not None}))
+    assert nested().fingerprint() == {"inner": {"a": 1}}
+    assert nested(inner=Inner(b=2)).fingerprint() == {"inner": {"a": 1, "b": 2}}
+    assert nested().inner == Inner()  # the config keeps the field; only its fingerprint leaves it out
+    with pytest.raises(TypeError, match="no parameter iner"):
+        config_of(nested, fingerprint=Fingerprint(absent_unless={"iner.b": lambda c: True}))
 
 
 def test_from_call_converts_paths_as_their_types_say():

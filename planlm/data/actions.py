@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -59,7 +60,7 @@ class ActionFit:
 
 def suggest_num_actions(n_sentences: int, upper: int = 1024) -> int:
     """The largest power of two K <= ``upper`` that leaves about MIN_SENTENCES_PER_ACTION sentences per action."""
-    k = 2 ** int(math.floor(math.log2(max(2, n_sentences // MIN_SENTENCES_PER_ACTION))))
+    k = 2 ** math.floor(math.log2(max(2, n_sentences // MIN_SENTENCES_PER_ACTION)))
     return int(max(2, min(upper, k)))
 
 
@@ -244,12 +245,15 @@ def _reseed_empty(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, dist
 
 
 # ---- fitting ----------------------------------------------------------------------------------------------------
-def fit_actions(train: np.ndarray, num_actions: int, cfg: KMeansConfig, progress: bool = True) -> ActionFit:
+def fit_actions(train, num_actions: int, cfg: KMeansConfig, progress: bool = True) -> ActionFit:
     """k-means++ with ``num_actions`` clusters on the train embeddings; every action non-empty.
 
     Args:
         train: ``(N_train, d)`` embeddings (float16 as stored; clustered as float32 copies of those exact values, so
-            that labels are the nearest centroids of the stored embeddings).
+            that labels are the nearest centroids of the stored embeddings): an array, or any matrix read by rows
+            (:class:`planlm.data.prepared.EmbeddingRows`). The faiss backend reads samples of it and passes over it
+            chunk by chunk, so memory is bounded by K, not N_train: ``max_points_per_centroid * K`` rows for Lloyd
+            (0 = all rows), 8 K for the seeding; scikit-learn takes every row.
         num_actions: K.
         cfg: Backend and iterations.
 
@@ -257,38 +261,62 @@ def fit_actions(train: np.ndarray, num_actions: int, cfg: KMeansConfig, progress
         Centroids ``(K, d)`` float32 and the train labels / distances of the final nearest-centroid assignment.
     """
     check_num_actions(num_actions, len(train))
-    x = np.ascontiguousarray(train, dtype=np.float32)  # (N, d)
     seconds = {}
     t0 = time.perf_counter()
     if cfg.backend == "faiss":
-        centroids = _fit_faiss(x, num_actions, cfg, progress, seconds)
+        centroids = _fit_faiss(train, num_actions, cfg, progress, seconds)
     elif cfg.backend == "sklearn":
-        centroids = _fit_sklearn(x, num_actions, cfg)
+        centroids = _fit_sklearn(_rows32(train, slice(None)), num_actions, cfg)
         seconds["lloyd"] = time.perf_counter() - t0
     else:
         raise PlanlmError(f"unknown k-means backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")
     t1 = time.perf_counter()
-    labels, dists = assign(x, centroids)
-    centroids, labels, dists, reseeded = _reseed_empty(x, centroids.copy(), labels, dists)
+    labels, dists = assign(train, centroids)
+    centroids, labels, dists, reseeded = _reseed_empty(train, centroids.copy(), labels, dists)
     seconds["assign"] = time.perf_counter() - t1
     return ActionFit(centroids.astype(np.float32), labels, dists, reseeded, seconds)
 
 
-def _fit_faiss(x: np.ndarray, k: int, cfg: KMeansConfig, progress: bool, seconds: dict) -> np.ndarray:
+def _rows32(x, rows) -> np.ndarray:
+    """Rows of ``x`` (a slice, or sorted indices) as one contiguous float32 matrix."""
+    return np.ascontiguousarray(x[rows], dtype=np.float32)
+
+
+def lloyd_sample(n: int, k: int, cfg: KMeansConfig) -> np.ndarray | None:
+    """The rows faiss trains on when it subsamples (more than ``max_points_per_centroid * k`` points): the first
+    ``max_points_per_centroid * k`` of faiss's own seeded permutation (``faiss.rand_perm``), in its order, so that
+    reading only them gives faiss's centroids bit for bit; None when faiss trains on every point."""
+    m = cfg.max_points_per_centroid * k
+    if not cfg.max_points_per_centroid or n <= m:
+        return None
+    faiss = import_faiss()
+    perm = np.empty(n, dtype=np.int32)  # faiss's permutation is of C ints
+    faiss.rand_perm(faiss.swig_ptr(perm), n, cfg.seed)
+    return perm[:m].astype(np.int64)
+
+
+def _fit_faiss(x, k: int, cfg: KMeansConfig, progress: bool, seconds: dict) -> np.ndarray:
     faiss = import_faiss()
     rng = np.random.default_rng(cfg.seed)
     t0 = time.perf_counter()
     n_seed = min(len(x), cfg.seeding_sample or 8 * k)
-    sample = x[np.sort(rng.choice(len(x), size=n_seed, replace=False))] if n_seed < len(x) else x
-    seeds = kmeans_plusplus(sample, k, rng, progress=progress)  # (K, d)
+    picked = np.sort(rng.choice(len(x), size=n_seed, replace=False)) if n_seed < len(x) else slice(None)
+    seeds = kmeans_plusplus(_rows32(x, picked), k, rng, progress=progress)  # (K, d)
     seconds["seeding"] = time.perf_counter() - t0
     t1 = time.perf_counter()
+    rows = lloyd_sample(len(x), k, cfg)
+    if rows is None:
+        points = _rows32(x, slice(None))  # (N, d)
+    else:  # read sorted, then put in faiss's order
+        order = np.argsort(rows)
+        points = np.empty((len(rows), x.shape[1]), dtype=np.float32)  # (m, d)
+        points[order] = _rows32(x, rows[order])
     km = faiss.Kmeans(
         x.shape[1], k, niter=cfg.max_iter, seed=cfg.seed, verbose=False, spherical=False,
         max_points_per_centroid=cfg.max_points_per_centroid or max(1, len(x)),
         min_points_per_centroid=1,  # no warning noise; re-seeding below guarantees non-empty actions
     )
-    km.train(x, init_centroids=seeds)
+    km.train(points, init_centroids=seeds)
     seconds["lloyd"] = time.perf_counter() - t1
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, x.shape[1])
 
@@ -303,7 +331,8 @@ def _fit_sklearn(x: np.ndarray, k: int, cfg: KMeansConfig) -> np.ndarray:
 
 # ---- exemplars --------------------------------------------------------------------------------------------------
 def exemplars(
-    labels: np.ndarray, distances: np.ndarray, sentence_ids: np.ndarray, texts: list[str], num_actions: int, n: int
+    labels: np.ndarray, distances: np.ndarray, sentence_ids: np.ndarray,
+    texts: Sequence[str] | Callable[[np.ndarray], list[str]], num_actions: int, n: int,
 ) -> list[dict]:
     """For every action: its size and its ``n`` distinct sentences nearest the centroid (nearest first).
 
@@ -311,20 +340,31 @@ def exemplars(
         labels: ``(M,)`` action of each candidate sentence (train sentences).
         distances: ``(M,)`` squared distance of each to its centroid.
         sentence_ids: ``(M,)`` global sentence id of each.
-        texts: ``(M,)`` sentence texts.
+        texts: ``(M,)`` sentence texts, or a function from candidate indices to their texts, called for the few
+            nearest candidates of each action (more only where duplicates, such as a repeated heading, need more).
     """
+    text_of = texts if callable(texts) else (lambda idx: [texts[j] for j in idx])
     sizes = np.bincount(labels, minlength=num_actions)
     order = np.lexsort((distances, labels))  # by action, then nearest first
     starts = np.r_[0, np.cumsum(sizes)]
-    out = []
-    for a in range(num_actions):
-        chosen_ids, chosen_texts = [], []
-        for j in order[starts[a] : starts[a + 1]]:
-            if texts[j] in chosen_texts:
-                continue
-            chosen_ids.append(int(sentence_ids[j]))
-            chosen_texts.append(texts[j])
-            if len(chosen_texts) == n:
-                break
-        out.append({"action": a, "size": int(sizes[a]), "exemplars": chosen_texts, "sentence_ids": chosen_ids})
-    return out
+    chosen = [([], []) for _ in range(num_actions)]  # (sentence ids, texts) of each action
+    seen = np.zeros(num_actions, dtype=np.int64)  # candidates of each action looked at
+    want = np.full(num_actions, n, dtype=np.int64)  # how many to look at in this round
+    while True:
+        todo = [a for a in range(num_actions) if len(chosen[a][1]) < n and seen[a] < sizes[a]]
+        if not todo:
+            break
+        spans = [(a, starts[a] + seen[a], starts[a] + min(sizes[a], seen[a] + want[a])) for a in todo]
+        candidates = np.concatenate([order[lo:hi] for _, lo, hi in spans])
+        fetched = iter(text_of(candidates))
+        for a, lo, hi in spans:
+            ids, picked = chosen[a]
+            for j in order[lo:hi]:
+                text = next(fetched)
+                if len(picked) < n and text not in picked:
+                    ids.append(int(sentence_ids[j]))
+                    picked.append(text)
+            seen[a] = hi - starts[a]
+            want[a] *= 2  # duplicates: look at twice as many next time
+    return [{"action": a, "size": int(sizes[a]), "exemplars": chosen[a][1], "sentence_ids": chosen[a][0]}
+            for a in range(num_actions)]

@@ -26,9 +26,10 @@ import json
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -71,6 +72,9 @@ class SourceConfig:
 class SplitConfig:
     """The article-level train/val/test split. A value below 1 is a fraction of the articles, 1 or more a count."""
 
+    train: int | None = None
+    """Train articles: a count, or None for every article in neither val nor test. With a count, `prepare` reads
+    only the train + val + test articles it needs (val and test are then counts; paper: 285310, 1000, 1000)."""
     val: float = 0.1
     """Validation articles: a fraction (< 1) or a count (>= 1), capped at max_val."""
     test: float = 0.1
@@ -117,13 +121,15 @@ class _CountingTextReader:
     """A binary stream read as UTF-8 text, with undecodable bytes replaced and counted (for ElementTree.iterparse)."""
 
     def __init__(self, raw: IO[bytes], stats: ReadStats):
-        self.raw, self.stats = raw, stats
+        self.raw, self.stats, self.eof = raw, stats, False
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="planlm_count")
 
     def read(self, size: int = -1) -> str:
+        """Up to ``size`` bytes, decoded: "" also before the end when they end inside a character (see ``eof``)."""
         before = _UNDECODABLE[0]
         chunk = self.raw.read(size)
-        text = self.decoder.decode(chunk, final=not chunk)
+        self.eof = not chunk
+        text = self.decoder.decode(chunk, final=self.eof)
         self.stats.undecodable_bytes += _UNDECODABLE[0] - before
         return text
 
@@ -141,16 +147,16 @@ def _open_binary(path: Path) -> IO[bytes]:
 _BOILERPLATE_RE = re.compile(
     r"^\s*(references|notes|footnotes|citations|sources|bibliography|see also|external links|further reading"
     r"|notes and references|works cited|external links and references)\s*$",
-    re.I,
+    re.IGNORECASE,
 )
 _DROPPED_TAGS = {"ref", "references", "table", "math", "gallery", "imagemap", "timeline", "score", "chem", "ce",
                  "syntaxhighlight", "source", "pre", "hiero", "graph", "mapframe", "templatedata"}
-_DROPPED_LINK_NAMESPACES = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?)\s*:", re.I)
+_DROPPED_LINK_NAMESPACES = re.compile(r"^\s*:?\s*(file|image|media|category|[a-z]{2,3}(-[a-z]+)?)\s*:", re.IGNORECASE)
 _HEADING = "\x01"  # marks a heading line inside wikitext_to_text; levels are 1..6
 _EMPTY_PARENS = re.compile(r"\s*\(\s*[,;:]*\s*\)")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.;:!?])")
 # Markup mwparserfromhell leaves as text when the wikitext around it is broken (an unclosed '' or {{).
-_LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?(</ref>|$)", re.I)
+_LEFTOVER_REF = re.compile(r"<ref[^>]*/>|<ref[^>]*>.*?(</ref>|$)", re.IGNORECASE)
 _LEFTOVER_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(\s[^<>]*)?/?>")
 _LEFTOVER_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")
 _LEFTOVER_LINK = re.compile(r"\[\[(?:[^\[\]|]*\|)?([^\[\]]*)\]\]")
@@ -224,8 +230,11 @@ def _plain(nodes) -> str:
 def iter_wiki_xml(path: Path, stats: ReadStats) -> Iterator[Article]:
     """Stream a MediaWiki XML dump: main-namespace pages that are not redirects, wikitext parsed to plain text."""
     with _open_binary(path) as raw:
-        for _, elem in ET.iterparse(_CountingTextReader(raw, stats), events=("end",)):
-            if not elem.tag.endswith("}page") and elem.tag != "page":
+        root = None
+        for event, elem in ET.iterparse(_CountingTextReader(raw, stats), events=("start", "end")):
+            if root is None:
+                root = elem  # <mediawiki>: its finished pages are dropped, so a whole dump never accumulates
+            if event == "start" or (not elem.tag.endswith("}page") and elem.tag != "page"):
                 continue
             # "{*}" matches a tag in any namespace or none (dumps carry the export-0.x namespace).
             ns = elem.findtext("{*}ns") or "0"
@@ -239,6 +248,7 @@ def iter_wiki_xml(path: Path, stats: ReadStats) -> Iterator[Article]:
                 else:
                     yield Article(title, wikitext_to_text(wikitext))
             elem.clear()
+            root.clear()
 
 
 # ---- other sources -----------------------------------------------------------------------------------------------
@@ -280,7 +290,8 @@ def _from_record(obj: dict, title_field: str, text_field: str, where: str, defau
     return Article(str(title) if title is not None else default_title, "" if text is None else text)
 
 
-def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats) -> Iterator[Article]:
+def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats,
+                 batch_size: int = 1024) -> Iterator[Article]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -294,7 +305,7 @@ def iter_parquet(path: Path, title_field: str, text_field: str, stats: ReadStats
         raise PlanlmError(f"{path}: column {text_field!r} holds {kind}, not text; pass the right --source.text_field")
     columns = [text_field] + ([title_field] if title_field in names else [])
     row = 0
-    for batch in pf.iter_batches(columns=columns):
+    for batch in pf.iter_batches(batch_size=batch_size, columns=columns):  # a batch's texts at a time
         d = batch.to_pydict()
         titles = d.get(title_field, [None] * batch.num_rows)
         for title, text in zip(titles, d[text_field]):
@@ -310,9 +321,28 @@ def iter_txt(path: Path, stats: ReadStats) -> Iterator[Article]:
         for p in sorted(path.rglob("*.txt")):
             yield Article(p.stem, _decode(p.read_bytes(), stats).removeprefix("\ufeff").strip())
         return
-    text = _decode(path.read_bytes(), stats).removeprefix("\ufeff")
-    for i, block in enumerate(re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")), 1):
+    for i, block in enumerate(_blank_line_blocks(path, stats), 1):
         yield Article(f"{path.stem}:{i}", block.strip())
+
+
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+
+
+def _blank_line_blocks(path: Path, stats: ReadStats, chunk: int = 1 << 20) -> Iterator[str]:
+    """The blocks between blank lines of a text file, read ``chunk`` bytes at a time, exactly as splitting the
+    whole text (byte order mark dropped, CRLF read as LF) at ``\\n[ \\t]*\\n`` gives them: a separator holds one
+    blank line, so every one found in the text read so far is final and only the unfinished last block is carried."""
+    with _open_binary(path) as raw:
+        reader = _CountingTextReader(raw, stats)
+        tail, held, first = "", "", True  # held: a CR ending one read, whose LF may start the next
+        while not reader.eof:
+            text = held + reader.read(chunk)
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            held = "\r" if not reader.eof and text.endswith("\r") else ""
+            parts = _BLANK_LINE.split(tail + text[: len(text) - len(held)].replace("\r\n", "\n"))
+            tail = "" if reader.eof else parts.pop()
+            yield from parts
 
 
 def iter_hub(cfg: SourceConfig, stats: ReadStats) -> Iterator[Article]:
@@ -321,7 +351,7 @@ def iter_hub(cfg: SourceConfig, stats: ReadStats) -> Iterator[Article]:
 
     try:
         ds = datasets.load_dataset(cfg.source, cfg.hub_config, split=cfg.hub_split, streaming=True)
-    except Exception as e:  # datasets raises many types (FileNotFoundError, ConnectionError, DatasetNotFoundError)
+    except Exception as e:  # noqa: BLE001  datasets raises many types (FileNotFoundError, ConnectionError, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PlanlmError(
             f"cannot load dataset {cfg.source!r} (config {cfg.hub_config!r}, split {cfg.hub_split!r}): {first[:200]}; "
@@ -448,40 +478,47 @@ def _is_arrow_error(e: BaseException) -> bool:
     return type(e).__module__.startswith("pyarrow")
 
 
-def read_corpus(cfg: SourceConfig, progress: bool = True) -> tuple[list[Article], ReadStats]:
-    """Read the non-empty articles of a source (at most ``max_articles``), with what was skipped.
+def iter_corpus(cfg: SourceConfig, stats: ReadStats, progress: bool = True) -> Iterator[Article]:
+    """Stream the non-empty articles of a source (at most ``max_articles``; line endings normalised, text stripped),
+    counting what was skipped in ``stats``. Nothing is held: one article at a time.
 
     Raises:
-        PlanlmError: the source does not exist, a record is malformed, or no non-empty article is left.
+        PlanlmError: the source does not exist, a record is malformed, or the source has no non-empty article.
     """
     from planlm.errors import raise_if_problems
 
     raise_if_problems(source_problems(cfg), "source")
-    stats = ReadStats()
-    articles: list[Article] = []
-    bar = tqdm(desc="read articles", unit=" art", disable=not progress, total=cfg.max_articles)
-    for art in iter_articles(cfg, stats):
-        text = art.text.replace("\r\n", "\n").strip()
-        if not text:
-            stats.empty_articles += 1
-            continue
-        articles.append(Article(art.title, text))
-        bar.update()
-        if cfg.max_articles is not None and len(articles) >= cfg.max_articles:
-            break
-    bar.close()
-    stats.articles = len(articles)
-    if not articles:
+    n = 0
+    with tqdm(desc="read articles", unit=" art", disable=not progress, total=cfg.max_articles) as bar:
+        for art in iter_articles(cfg, stats):
+            text = art.text.replace("\r\n", "\n").strip()
+            if not text:
+                stats.empty_articles += 1
+                continue
+            n += 1
+            bar.update()
+            yield Article(art.title, text)
+            if cfg.max_articles is not None and n >= cfg.max_articles:
+                return
+    if not n:
         raise PlanlmError(
             f"corpus {cfg.source!r} has no non-empty article ({stats.empty_articles} empty, "
             f"{stats.skipped_pages} skipped pages); point --source.source at a corpus with text"
         )
+
+
+def read_corpus(cfg: SourceConfig, progress: bool = True) -> tuple[list[Article], ReadStats]:
+    """Read the non-empty articles of a source (at most ``max_articles``) into a list, with what was skipped
+    (:func:`iter_corpus`, whose errors it raises). `planlm prepare` streams instead."""
+    stats = ReadStats()
+    articles = list(iter_corpus(cfg, stats, progress))
+    stats.articles = len(articles)
     return articles, stats
 
 
 # ---- split -------------------------------------------------------------------------------------------------------
 def _split_size(value: float, cap: int, n: int) -> int:
-    size = int(round(value * n)) if value < 1 else int(value)
+    size = round(value * n) if value < 1 else int(value)
     if 0 < value < 1:
         size = max(1, size)  # a requested fraction never rounds a split away
     return min(size, cap)
@@ -493,24 +530,47 @@ def split_problems(cfg: SplitConfig) -> list[str]:
         v = getattr(cfg, name)
         if v < 0 or (v >= 1 and v != int(v)):
             problems.append(f"split.{name}={v} must be a fraction in [0, 1) or a whole count >= 1")
+        elif cfg.train is not None and 0 < v < 1:
+            problems.append(f"split.{name}={v} is a fraction, but with split.train set the split is counts: give "
+                            f"--split.{name} a count (the paper: --split.train 285310 --split.val 1000 "
+                            "--split.test 1000)")
         if getattr(cfg, f"max_{name}") < 0:
             problems.append(f"split.max_{name} must be >= 0")
+    if cfg.train is not None and (isinstance(cfg.train, bool) or cfg.train != int(cfg.train) or cfg.train < 1):
+        problems.append(f"split.train={cfg.train} must be a count >= 1, or unset for every other article")
     if 0 < cfg.val < 1 and 0 < cfg.test < 1 and cfg.val + cfg.test >= 1:
         problems.append(f"split.val + split.test = {cfg.val + cfg.test} leaves no train articles; make them smaller")
     return problems
 
 
+def articles_needed(cfg: SplitConfig) -> int | None:
+    """How many articles the split takes with ``train`` set (train + val + test, val and test counts as capped);
+    None when train is the rest (the split takes every article read)."""
+    if cfg.train is None:
+        return None
+    return int(cfg.train) + min(int(cfg.val), cfg.max_val) + min(int(cfg.test), cfg.max_test)
+
+
 def split_articles(n_articles: int, cfg: SplitConfig) -> np.ndarray:
     """Assign each of ``n_articles`` to "train" / "val" / "test": a seeded shuffle, then test, val, rest train.
 
-    Deterministic in (n_articles, cfg). Fractions are capped at ``max_val`` / ``max_test`` (paper: 1000 each), so
-    the default (0.1, capped at 1000) is the paper's split on Wikipedia and still non-empty on a 100-article corpus.
+    Deterministic in (n_articles, cfg); it needs the number of articles only, never their texts (so `prepare`
+    decides it after one streamed pass). Fractions are capped at ``max_val`` / ``max_test`` (paper: 1000 each),
+    so the default (0.1, capped at 1000) is the paper's split on Wikipedia and still non-empty on a 100-article
+    corpus. With ``train`` set the corpus must have exactly :func:`articles_needed` articles (`prepare` reads no
+    more).
 
     Returns:
         ``(n_articles,)`` array of split names, in article order.
     """
     n_test = _split_size(cfg.test, cfg.max_test, n_articles)
     n_val = _split_size(cfg.val, cfg.max_val, n_articles)
+    needed = articles_needed(cfg)
+    if needed is not None and n_articles != needed:
+        raise PlanlmError(
+            f"the corpus has {n_articles} articles with a sentence but the split asks for {cfg.train} train + "
+            f"{n_val} val + {n_test} test = {needed}; read a larger corpus or lower --split.train"
+        )
     if n_test + n_val >= n_articles:
         raise PlanlmError(
             f"the corpus has {n_articles} articles but the split asks for {n_val} val + {n_test} test, leaving no "

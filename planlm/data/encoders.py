@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -59,9 +59,13 @@ class FakeEncoder(Encoder):
         self.name = f"fake:{dim}"
         self._cache: dict[str, np.ndarray] = {}
 
+    CACHED_WORDS = 100_000  # the cache starts over past this many words: a corpus's vocabulary is not held
+
     def _word_vector(self, word: str) -> np.ndarray:
         vec = self._cache.get(word)
         if vec is None:
+            if len(self._cache) >= self.CACHED_WORDS:
+                self._cache.clear()
             # Python's hash() is salted per process; a content hash keeps the vectors identical everywhere.
             seed = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
             vec = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
@@ -163,7 +167,7 @@ def _load_sentence_transformer(resolved: str, name: str, device: str):
             return SentenceTransformer(resolved, device=device)
     except PlanlmError:
         raise
-    except Exception as e:  # OSError, HFValidationError, requests errors: all mean "not loadable here"
+    except Exception as e:  # noqa: BLE001  OSError, HFValidationError, requests errors: "not loadable here"
         raise PlanlmError(
             f"sentence encoder {name!r} cannot be loaded ({type(e).__name__}): it is not a local directory and not "
             f"in the Hugging Face cache, and the Hub is unreachable; use --encoder.name {DEFAULT_ENCODER} "

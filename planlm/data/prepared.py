@@ -45,6 +45,9 @@ EXEMPLARS = "exemplars.json"
 ARTICLES_PER_ROW_GROUP = 256  # the unit ArticleTexts reads: small enough that reading one article stays cheap
 
 
+SENTENCES_PER_ROW_GROUP = 1 << 18  # sentences.parquet is written (and its columns built) this many rows at a time
+
+
 def write_prepared(
     directory: str | Path,
     titles: list[str],
@@ -58,41 +61,145 @@ def write_prepared(
     actions: np.ndarray,
     exemplars: list[dict],
 ) -> None:
-    """Write the data files of a prepared corpus into ``directory`` (the manifest is the caller's)."""
+    """Write the data files of a prepared corpus held in memory into ``directory`` (the manifest is the caller's).
+    `planlm prepare` writes the same files as it streams (:class:`ArticleWriter`, :class:`EmbeddingWriter`)."""
+    directory = Path(directory)
+    with ArticleWriter(directory / ARTICLES) as articles:
+        for title, text, split in zip(titles, texts, splits):
+            articles.add(title, text, split)
+    write_sentences(directory / SENTENCES, sentence_article, sentence_start, sentence_end, actions)
+    np.save(directory / EMBEDDINGS, np.asarray(embeddings, dtype=np.float16))
+    write_action_space(directory, centroids, exemplars)
+
+
+def write_action_space(directory: str | Path, centroids: np.ndarray, exemplars: list[dict]) -> None:
+    """``centroids.npy`` (float32) and ``exemplars.json`` of a prepared corpus."""
+    np.save(Path(directory) / CENTROIDS, np.asarray(centroids, dtype=np.float32))
+    (Path(directory) / EXEMPLARS).write_text(json.dumps(exemplars, indent=1) + "\n")
+
+
+class ArticleWriter:
+    """``articles.parquet`` written as articles arrive, one row group of ARTICLES_PER_ROW_GROUP articles at a time
+    (the unit :class:`ArticleTexts` reads), with dense article ids. ``split=False`` writes title and text only (a
+    spool to be read back before the split is known)."""
+
+    def __init__(self, path: str | Path, split: bool = True):
+        import pyarrow as pa
+
+        self.path, self.count = Path(path), 0
+        self.columns = ["article_id", "title", *(["split"] if split else []), "text"]
+        self.schema = pa.schema([(c, pa.int64() if c == "article_id" else pa.string()) for c in self.columns])
+        self._rows: dict[str, list] = {c: [] for c in self.columns}
+        self._writer = None
+
+    def add(self, title: str, text: str, split: str | None = None) -> None:
+        row = {"article_id": self.count, "title": title, "split": split, "text": text}
+        for c in self.columns:
+            self._rows[c].append(row[c])
+        self.count += 1
+        if len(self._rows["text"]) == ARTICLES_PER_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema)
+        if self._rows["text"] or self.count == 0:
+            self._writer.write_table(pa.table(self._rows, schema=self.schema))
+        self._rows = {c: [] for c in self.columns}
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.close()
+
+
+def write_sentences(path: str | Path, sentence_article: np.ndarray, sentence_start: np.ndarray,
+                    sentence_end: np.ndarray, actions: np.ndarray) -> None:
+    """``sentences.parquet`` from its columns (sorted by article, then start), SENTENCES_PER_ROW_GROUP rows at a
+    time: sentence ids are the rows, positions the index of each sentence in its article."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    directory = Path(directory)
     sentence_article = np.asarray(sentence_article, dtype=np.int64)
-    order = np.lexsort((np.asarray(sentence_start), sentence_article))
-    if not np.array_equal(order, np.arange(len(order))):
+    a, b = sentence_article, np.asarray(sentence_start)
+    if not np.all((a[1:] > a[:-1]) | ((a[1:] == a[:-1]) & (b[1:] >= b[:-1]))):
         raise ValueError("sentences must be sorted by (article, start)")
-    positions = np.zeros(len(sentence_article), dtype=np.int32)
-    if len(sentence_article):
-        starts = np.r_[0, np.flatnonzero(np.diff(sentence_article)) + 1]
-        for s, e in zip(starts, np.r_[starts[1:], len(sentence_article)]):
-            positions[s:e] = np.arange(e - s)
-    pq.write_table(
-        pa.table({"article_id": np.arange(len(texts), dtype=np.int64), "title": titles, "split": splits, "text": texts}),
-        directory / ARTICLES,
-        row_group_size=ARTICLES_PER_ROW_GROUP,
-    )
-    pq.write_table(
-        pa.table(
-            {
-                "sentence_id": np.arange(len(sentence_article), dtype=np.int64),
-                "article_id": sentence_article,
-                "position": positions,
-                "start": np.asarray(sentence_start, dtype=np.int64),
-                "end": np.asarray(sentence_end, dtype=np.int64),
-                "action": np.asarray(actions, dtype=np.int32),
-            }
-        ),
-        directory / SENTENCES,
-    )
-    np.save(directory / EMBEDDINGS, np.asarray(embeddings, dtype=np.float16))
-    np.save(directory / CENTROIDS, np.asarray(centroids, dtype=np.float32))
-    (directory / EXEMPLARS).write_text(json.dumps(exemplars, indent=1) + "\n")
+    n = len(sentence_article)
+    schema = pa.schema([("sentence_id", pa.int64()), ("article_id", pa.int64()), ("position", pa.int32()),
+                        ("start", pa.int64()), ("end", pa.int64()), ("action", pa.int32())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for lo in range(0, max(n, 1), SENTENCES_PER_ROW_GROUP):
+            hi = min(n, lo + SENTENCES_PER_ROW_GROUP)
+            rows = np.arange(lo, hi, dtype=np.int64)
+            first = np.searchsorted(sentence_article, sentence_article[lo:hi])  # first row of each row's article
+            writer.write_table(pa.table({
+                "sentence_id": rows,
+                "article_id": sentence_article[lo:hi],
+                "position": (rows - first).astype(np.int32),
+                "start": np.asarray(sentence_start[lo:hi], dtype=np.int64),
+                "end": np.asarray(sentence_end[lo:hi], dtype=np.int64),
+                "action": np.asarray(actions[lo:hi], dtype=np.int32),
+            }, schema=schema))
+
+
+class EmbeddingWriter:
+    """``embeddings.npy`` (float16 ``(n, dim)``) written chunk by chunk through the file, never mapped, so that the
+    rows written do not stay in the writer's memory; the file is what ``np.save`` writes."""
+
+    def __init__(self, path: str | Path, n: int, dim: int):
+        self.path, self.n, self.dim, self.written = Path(path), int(n), int(dim), 0
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                  "shape": (self.n, self.dim)}
+        with open(self.path, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float16)  # (m, dim)
+        if rows.ndim != 2 or rows.shape[1] != self.dim or self.written + len(rows) > self.n:
+            raise ValueError(f"{self.path.name}: rows of shape {rows.shape} do not fit ({self.written} of "
+                             f"({self.n}, {self.dim}) written)")
+        with open(self.path, "ab") as f:
+            f.write(rows.tobytes())
+        self.written += len(rows)
+
+    def close(self) -> None:
+        if self.written != self.n:
+            raise ValueError(f"{self.path.name}: {self.written} rows written of {self.n}")
+
+
+class EmbeddingRows:
+    """Rows ``ids`` (sorted global sentence ids; None = all) of an ``embeddings.npy`` as one matrix to read from:
+    ``len``, ``shape`` and indexing by an int, a slice or an index array, each read through a memory map opened
+    for that read only, so a pass over millions of rows keeps no page of them (:func:`planlm.data.actions.assign`
+    reads chunks of it; k-means reads its samples)."""
+
+    def __init__(self, path: str | Path, ids: np.ndarray | None = None):
+        self.path = Path(path)
+        self.ids = None if ids is None else np.asarray(ids, dtype=np.int64)
+        matrix = np.load(self.path, mmap_mode="r")
+        self.shape = (matrix.shape[0] if self.ids is None else len(self.ids), *matrix.shape[1:])
+        self.dtype = matrix.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows = key if self.ids is None else self.ids[key]
+        matrix = np.load(self.path, mmap_mode="r")
+        out = np.array(matrix[rows])  # a copy: the map closes when ``matrix`` goes
+        del matrix
+        return out
 
 
 class ArticleTexts(Sequence[str]):
@@ -171,7 +278,7 @@ class ActionSpace:
     exemplars: list[dict]
 
     @classmethod
-    def load(cls, path: str | Path) -> "ActionSpace":
+    def load(cls, path: str | Path) -> ActionSpace:
         path = Path(path)
         manifest = verify_artifact(path, read_manifest(path, "prepare"))
         if not (path / CENTROIDS).exists():
@@ -211,7 +318,7 @@ class PreparedCorpus:
         self.article_offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PreparedCorpus":
+    def load(cls, path: str | Path) -> PreparedCorpus:
         import pyarrow.parquet as pq
 
         path = Path(path)
@@ -223,7 +330,7 @@ class PreparedCorpus:
         try:
             arts = pq.read_table(path / ARTICLES, columns=["title", "split"]).to_pydict()
             sents = pq.read_table(path / SENTENCES)
-            col = lambda name: sents.column(name).to_numpy()  # noqa: E731
+            col = lambda name: sents.column(name).to_numpy()
             corpus = cls(
                 path=path,
                 manifest=manifest,

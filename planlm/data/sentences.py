@@ -17,10 +17,13 @@ generated text. Rules, in order:
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TypeVar
 
 from tqdm.auto import tqdm
 
@@ -29,6 +32,9 @@ from planlm.errors import PlanlmError
 _NONSPACE_RUN = re.compile(r"[^\n]+")
 _LINE_BREAK = re.compile(r"\n")
 _FIRST_NONSPACE = re.compile(r"\S+")
+T = TypeVar("T")
+PARALLEL_MIN_TEXTS = 500  # fewer texts than this are split in one process (starting a worker costs ~1 s of imports)
+SEGMENT_TEXTS = 1000  # texts split at a time (one spaCy memory zone) by iter_sentence_spans in one process
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,7 +78,7 @@ def _nlp():
 
 def auto_processes(n_texts: int) -> int:
     """Worker processes worth starting for ``n_texts`` articles: spawning one costs about a second of imports."""
-    if n_texts < 500:
+    if n_texts < PARALLEL_MIN_TEXTS:
         return 1
     return max(1, min(os.cpu_count() or 1, 8))
 
@@ -99,16 +105,53 @@ def split_sentences(
         For each text, its sentences as ``(start, end)`` pairs in order: ``text[start:end]`` is the sentence, with
         no leading or trailing whitespace and no line break inside.
     """
+    n_process = auto_processes(len(texts)) if n_process == 0 else n_process
+    spans = (sp for _, sp in iter_sentence_spans(texts, n_process, min_chars, max_chars, batch_size))
+    return list(tqdm(spans, total=len(texts), desc="split sentences", unit=" art", disable=not progress))
+
+
+def iter_sentence_spans(
+    items: Iterable[T], n_process: int = 1, min_chars: int = 1, max_chars: int | None = None, batch_size: int = 32,
+    text: Callable[[T], str] | None = None,
+) -> Iterator[tuple[T, list[tuple[int, int]]]]:
+    """:func:`split_sentences` of a stream, lazily: ``(item, spans of its text)`` in order, reading a bounded number
+    of items ahead (SEGMENT_TEXTS in one process; with workers, two tasks of ``batch_size`` per worker), so a corpus
+    is never held whole. ``text(item)`` is the item's text (the item itself by default); ``n_process`` >= 1 here.
+
+    spaCy keeps every distinct token string it meets (its vocabulary: ~0.7 kB each, millions on Wikipedia), so
+    each segment or task is split inside a memory zone that frees them; the spans do not depend on the vocabulary.
+    Workers send back spans, never spaCy documents, so this process builds no vocabulary at all.
+    """
     if max_chars is not None and max_chars < 1:
         raise PlanlmError(f"max_chars must be >= 1 or None (got {max_chars})")
-    if n_process == 0:
-        n_process = auto_processes(len(texts))
+    text_of = text or (lambda item: item)
+    items = iter(items)
+    tasks = iter(lambda: list(itertools.islice(items, SEGMENT_TEXTS if n_process == 1 else batch_size)), [])
+    if n_process == 1:
+        for task in tasks:
+            yield from zip(task, _spans_of([text_of(item) for item in task], min_chars, max_chars, batch_size))
+        return
+    import multiprocessing
+
+    with multiprocessing.Pool(n_process) as pool:
+        running: deque = deque()  # (items, their spans to come), in order
+        for task in tasks:
+            running.append((task, pool.apply_async(_spans_of, ([text_of(i) for i in task], min_chars, max_chars,
+                                                               batch_size))))
+            if len(running) > 2 * n_process:
+                done, spans = running.popleft()
+                yield from zip(done, spans.get())
+        while running:
+            done, spans = running.popleft()
+            yield from zip(done, spans.get())
+
+
+def _spans_of(texts: list[str], min_chars: int, max_chars: int | None, batch_size: int) -> list[list[tuple[int, int]]]:
+    """The sentence spans of ``texts``, split inside one spaCy memory zone (in a worker or in this process)."""
     nlp = _nlp()
-    out: list[list[tuple[int, int]]] = []
-    docs = nlp.pipe(texts, n_process=n_process, batch_size=batch_size)
-    for text, doc in tqdm(zip(texts, docs), total=len(texts), desc="split sentences", unit=" art", disable=not progress):
-        out.append(_doc_spans(text, doc, min_chars, max_chars))
-    return out
+    with nlp.memory_zone():
+        docs = nlp.pipe(texts, batch_size=batch_size)
+        return [_doc_spans(t, doc, min_chars, max_chars) for t, doc in zip(texts, docs)]
 
 
 def _doc_spans(text: str, doc, min_chars: int, max_chars: int | None) -> list[tuple[int, int]]:

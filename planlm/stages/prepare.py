@@ -1,15 +1,21 @@
 """`planlm prepare` (a corpus -> writing actions) and `planlm actions show` (DESIGN.md sections 1.1 and 2).
 
-Steps: load the encoder -> read articles -> split sentences (character offsets) -> split articles train/val/test ->
-embed every sentence once (float16) -> k-means++ on the train sentences -> nearest-centroid actions for every
-sentence -> exemplars -> one artifact directory in the layout of :mod:`planlm.data.prepared`, written atomically.
-With ``--actions_from PREPARED`` the encoder, centroids and exemplars are PREPARED's and no k-means runs (see
-:func:`planlm.data.actions.apply_actions`).
+Steps, streamed so that memory does not grow with the corpus (only arrays of a few integers per sentence and per
+article do; texts and embeddings are on disk): load the encoder -> read articles and split them into sentences
+(character offsets) in one pass, spooling the texts to disk -> split the articles train/val/test (a seeded
+shuffle of their count) -> embed the sentences chunk by chunk (float16, written as they come) while the articles
+are written with their split -> k-means++ on a sample of the train sentences -> nearest-centroid actions chunk by
+chunk -> exemplars -> one artifact directory in the layout of :mod:`planlm.data.prepared`, built in a temporary
+sibling and renamed into place. With ``--actions_from PREPARED`` the encoder, centroids and exemplars are
+PREPARED's and no k-means runs (see :func:`planlm.data.actions.apply_actions`).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,9 +42,12 @@ from planlm.data.actions import (
     suggest_num_actions,
 )
 from planlm.data.corpus import (
+    Article,
+    ReadStats,
     SourceConfig,
     SplitConfig,
-    read_corpus,
+    articles_needed,
+    iter_corpus,
     source_kind,
     source_path,
     source_problems,
@@ -51,8 +60,26 @@ from planlm.data.encoders import (
     load_encoder,
     resolve_encoder,
 )
-from planlm.data.prepared import EXEMPLARS, SPLITS, ActionSpace, write_prepared
-from planlm.data.sentences import SentenceConfig, split_sentences
+from planlm.data.prepared import (
+    ARTICLES,
+    EMBEDDINGS,
+    EXEMPLARS,
+    SENTENCES,
+    SPLITS,
+    ActionSpace,
+    ArticleTexts,
+    ArticleWriter,
+    EmbeddingRows,
+    EmbeddingWriter,
+    write_action_space,
+    write_sentences,
+)
+from planlm.data.sentences import (
+    PARALLEL_MIN_TEXTS,
+    SentenceConfig,
+    auto_processes,
+    iter_sentence_spans,
+)
 from planlm.errors import PlanlmError, raise_if_problems
 from planlm.presets import load_presets
 from planlm.stage_config import Fingerprint, config_of
@@ -152,11 +179,11 @@ def file_hash_of_list(items: list[str]) -> str:
 @writes_artifact()
 def prepare(
     out: str = "prepared",
-    source: SourceConfig = SourceConfig(),
-    split: SplitConfig = SplitConfig(),
-    sentences: SentenceConfig = SentenceConfig(),
-    encoder: EncoderConfig = EncoderConfig(),
-    kmeans: KMeansConfig = KMeansConfig(),
+    source: SourceConfig = SourceConfig(),  # noqa: B008 (the CLI's defaults; never mutated)
+    split: SplitConfig = SplitConfig(),  # noqa: B008 (the CLI's defaults; never mutated)
+    sentences: SentenceConfig = SentenceConfig(),  # noqa: B008 (the CLI's defaults; never mutated)
+    encoder: EncoderConfig = EncoderConfig(),  # noqa: B008 (the CLI's defaults; never mutated)
+    kmeans: KMeansConfig = KMeansConfig(),  # noqa: B008 (the CLI's defaults; never mutated)
     num_actions: int | None = None,
     preset: ActionsPresetName = "auto",
     actions_from: str | None = None,
@@ -178,10 +205,23 @@ def prepare(
     does (256 on the ~24k-sentence builtin corpus), so every action is populated; "paper" is always 1024; "small"
     is 64. No action is ever empty: empty clusters are re-seeded.
 
+    Sizes: every article of the source is read unless --source.max_articles or --split.train says otherwise. The
+    paper's are 285,310 train, 1,000 val and 1,000 test articles: `--split.train 285310 --split.val 1000
+    --split.test 1000` reads exactly the first 287,310 articles with a sentence (of the ~6.4M of wikimedia/wikipedia
+    20231101.en), and the default split of `--source.max_articles 287310` (what `planlm run --preset paper` uses) is
+    the same. Test protocol: the paper's text, 1,000 test articles, all evaluated; the authors' code draws 5,000 test
+    articles and evaluates the first 1,000, which planlm does not (it draws the 1,000 it evaluates).
+
+    Memory does not grow with the corpus but for a few integers per sentence and per article: the texts are spooled
+    to disk, the embeddings written as they are computed (65,536 sentences per encoder call) and read back in chunks,
+    and k-means (faiss) trains on at most --kmeans.max_points_per_centroid x K train sentences (faiss's own sample;
+    0 = every one, as does --kmeans.backend sklearn). The split is a seeded shuffle of the article count, decided
+    after the first pass.
+
     Args:
         out: Artifact directory to write.
         source: Corpus source (builtin, .jsonl, .parquet, .txt, Wikipedia .xml[.bz2], or a Hub dataset name).
-        split: Article-level train/val/test split (paper: 1000 val and 1000 test articles).
+        split: Article-level train/val/test split (paper: 285,310 train, 1,000 val and 1,000 test articles).
         sentences: Sentence splitting.
         encoder: Frozen sentence encoder.
         kmeans: k-means++ backend and settings.
@@ -221,65 +261,67 @@ def prepare(
     enc = load_encoder(encoder.name, device=encoder.device, batch_size=encoder.batch_size)
     lap("load encoder")
 
-    articles, stats = read_corpus(source, progress=progress)
-    lap("read")
-
-    spans = split_sentences(
-        [a.text for a in articles], n_process=sentences.n_process, min_chars=sentences.min_chars,
-        max_chars=sentences.max_chars, batch_size=sentences.batch_size, progress=progress,
-    )
-    # An article without a sentence (all of it shorter than min_chars) has nothing to plan: it counts as empty.
-    keep = [i for i, s in enumerate(spans) if s]
-    stats.empty_articles += len(articles) - len(keep)
-    articles, spans = [articles[i] for i in keep], [spans[i] for i in keep]
-    if not articles:
-        raise PlanlmError(f"no article of {source.source!r} has a sentence of at least {sentences.min_chars} characters; "
-                          "lower --sentences.min_chars or use another corpus")
-    lap("sentences")
-
-    article_split = split_articles(len(articles), split)
-    counts_per_article = np.array([len(s) for s in spans], dtype=np.int64)
-    sentence_article = np.repeat(np.arange(len(articles)), counts_per_article)  # (N,)
-    sentence_start = np.array([b for s in spans for b, _ in s], dtype=np.int64)  # (N,)
-    sentence_end = np.array([e for s in spans for _, e in s], dtype=np.int64)  # (N,)
-    texts = [articles[a].text[b:e] for a, b, e in zip(sentence_article, sentence_start, sentence_end)]
-    sentence_split = article_split[sentence_article]  # (N,)
-    train_ids = np.flatnonzero(sentence_split == "train")
-    k = resolve_num_actions(num_actions, preset, len(train_ids)) if space is None else space.num_actions
-    if space is None:
-        check_num_actions(k, len(train_ids))  # before the expensive embedding step
-    lap("split")
-
-    embeddings = embed_sentences(enc, texts, progress=progress)  # (N, d) float16
-    lap("embed")
-
-    if space is not None:
-        actions, _ = apply_actions(embeddings, space.centroids, space.path)
-        centroids, train_labels, reseeded = space.centroids, actions[train_ids], 0
-        # The actions are the source's, so are their exemplars (its sentence ids do not index this corpus).
-        examples = [{key: v for key, v in e.items() if key != "sentence_ids"} for e in space.exemplars]
-        lap("assign")
-    else:
-        fit = fit_actions(embeddings[train_ids], k, kmeans, progress=progress)
-        centroids, train_labels, reseeded = fit.centroids, fit.train_labels, fit.reseeded
-        actions = np.empty(len(texts), dtype=np.int64)
-        actions[train_ids] = fit.train_labels
-        other = np.flatnonzero(sentence_split != "train")
-        if len(other):
-            actions[other] = assign(embeddings[other], fit.centroids)[0]  # val/test: nearest centroid, never refitted
-        lap("k-means")
-
-        examples = exemplars(fit.train_labels, fit.train_distances, train_ids, [texts[i] for i in train_ids], k,
-                             kmeans.num_exemplars)
-        lap("exemplars")
-
-    counts = _counts(articles, article_split, sentence_split, k, train_labels, stats, reseeded)
     with atomic_dir(out_dir, force=True) as tmp:
-        write_prepared(
-            tmp, [a.title for a in articles], [a.text for a in articles], list(article_split), sentence_article,
-            sentence_start, sentence_end, embeddings, centroids, actions, examples,
-        )
+        spool = tmp / ".articles-spool.parquet"  # title and text, read back once the split is known
+        read = _read_sentences(source, split, sentences, spool, progress)
+        seconds["read"] = round(read.read_s, 3)  # the rest of the pass is sentence splitting (and the spool)
+        lap("sentences")
+        seconds["sentences"] = round(seconds["sentences"] - read.read_s, 3)
+        stats, n_articles = read.stats, len(read.counts)
+        if not n_articles:
+            raise PlanlmError(f"no article of {source.source!r} has a sentence of at least {sentences.min_chars} "
+                              "characters; lower --sentences.min_chars or use another corpus")
+
+        article_split = split_articles(n_articles, split)  # (A,) str
+        split_code = np.zeros(n_articles, dtype=np.int8)  # (A,) index into SPLITS
+        for code, name in enumerate(SPLITS):
+            split_code[article_split == name] = code
+        counts_per_article = np.frombuffer(read.counts, dtype=np.int64)  # (A,)
+        sentence_article = np.repeat(np.arange(n_articles), counts_per_article)  # (N,)
+        sentence_start = np.frombuffer(read.starts, dtype=np.int64)  # (N,)
+        sentence_end = np.frombuffer(read.ends, dtype=np.int64)  # (N,)
+        sentence_split = split_code[sentence_article]  # (N,)
+        train_ids = np.flatnonzero(sentence_split == 0)
+        k = resolve_num_actions(num_actions, preset, len(train_ids)) if space is None else space.num_actions
+        if space is None:
+            check_num_actions(k, len(train_ids))  # before the expensive embedding step
+        lap("split")
+
+        seconds["embed"], write_s = _write_articles_and_embeddings(
+            spool, tmp, article_split, np.r_[0, np.cumsum(counts_per_article)], sentence_start, sentence_end, enc,
+            progress)
+        clock = time.perf_counter()
+
+        if space is not None:
+            actions, _ = apply_actions(EmbeddingRows(tmp / EMBEDDINGS), space.centroids, space.path)
+            centroids, train_labels, reseeded = space.centroids, actions[train_ids], 0
+            # The actions are the source's, so are their exemplars (its sentence ids do not index this corpus).
+            examples = [{key: v for key, v in e.items() if key != "sentence_ids"} for e in space.exemplars]
+            lap("assign")
+        else:
+            fit = fit_actions(EmbeddingRows(tmp / EMBEDDINGS, train_ids), k, kmeans, progress=progress)
+            centroids, train_labels, reseeded = fit.centroids, fit.train_labels, fit.reseeded
+            actions = np.empty(len(sentence_article), dtype=np.int64)
+            actions[train_ids] = fit.train_labels
+            other = np.flatnonzero(sentence_split != 0)
+            if len(other):  # val/test: nearest centroid, never refitted
+                actions[other] = assign(EmbeddingRows(tmp / EMBEDDINGS, other), fit.centroids)[0]
+            lap("k-means")
+
+            texts = ArticleTexts(tmp / ARTICLES)
+            examples = exemplars(
+                fit.train_labels, fit.train_distances, train_ids,
+                lambda idx: _sentence_texts(texts, sentence_article, sentence_start, sentence_end, train_ids[idx]),
+                k, kmeans.num_exemplars,
+            )
+            lap("exemplars")
+
+        counts = _counts(split_code, sentence_split, np.frombuffer(read.tokens, dtype=np.int64), k, train_labels,
+                         stats, reseeded)
+        write_sentences(tmp / SENTENCES, sentence_article, sentence_start, sentence_end, actions)
+        write_action_space(tmp, centroids, examples)
         lap("write")
+        seconds["write"] = round(seconds["write"] + write_s, 3)
         inputs = {"corpus": source_path(source) or source.source}
         if space is not None:
             inputs["actions_from"] = space.path
@@ -293,6 +335,104 @@ def prepare(
     return out_dir
 
 
+EMBED_CHUNK = 65536  # sentences per encoder call (whole row groups of articles, so a little more): the only
+# embedding-sized memory of prepare is one chunk's texts and vectors
+
+
+@dataclass
+class _Read:
+    """What one streamed pass over the source leaves in memory: a few integers per article and per sentence."""
+
+    stats: ReadStats
+    counts: array  # (A,) sentences of each kept article
+    starts: array  # (N,) character offset of each sentence in its article
+    ends: array  # (N,)
+    tokens: array  # (A,) whitespace tokens of each kept article
+    read_s: float  # seconds spent reading the source (the rest of the pass is sentence splitting)
+
+
+def _read_sentences(source: SourceConfig, split: SplitConfig, sentences: SentenceConfig, spool: Path,
+                    progress: bool) -> _Read:
+    """Read the articles and split them into sentences in one pass, writing each kept article (one with a sentence
+    of at least ``min_chars``) to ``spool``; with ``split.train`` set, stop once the split has its articles."""
+    out = _Read(ReadStats(), array("q"), array("q"), array("q"), array("q"), 0.0)
+    needed = articles_needed(split)
+
+    def timed(articles: Iterator[Article]) -> Iterator[Article]:
+        while True:
+            t = time.perf_counter()
+            art = next(articles, None)
+            out.read_s += time.perf_counter() - t
+            if art is None:
+                return
+            yield art
+
+    stream = timed(iter_corpus(source, out.stats, progress=progress))
+    n_process = sentences.n_process
+    if n_process == 0:  # as split_sentences decides for a list: one process below PARALLEL_MIN_TEXTS articles
+        head = list(itertools.islice(stream, PARALLEL_MIN_TEXTS))
+        n_process, stream = auto_processes(len(head)), itertools.chain(head, stream)
+    spans_of = iter_sentence_spans(stream, n_process, sentences.min_chars, sentences.max_chars, sentences.batch_size,
+                                   text=lambda a: a.text)
+    with ArticleWriter(spool, split=False) as kept:
+        for art, spans in spans_of:
+            out.stats.articles += 1
+            if not spans:  # all of it shorter than min_chars: nothing to plan, it counts as empty
+                out.stats.empty_articles += 1
+                continue
+            kept.add(art.title, art.text)
+            out.counts.append(len(spans))
+            out.starts.extend(b for b, _ in spans)
+            out.ends.extend(e for _, e in spans)
+            out.tokens.append(len(art.text.split()))
+            if needed is not None and kept.count == needed:
+                break
+    spans_of.close()  # stops the splitting workers when the split needed fewer articles than the source has
+    return out
+
+
+def _write_articles_and_embeddings(spool: Path, tmp: Path, article_split: np.ndarray, offsets: np.ndarray,
+                                   starts: np.ndarray, ends: np.ndarray, enc, progress: bool) -> tuple[float, float]:
+    """Read the spool back one row group at a time: write each article with its split to ``articles.parquet`` and
+    embed its sentences, EMBED_CHUNK at a time, into ``embeddings.npy``; the spool is removed. Returns the seconds
+    spent embedding and writing."""
+    import pyarrow.parquet as pq
+    from tqdm.auto import tqdm
+
+    embed_s, t0 = 0.0, time.perf_counter()
+    spooled = pq.ParquetFile(spool)
+    vectors = EmbeddingWriter(tmp / EMBEDDINGS, int(offsets[-1]), enc.dim)
+    batch: list[str] = []
+    with ArticleWriter(tmp / ARTICLES) as articles, tqdm(total=int(offsets[-1]), desc="embed sentences",
+                                                         unit=" sent", disable=not progress) as bar:
+        for g in range(spooled.num_row_groups):
+            group = spooled.read_row_group(g, columns=["title", "text"]).to_pydict()
+            for title, text in zip(group["title"], group["text"]):
+                a = articles.count
+                articles.add(title, text, str(article_split[a]))
+                lo, hi = int(offsets[a]), int(offsets[a + 1])
+                batch.extend(text[b:e] for b, e in zip(starts[lo:hi].tolist(), ends[lo:hi].tolist()))
+            if len(batch) >= EMBED_CHUNK or (batch and g == spooled.num_row_groups - 1):
+                t = time.perf_counter()
+                vectors.write(embed_sentences(enc, batch, progress=False))  # (chunk, d) float16
+                embed_s += time.perf_counter() - t
+                bar.update(len(batch))
+                batch = []
+    vectors.close()
+    spool.unlink()
+    return round(embed_s, 3), time.perf_counter() - t0 - embed_s
+
+
+def _sentence_texts(texts: ArticleTexts, sentence_article: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                    ids: np.ndarray) -> list[str]:
+    """The texts of sentences ``ids``, read in article order (one row group of articles at a time)."""
+    out = [""] * len(ids)
+    for i in np.argsort(ids, kind="stable"):
+        sid = ids[i]
+        out[i] = texts[int(sentence_article[sid])][int(starts[sid]) : int(ends[sid])]
+    return out
+
+
 def _own_actions(cfg) -> bool:
     return cfg.actions_from is None
 
@@ -303,21 +443,21 @@ def _own_actions(cfg) -> bool:
 PrepareConfig = config_of(prepare, exclude=("out", "force"), fingerprint=Fingerprint(
     ignore=("progress",),
     null_unless={"kmeans": _own_actions, "num_actions": _own_actions, "preset": _own_actions},
-    absent_unless={"actions_from": lambda c: not _own_actions(c)},
+    # split.train came later: a split without it keeps the fingerprint of the artifacts built before it
+    absent_unless={"actions_from": lambda c: not _own_actions(c), "split.train": lambda c: c.split.train is not None},
     record={"actions_from": lambda c: {"path": str(c.actions_from),
                                        "id": read_manifest(c.actions_from, "prepare").get("id")}},
     extra=lambda c: {"input": _input_fingerprint(c.source)},
 ))
 
 
-def _counts(articles, article_split, sentence_split, k, train_labels, stats, reseeded) -> dict:
+def _counts(split_code, sentence_split, article_tokens, k, train_labels, stats, reseeded) -> dict:
     counts: dict = {}
-    for s in SPLITS:
-        ids = np.flatnonzero(article_split == s)
+    for code, s in enumerate(SPLITS):
         counts[s] = {
-            "articles": int(len(ids)),
-            "sentences": int((sentence_split == s).sum()),
-            "tokens": int(sum(len(articles[i].text.split()) for i in ids)),  # whitespace tokens
+            "articles": int((split_code == code).sum()),
+            "sentences": int((sentence_split == code).sum()),
+            "tokens": int(article_tokens[split_code == code].sum()),  # whitespace tokens
         }
     counts["total"] = {key: sum(counts[s][key] for s in SPLITS) for key in ("articles", "sentences", "tokens")}
     sizes = np.bincount(train_labels, minlength=k)
@@ -334,7 +474,7 @@ def _counts(articles, article_split, sentence_split, k, train_labels, stats, res
 
 def _print_summary(out_dir, counts, lengths, train_labels, k, stats, seconds) -> None:
     sizes = np.bincount(train_labels, minlength=k)
-    pct = lambda a, q: int(np.percentile(a, q)) if len(a) else 0  # noqa: E731
+    pct = lambda a, q: int(np.percentile(a, q)) if len(a) else 0
     lines = [f"planlm prepare: wrote {out_dir}", f"  {'split':<6} {'articles':>9} {'sentences':>10} {'tokens':>11}"]
     for s in (*SPLITS, "total"):
         c = counts[s]
