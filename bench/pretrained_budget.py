@@ -93,8 +93,7 @@ def main(argv=None) -> list[dict]:
                      recipe=variant.recipe, optim=optim, windows=WindowConfig(context_length=128, stride=127),
                      adapters=AdapterConfig(gate=gate), trainer=trainer, checkpoint_every=100_000, seed=args.seed)
             seconds = round(time.time() - t, 1)
-            conditioned = variant.recipe.selection not in ("fixed", "uniform")
-            ppl = PerplexityConfig(actions=["predicted", "oracle"] if conditioned else ["predicted"],
+            ppl = PerplexityConfig(actions=["predicted", "oracle"] if variant.needs_planner else ["predicted"],
                                    protocols=["strided"], context_length=128, stride=args.eval_stride, batch_size=16)
             ev = evaluate(run=run, split="val", ppl=ppl, variant=name, out=run / "evaluate-val")
             m = MetricsRecord.load(Path(ev) / "metrics.json")

@@ -171,16 +171,16 @@ def results_table(rows: list[dict]) -> str:
 def budget_departures(p: RunPreset) -> list[str]:
     """What a preset changes of the paper's fine-tuning and evaluation setting (Adam 1e-4, batch 32, one epoch,
     adapters without a gate, stride-1 perplexity on 1,000 test articles), one phrase each, for the results table."""
-    f = p.finetune
+    f, paper = p.finetune, OptimConfig()  # OptimConfig's defaults are the paper's
     cuts = []
     if f.max_steps > 0:
         cuts.append(f"fine-tuning capped at {f.max_steps} optimizer steps (paper: one epoch)")
-    elif f.epochs != 1:
-        cuts.append(f"{f.epochs} fine-tuning epochs (paper: one)")
-    if f.batch_size != 32:
-        cuts.append(f"batch {f.batch_size} x {p.context_length} tokens (paper: 32 x 128)")
-    if f.lr != 1e-4:
-        cuts.append(f"adapter learning rate {f.lr:g} (paper: 1e-4)")
+    elif f.epochs != paper.epochs:
+        cuts.append(f"{f.epochs} fine-tuning epochs (paper: {paper.epochs})")
+    if f.batch_size != paper.batch_size:
+        cuts.append(f"batch {f.batch_size} x {p.context_length} tokens (paper: {paper.batch_size} x 128)")
+    if f.lr != paper.lr:
+        cuts.append(f"adapter learning rate {f.lr:g} (paper: {paper.lr:g})")
     if f.planner_lr is not None and f.planner_lr != f.lr:
         cuts.append(f"the unfrozen planner at its own rate {f.planner_lr:g}")
     if p.adapters.gate:
@@ -258,7 +258,8 @@ def run(
         preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), smollm2 (the frozen pretrained
             SmolLM2-135M on the builtin corpus), paper (the paper's settings, GPU).
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS; unset = the
-            preset's, else Fixed, Uniform, Cornille OA, Cornille PA, Soft / unfreeze halfway), or groups of them: table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
+            preset's, else Fixed, Uniform, Cornille OA, Cornille PA, Soft / unfreeze halfway), or groups of them:
+            table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
             group alone (``--variants mix-sweep``) or several (``--variants 'Fixed,no-nap'`` or ``'[Fixed, no-nap]'``).
         seeds: the seeds to run, e.g. 0,1,2 (the paper's Appendix C): each sets the initialisation and data order of
             every training stage, and the article split with --split_seed_follows true.
@@ -375,11 +376,13 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         recipe = dataclasses.replace(variant.recipe)
         planner = (ntp_dir if variant.planner_pretraining == "ntp" else planner_dir) if variant.needs_planner else None
         timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner,
-              out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters, windows=WindowConfig(context_length=p.context_length,
+              out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters,
+              windows=WindowConfig(context_length=p.context_length,
               stride=p.context_length - 1), trainer=trainer, seed=seed, force=force)
-        oracle = p.eval_oracle and variant.recipe.selection not in ("fixed", "uniform")
+        oracle = p.eval_oracle and variant.needs_planner  # fixed / uniform condition on no per-sentence action
         ppl_cfg = PerplexityConfig(
-            actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[p.eval_protocol], context_length=p.context_length, stride=p.eval_stride,
+            actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[p.eval_protocol],
+            context_length=p.context_length, stride=p.eval_stride,
             max_articles=p.eval_max_articles, max_tokens=p.eval_max_tokens, batch_size=p.eval_batch_size,
         )
         # an evaluation written before per-article records existed is redone (seconds), so the table has intervals
