@@ -21,7 +21,10 @@ class Variant:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     """The `planlm finetune --recipe.*` fields of this variant."""
     paper_ppl: float | None = None
-    """The paper's Table 1 perplexity (GPT-2 small, Wikipedia)."""
+    """The paper's Table 1 perplexity with GPT-2 small as the base LM (Wikipedia)."""
+    paper_ppl_olmo: float | None = None
+    """The paper's Table 1 perplexity with OLMo-1B as the base LM (Wikipedia). None for every row so far: planlm has
+    not had a copy of that column to read the numbers from, and no number goes in that is not the paper's."""
     overhead_name: str | None = None
     """The variant's name in the paper's training-overhead comparison (timed by bench/overhead.py)."""
     paper_overhead: float | None = None
@@ -53,14 +56,14 @@ VARIANTS: dict[str, Variant] = {
                                 overhead_name="Soft/Unfreeze", paper_overhead=7.2, overhead_goal=1.10),
     "Straight-through / halfway": Variant(RecipeConfig(selection="straight-through", planner_unfreeze="0.5"), 25.66),
     "Straight-through / immediate": Variant(RecipeConfig(selection="straight-through", planner_unfreeze="immediate"),
-                                            overhead_name="Straight-through/Unfreeze"),
+                                            25.94, overhead_name="Straight-through/Unfreeze"),
     "NAP during fine-tuning": Variant(RecipeConfig(selection="soft", planner_unfreeze="immediate", nap_weight=1.0),
                                       25.24),
     # Section 4.3: the planner without NAP pretraining (trained from scratch by next-token prediction through the
     # frozen LM and adapters first), then the paper's soft fine-tuning with each unfreeze schedule.
     **{f"{NO_NAP} / {when}": Variant(RecipeConfig(selection="soft", planner_unfreeze=when), ppl,
                                      planner_pretraining="ntp")
-       for when, ppl in (("never", None), ("immediate", 25.80), ("halfway", None))},
+       for when, ppl in (("never", 26.15), ("immediate", 25.80), ("halfway", 25.82))},
     # Figure 4: hard selection trained on planner-predicted actions with probability p (p = 0 is Cornille OA, p = 1
     # Cornille PA), and scheduled sampling (p rising linearly from 0 to 1 over training).
     **{f"Hard / mix p={p}": Variant(RecipeConfig(selection="hard", actions="mix", p_predicted=p,
@@ -69,6 +72,23 @@ VARIANTS: dict[str, Variant] = {
 }
 DEFAULT_VARIANTS = ["Fixed", "Uniform", "Cornille OA", "Cornille PA", "Soft / unfreeze halfway"]
 PAPER_PPL = {name: v.paper_ppl for name, v in VARIANTS.items() if v.paper_ppl is not None}
+PAPER_PPL_OLMO = {name: v.paper_ppl_olmo for name, v in VARIANTS.items() if v.paper_ppl_olmo is not None}
+PAPER_LMS = {"gpt2": "GPT-2", "olmo": "OLMo-1B"}
+"""The base LMs of the paper's Table 1 columns, by the key :func:`paper_lm` returns."""
+OLMO_MODEL_TYPES = ("olmo", "olmo2", "hf_olmo")
+"""``config.model_type`` of the OLMo family (hf_olmo: the pre-transformers ``ai2-olmo`` checkpoints)."""
+
+
+def paper_lm(model_types) -> str:
+    """Which of the paper's Table 1 columns results on these base LMs compare with (their ``config.model_type``,
+    None where unknown): ``olmo`` when one is OLMo-like, else ``gpt2``, the paper's main column."""
+    return "olmo" if any(str(t).lower() in OLMO_MODEL_TYPES for t in model_types if t) else "gpt2"
+
+
+def paper_ppl(name: str, lm: str = "gpt2") -> float | None:
+    """The paper's Table 1 perplexity of variant ``name`` in column ``lm`` (a key of :data:`PAPER_LMS`), None
+    where the paper gives none (or planlm does not have it: the OLMo-1B column)."""
+    return (PAPER_PPL_OLMO if lm == "olmo" else PAPER_PPL).get(name)
 MIX_SWEEP = ["Cornille OA", "Hard / mix p=0.25", "Hard / mix p=0.5", "Hard / mix p=0.75", "Cornille PA",
              "Hard / scheduled sampling"]
 VARIANT_GROUPS: dict[str, list[str]] = {

@@ -58,6 +58,7 @@ def test_report_table_html_and_plots(runs, tmp_path):
     assert "| Soft | 2 | 25.73 ± 1.03 | -2.92 ± 1.31 | 0.850 ± 0.071 | 30.50 ± 0.71 | 0.0500 ± 0.0000 | " \
            "1.50 ± 0.71 | 0.50 ± 0.00 |" in md
     assert "| Hard p=1.0 | 1 | 25.50 | -1.92 | – | – | – | – | – |" in md
+    assert "| Paper PPL (GPT-2, Wikipedia) |" in md  # no run says its base LM: the paper's main column
 
     pngs = {p.name for p in out.glob("*.png")}
     assert pngs == {"probes-soft.png", "mixing.png", "seeds.png", "overhead.png"}
@@ -111,3 +112,11 @@ def test_cli_report_help_and_run(runs, tmp_path, capsys):
     assert json.loads((tmp_path / "cli2" / "report.json").read_text())["table"][1]["seeds"] == [0, 1]
     assert cli.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "cli3")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_olmo_base_lm_gets_the_olmo_column(tmp_path):
+    for variant, ppl in (("Fixed", 30.0), ("Cornille PA", 29.0)):
+        write(tmp_path / "runs" / variant / "metrics.json", {"variant": variant, "ppl": ppl, "lm_model_type": "olmo"})
+    md = (report([tmp_path / "runs"], out=tmp_path / "report") / "report.md").read_text()
+    assert "Paper PPL (OLMo-1B, Wikipedia)" in md and "GPT-2" not in md
+    assert "25.55" not in md  # the GPT-2 number is not set next to an OLMo run

@@ -13,7 +13,10 @@ from planlm.stages.finetune import FinetuneConfig
 from planlm.train.recipe import RecipeConfig
 from planlm.variants import (
     PAPER_PPL,
+    PAPER_PPL_OLMO,
     VARIANTS,
+    paper_lm,
+    paper_ppl,
     recipe_key,
     registered_variant,
     variant_name,
@@ -108,3 +111,19 @@ def test_equal_recipes_written_differently_get_one_name(planners):
         "Soft / unfreeze halfway"
     assert variant_name({"recipe": {"selection": "fixed", "train_lm": True}}) == "Fixed + LM"
     assert "Fixed + LM" not in PAPER_PPL
+
+
+def test_the_paper_columns():
+    # the paper's Table 1, GPT-2 small on Wikipedia: every number it gives, and no other
+    assert PAPER_PPL == {
+        "Fixed": 26.69, "Uniform": 26.69, "Cornille OA": 26.94, "Cornille PA": 25.55,
+        "Soft / unfreeze halfway": 25.23, "Soft / never": 25.32, "Soft / immediate": 25.42,
+        "Straight-through / halfway": 25.66, "Straight-through / immediate": 25.94, "NAP during fine-tuning": 25.24,
+        "No NAP pretraining / never": 26.15, "No NAP pretraining / immediate": 25.80,
+        "No NAP pretraining / halfway": 25.82,
+    }
+    assert PAPER_PPL_OLMO == {}  # the OLMo-1B column: not read from the paper yet, so not invented
+    assert paper_lm(["gpt2"]) == paper_lm([None]) == paper_lm([]) == "gpt2"
+    assert paper_lm(["llama", "OLMo2"]) == paper_lm(["olmo"]) == "olmo"
+    assert paper_ppl("Cornille PA") == 25.55 and paper_ppl("Cornille PA", "olmo") is None
+    assert paper_ppl("Hard / mix p=0.5") is None

@@ -4,18 +4,21 @@
 Protocol (every setting is recorded next to the numbers it produced, ``*_protocol`` in ``metrics.json``):
 
 1. **Unconditional samples** -- ``unconditional`` texts of ``unconditional_tokens`` tokens generated from the BOS
-   token with the planner in the loop (paper: 5,000 of 1,024 tokens).
+   token with the planner in the loop (``preset: paper``: 5,000 of 1,024 tokens, planlm's choice after MAUVE's own
+   protocol, Pillutla et al. 2021; the paper's text gives no count).
 2. **MAUVE** (``mauve``) of those samples against real test articles cut to the same number of tokens, both
-   featurised by ONE fixed model (``featurizer``): a local Hugging Face causal LM (name or path; the paper:
-   gpt2-large), ``base`` = the run's base LM as it was before fine-tuning (the same model for every variant
-   fine-tuned from it; never the evaluated, adapted model), or ``encoder`` = the corpus's sentence encoder. Texts are
-   cut at ``mauve_max_tokens`` (256) tokens before featurising, as in the paper. ``mauve_continuation`` (an extra
-   column, not the paper's) compares the longest continuations with their true ones.
+   featurised by ONE fixed model (``featurizer``): a local Hugging Face causal LM (name or path, e.g. gpt2-large,
+   mauve-text's own default featurizer; the paper's text names none), ``base`` = the run's base LM as it was before
+   fine-tuning (the same model for every variant fine-tuned from it; never the evaluated, adapted model), or
+   ``encoder`` = the corpus's sentence encoder. Texts are cut at ``mauve_max_tokens`` (256) tokens before
+   featurising (planlm's choice; the paper's text gives no cut, mauve-text's default is 1,024).
+   ``mauve_continuation`` (an extra column, not the paper's) compares the longest continuations with their true ones.
 3. **Latent perplexity** (``latent_ppl``) of the unconditional samples only: every text (generated or real) is split
    into sentences with the corpus's splitter and each sentence embedded with the corpus's encoder and given its
-   nearest centroid -- one procedure for both sides. The critic (``critic``: ``bigram``, the original code's, default;
-   ``hmm``) is fitted on the train articles' oracle action sequences, delta chosen on val. <bos> / <eos> only at real
-   article boundaries: a sample starts one (<bos>) and ends one only when it stopped at the EOS token.
+   nearest centroid -- one procedure for both sides. The critic (``critic``: ``bigram``, DESIGN.md 1.7's, default;
+   ``hmm``, the one the paper's text describes) is fitted on the train articles' oracle action sequences, delta
+   chosen on val. <bos> / <eos> only at real article boundaries: a sample starts one (<bos>) and ends one only when
+   it stopped at the EOS token.
    ``latent_ppl_real`` scores real test articles cut to the same length the same way.
    Every protocol records its ``sampling`` settings, the generation ``window`` among them (None: the whole text).
 4. **ROUGE-2 and action edit distance** of continuations of real prefixes t_1..t_i that end at a sentence boundary
@@ -44,7 +47,9 @@ from planlm.eval.metrics import EDIT_DISTANCE_LENGTHS, MAUVE_MAX_TOKENS, ActionT
 
 CRITICS = ("bigram", "hmm")
 PRESETS = {
-    # The paper's sizes. It does not say how many prefixes it continued; 1,000 = its perplexity's test articles.
+    # The paper's continuation lengths. Its text gives no sample or prefix counts: 5,000 unconditional samples of
+    # 1,024 tokens follow MAUVE's own protocol (Pillutla et al. 2021), 1,000 prefixes = the paper's test articles;
+    # both planlm's choice.
     "paper": {"unconditional": 5000, "unconditional_tokens": 1024, "continuations": 1000,
               "lengths": list(EDIT_DISTANCE_LENGTHS)},
 }
@@ -55,12 +60,13 @@ class GenerationMetricsConfig:
     """What to generate and how to score it (the paper's Appendix B; small CPU defaults, ``preset: paper``)."""
 
     preset: Literal["paper"] | None = None
-    """paper: 5,000 unconditional samples of 1,024 tokens, 1,000 continuations at 128/256/512/1,024 tokens (sets
-    unconditional, unconditional_tokens, continuations, lengths)."""
+    """paper: the paper's continuation lengths 128/256/512/1,024 tokens, with planlm's counts at that scale: 5,000
+    unconditional samples of 1,024 tokens (MAUVE's own protocol), 1,000 continuations (sets unconditional,
+    unconditional_tokens, continuations, lengths)."""
     unconditional: int = 16
-    """Texts generated from the BOS token (MAUVE, latent perplexity; paper: 5,000)."""
+    """Texts generated from the BOS token (MAUVE, latent perplexity; preset paper: 5,000, planlm's choice)."""
     unconditional_tokens: int = 128
-    """Tokens per unconditional sample and per real text they are compared with (paper: 1,024)."""
+    """Tokens per unconditional sample and per real text they are compared with (preset paper: 1,024)."""
     continuations: int = 8
     """Real prefixes to continue (ROUGE-2, edit distance)."""
     lengths: list[int] = field(default_factory=lambda: [32, 64])
@@ -78,9 +84,9 @@ class GenerationMetricsConfig:
     featurizer: str = "base"
     """MAUVE features: base (the run's base LM before fine-tuning) | encoder | a local HF causal LM name or path."""
     mauve_max_tokens: int = MAUVE_MAX_TOKENS
-    """Texts are cut at this many tokens before featurizing (paper: 256)."""
+    """Texts are cut at this many tokens before featurizing (planlm's choice; the paper's text gives no cut)."""
     critic: Literal["bigram", "hmm"] = "bigram"
-    """Latent-perplexity critic: bigram (the original code's; default) | hmm (the paper's description)."""
+    """Latent-perplexity critic: bigram (DESIGN.md 1.7's; default) | hmm (the one the paper's text describes)."""
     window: int | None = None
     """Generation context window in positions (a chunked sliding window, so every length runs on any LM): None = the
     run's fine-tuning context length (the adapters' training windows), 0 = none (the whole text, within the LM's

@@ -4,7 +4,8 @@ DESIGN.md section 1.7 / the paper's Appendix B. A critic is fitted on the action
 its smoothing is chosen on real val sequences, and it scores the action sequences of generated texts. Lower is
 better: generated text whose writing actions follow each other as in real text.
 
-- ``bigram`` (default; the original code's critic, which produced the paper's numbers): P(a_j | a_{j-1}) over a
+- ``bigram`` (default; the critic of DESIGN.md 1.7 and, as planlm has it, of the authors' code; neither the paper's
+  text nor planlm says which critic produced the paper's numbers): P(a_j | a_{j-1}) over a
   vocabulary of K + 2 symbols, the K actions plus <bos> and <eos>, with add-delta smoothing over that vocabulary:
   ``P(b | a) = (c(a, b) + delta) / (c(a) + delta * (K + 2))``. <bos> / <eos> mark real article boundaries only: a
   sequence that does not start (end) at an article's start (end) gets none (``bos`` / ``eos`` flags). Perplexity per
@@ -171,7 +172,7 @@ def latent_perplexity(
         generated: action sequences of the generated texts to score.
         num_actions: K, the number of writing actions.
         deltas: the add-delta grid.
-        critic: ``"bigram"`` (paper) or ``"hmm"`` (hmmlearn CategoricalHMM).
+        critic: ``"bigram"`` (DESIGN.md 1.7's) or ``"hmm"`` (hmmlearn CategoricalHMM; the paper's text).
         hmm_states: hidden states of the HMM critic.
         real_test: optional real sequences scored by the same critic, as a reference point.
         seed: HMM initialisation seed.

@@ -5,7 +5,7 @@ loop) and assigning actions to generated sentences is the generation stage's job
 
 - MAUVE (mauve-text) on *precomputed* features, so any featurizer works offline: :func:`lm_features` (a Hugging Face
   causal LM's last hidden state) or a sentence encoder's ``encode(texts)``. Texts are cut at 256 tokens first
-  (:func:`cut_to_tokens`), as in the paper.
+  (:func:`cut_to_tokens`): planlm's choice, the paper's text gives no cut.
 - ROUGE-2 F1 (rouge-score) of generated continuations against the true continuations of the same prefixes.
 - Levenshtein distance (rapidfuzz) between the action sequences of generated and true continuations within their
   first 128 / 256 / 512 / 1024 tokens, normalised per 128 tokens: ``distance * 128 / n_tokens``.
@@ -22,7 +22,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 
 EDIT_DISTANCE_LENGTHS = (128, 256, 512, 1024)
 EDIT_DISTANCE_UNIT = 128  # tokens; the paper reports edit distance per 128 tokens
-MAUVE_MAX_TOKENS = 256  # the paper cuts texts at 256 tokens before featurizing them for MAUVE
+MAUVE_MAX_TOKENS = 256  # planlm's cut before featurizing for MAUVE (the paper's text gives none; mauve-text's: 1,024)
 
 
 # --------------------------------------------------------------------------------------------------------- MAUVE

@@ -64,6 +64,9 @@ class MetricsRecord:
     """The run's selection (fixed | uniform | hard | straight-through | soft)."""
     split: str | None = metric()
     """The split evaluated on."""
+    lm_model_type: str | None = metric()
+    """The base LM's ``config.model_type`` (gpt2, llama, olmo, ...): which of the paper's Table 1 columns (GPT-2 or
+    OLMo-1B) the report sets next to the run (:func:`planlm.variants.paper_lm`)."""
     horizon: int | None = metric()
     """H, sentences per plan (runs with plans only)."""
     plan_samples: int | None = metric()

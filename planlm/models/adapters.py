@@ -62,7 +62,8 @@ class LayerAdapter(nn.Module):
                 torch.zeros(horizon - 1, num_actions, action_dim)
             self.offset_embeddings = nn.Parameter(start)  # (H - 1, K, d_action)
         self.proj = nn.Linear(action_dim, hidden_size)
-        nn.init.xavier_normal_(self.proj.weight)  # paper: xavier-normal weight, zero bias
+        # xavier-normal weight, zero bias: planlm's choice (the paper's text gives no initialisation for W_A)
+        nn.init.xavier_normal_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         # A zero gate makes the planned LM start as the exact base LM (an option; the paper has no gate).
         self.gate = nn.Parameter(torch.zeros(())) if gate else None

@@ -279,7 +279,8 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
         probe_rows = _probe(model, corpus, tokenizer, split, ppl, cfg.probe, cfg.probe_windows, lm_folder)
         probes_file = {"rows": len(probe_rows), "file": "probes.json"}
     metrics = MetricsRecord(
-        variant=variant, seed=int(ft_config.get("seed", 0)), selection=model.config.selection, split=split, **plans,
+        variant=variant, seed=int(ft_config.get("seed", 0)), selection=model.config.selection, split=split,
+        lm_model_type=model.lm.config.model_type, **plans,
         p_predicted=training_p_predicted(ft_config), training_actions=training_actions(ft_config),
         planner=planner, planner_top1=planner["top1"] if planner else None,
         planner_top5=planner["top5"] if planner else None,

@@ -48,7 +48,7 @@ from planlm.eval.record import COLUMNS as RECORD_COLUMNS
 from planlm.eval.record import MetricsRecord, json_problems
 from planlm.eval.record import is_number as _is_number
 from planlm.stage_config import config_of
-from planlm.variants import PAPER_PPL
+from planlm.variants import PAPER_LMS, paper_lm, paper_ppl
 
 METRICS = "metrics.json"
 PROBES = "probes.json"
@@ -213,9 +213,11 @@ def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
 
     Row keys: ``variant``, ``seeds`` (list), ``ppl``, ``ppl_rel``, ``mauve``, ``latent_ppl``, ``rouge2`` (each
     ``{"mean", "std", "n"}`` or None), ``ppl_rel_ci`` (:func:`paired_bootstrap`'s result, or None without
-    per-article records), ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``) and ``paper_ppl`` (the
-    paper's number for the variants of :mod:`planlm.variants`, else None).
+    per-article records), ``edit_distance`` (``{"128": {"mean", "std", "n"}, ...}``), ``paper_ppl`` (the
+    paper's number for the variants of :mod:`planlm.variants`, else None) and ``paper_lm`` (the base LM of the
+    paper's column it comes from: OLMo-1B when a run's base LM is OLMo-like, else GPT-2; :func:`paper_lm`).
     """
+    column = paper_lm(r.record.lm_model_type for r in runs)
     rel = relative_ppl(runs, baseline)
     intervals = ppl_intervals(runs, baseline)
     rows = []
@@ -230,7 +232,8 @@ def results_table(runs: list[Run], baseline: str = "fixed") -> list[dict]:
             values = [getattr(r.record, c.key) or {} for r in mine]
             keys = sorted({int(k) for v in values for k in v})
             row[c.key] = {str(n): seed_stats([v[str(n)] for v in values if str(n) in v]) for n in keys}
-        row["paper_ppl"] = PAPER_PPL.get(variant)  # the paper's GPT-2 / Wikipedia number for a variant it names
+        row["paper_ppl"] = paper_ppl(variant, column)  # the paper's Wikipedia number for a variant it names
+        row["paper_lm"] = PAPER_LMS[column]
         rows.append(row)
     return rows
 
@@ -277,7 +280,7 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     header = ["Variant", "Seeds"]
     for key, h, _ in COLUMNS:
         header += [h] + ([CI_HEADER] if key == "ppl_rel" and with_ci else [])
-    header += [c.header.format(key=n) for c in KEYED_COLUMNS for n in keys[c.key]] + ["Paper PPL (GPT-2, Wikipedia)"]
+    header += [c.header.format(key=n) for c in KEYED_COLUMNS for n in keys[c.key]] + [paper_header(rows)]
     body = []
     for row in rows:
         cells = [row["variant"], str(len(row["seeds"]))]
@@ -289,6 +292,12 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         cells.append("–" if row.get("paper_ppl") is None else f"{row['paper_ppl']:.2f}")
         body.append(cells)
     return header, body
+
+
+def paper_header(rows: list[dict], word: str = "Paper") -> str:
+    """The header of the paper's column: ``Paper PPL (GPT-2, Wikipedia)``, or OLMo-1B's (the rows' ``paper_lm``)."""
+    lm = next((row["paper_lm"] for row in rows if row.get("paper_lm")), PAPER_LMS["gpt2"])
+    return f"{word} PPL ({lm}, Wikipedia)"
 
 
 def markdown_table(header: list[str], body: list[list[str]]) -> str:

@@ -141,10 +141,11 @@ def validate_run(preset: str, variants: list[str], lm: str | None, seeds: list[i
 
 def results_table(rows: list[dict]) -> str:
     """The paper's Table 1 layout from :func:`planlm.report.results_table` rows (+ ``planner_top1`` stats; the
-    paper's number is the rows' ``paper_ppl``, from planlm.variants.PAPER_PPL by the row's name): PPL
+    paper's number is the rows' ``paper_ppl``, planlm.variants.paper_ppl by the row's name, from the GPT-2 column
+    or, on an OLMo-like base LM, the OLMo-1B one: ``paper_lm``): PPL
     (planner-predicted actions), PPL relative to Fixed of the same seed with its paired bootstrap 95% interval,
     planner top-1; means ± std over seeds when there are several."""
-    from planlm.stages.report import interval_cell
+    from planlm.stages.report import interval_cell, paper_header
 
     def cell(stat: dict | None, fmt: str, suffix: str = "") -> str:
         if stat is None:
@@ -155,7 +156,7 @@ def results_table(rows: list[dict]) -> str:
     oracle = any(r.get("ppl_oracle") for r in rows)  # a column only when some variant was evaluated with them
     lines = [
         "| variant | seeds | PPL | vs Fixed | 95% CI vs Fixed | " + ("PPL, oracle actions | " if oracle else "")
-        + "planner top-1 | paper PPL (GPT-2, Wikipedia) |",
+        + f"planner top-1 | {paper_header(rows, 'paper')} |",
         "|---|---:|---:|---:|---:|---:|" + ("---:|" if oracle else "") + "---:|",
     ]
     for r in rows:
