@@ -202,18 +202,19 @@ def describe_base_lm(lm: str | None) -> str:
 def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: RunPreset, seed: int,
                    trainer: TrainerConfig, force: bool, timed) -> Path | None:
     """The planner of the "no NAP pretraining" rows, built once into OUT/planner-ntp (None when no variant asks):
-    a fresh planner trained by next-token prediction through the frozen LM and the adapters fine-tuning starts from,
-    with the fine-tuning budget and the planner's learning rate (`planlm train-planner --objective ntp`)."""
+    a fresh planner and the adapters fine-tuning starts from, trained together by next-token prediction through the
+    frozen LM (`planlm train-planner --objective ntp`), with the fine-tuning budget at its one rate ``lr`` for
+    both: ``planner_lr`` is the rate of a NAP-pretrained planner, whose margins a high rate would erase, and this
+    planner starts from scratch. The rows' fine-tuning then starts from this planner and these adapters."""
     from planlm.models.planner import PlannerConfig
     from planlm.stages.train_planner import train_planner
 
     if not any(VARIANTS[name].planner_pretraining == "ntp" for name in variants):
         return None
-    lr = p.finetune.lr if p.finetune.planner_lr is None else p.finetune.planner_lr
-    optim = dataclasses.replace(p.finetune, lr=lr, planner_lr=None, accumulate=1)
+    optim = dataclasses.replace(p.finetune, planner_lr=None, accumulate=1)
     timed("train-planner (no NAP: next-token prediction)", train_planner, prepared=prepared,
           out=str(out / "planner-ntp"), lm=lm, planner=PlannerConfig(context=p.planner_context), objective="ntp",
-          optim=optim, seed=seed, trainer=trainer, force=force)
+          adapters=p.adapters, optim=optim, seed=seed, trainer=trainer, force=force)
     return out / "planner-ntp"
 
 
