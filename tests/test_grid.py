@@ -266,6 +266,14 @@ def test_report_figures(tmp_path):
             m("Hard / scheduled sampling", 0, None, "schedule")]
     assert plot_mixing(runs, tmp_path / "mixing.png").stat().st_size > 0
     assert plot_mixing(runs[-1:], tmp_path / "none.png") is None  # fewer than two values of p: no figure
+    # runs evaluated with --generation true add Figure 4's plan-matching panel, side by side with the perplexity
+    import matplotlib.image
+
+    for r, matching in zip(runs, (0.3, 0.5, 0.6, 0.7, 0.55)):
+        r["plan_matching"] = matching
+    one = matplotlib.image.imread(tmp_path / "mixing.png")
+    two = matplotlib.image.imread(plot_mixing(runs, tmp_path / "mixing-matching.png"))
+    assert two.shape[1] == 2 * one.shape[1] and two.shape[0] == one.shape[0]
     rows = {r["variant"]: r for r in planner_correct_rows(runs)}
     assert rows["Cornille PA"]["right"] == (17.0, pytest.approx(math.sqrt(2)))
     assert rows["Cornille PA"]["right_share"] == pytest.approx(0.3)
