@@ -248,3 +248,26 @@ def test_causal_batches_pack_whole_articles(patterned):
             assert sum(np.diff(patterned.sentence_range(a))[0] for a in arts) == len(batch)  # whole articles only
         assert all(len(b) >= 20 for b in epoch[:-1])
     assert [b[0] for b in first] != [b[0] for b in second]  # reshuffled every epoch
+
+
+def test_bigram_planner_and_bigram_prior_option_train_and_save(patterned, tmp_path):
+    """Issue 27 item 7: ``--planner.kind bigram`` fits the train bigram and trains nothing (the Bigram PA planner);
+    ``--planner.bigram_prior true`` trains the paper's planner on top of it, and starts where the bigram is."""
+    bigram = train_planner(str(patterned.path), out=str(tmp_path / "bigram"), trainer=QUIET,
+                           planner=PlannerConfig(context_sentences=2, kind="bigram"))
+    # the patterned rule a_j = a_{j-1} + 1 is a bigram: the bigram planner is the bigram baseline
+    assert bigram["planner"]["top1"] == pytest.approx(bigram["bigram"]["top1"])
+    assert bigram["planner"]["loss"] == pytest.approx(bigram["bigram"]["loss"], rel=1e-4)
+    assert read_manifest(tmp_path / "bigram", "train-planner")["counts"]["steps"] == 0
+    assert load_planner(tmp_path / "bigram").config.kind == "bigram"
+
+    prior = train_planner(str(patterned.path), out=str(tmp_path / "prior"), trainer=QUIET,
+                          planner=PlannerConfig(ff=32, context_sentences=2, bigram_prior=True),
+                          optim=NAP(lr=1e-3, batch_size=16, max_steps=20))
+    assert prior["planner"]["top1"] >= prior["bigram"]["top1"] - 0.05  # the prior keeps the bigram's top-1
+    assert np.isfinite(prior["planner"]["loss"]) and prior["planner"]["loss"] < prior["unigram"]["loss"]
+    trained = load_planner(tmp_path / "prior")
+    assert trained.config.bigram_prior and torch.isfinite(trained.bigram_log_probs).all()
+    with pytest.raises(PlanlmError, match="nothing to train"):
+        train_planner(str(patterned.path), out=str(tmp_path / "x"), lm="gpt2", objective="ntp", trainer=QUIET,
+                      planner=PlannerConfig(kind="bigram"))

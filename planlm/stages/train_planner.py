@@ -32,6 +32,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.nap import (
     TOP_K,
     baseline_metrics,
+    bigram_table,
     evaluate_nap,
     format_table,
     offset_name,
@@ -67,6 +68,8 @@ def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
                         "--lm for the base LM with the fresh adapters finetune starts from")
     elif cfg.objective == "ntp" and cfg.planned_lm and not Path(cfg.planned_lm).is_dir():
         problems.append(f"--planned_lm {cfg.planned_lm} does not exist; build one with `planlm finetune`")
+    if planner.kind == "bigram" and cfg.objective != "nap":
+        problems.append("planner.kind bigram has nothing to train: use --objective nap (it fits the bigram only)")
     if cfg.objective == "ntp" and planner.horizon > 1:
         problems.append("objective ntp trains a next-sentence planner: use --planner.horizon 1 (NAP trains plans)")
     resolved = dataclasses.replace(planner, num_actions=planner.num_actions or 1, encoder_dim=planner.encoder_dim or 2)
@@ -141,7 +144,7 @@ def train_planner(
         metrics = read_manifest(out, STAGE).get("metrics", {})
         print(format_table(metrics))
         return metrics
-    train = _train_ntp if objective == "ntp" else _train_nap
+    train = _train_ntp if objective == "ntp" else _fit_bigram if planner.kind == "bigram" else _train_nap
     return train(cfg, Path(out), fingerprint)
 
 
@@ -150,7 +153,9 @@ def train_planner(
 # ``adapters`` counts for objective ntp only: a NAP planner's fingerprint is as before it existed (its artifacts are
 # still reused), and an ntp planner trained before its adapters trained with it (issue 27) is rebuilt.
 TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerprint=Fingerprint(
-    ignore=("trainer",), absent_unless={"adapters": lambda c: c.objective == "ntp"},
+    ignore=("trainer",), absent_unless={"adapters": lambda c: c.objective == "ntp",
+                                        "planner.kind": lambda c: c.planner.kind != "transformer",
+                                        "planner.bigram_prior": lambda c: c.planner.bigram_prior},
     extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 
@@ -183,6 +188,8 @@ def _setup(cfg: TrainPlannerConfig, tokenizer) -> _Run:
             raise PlanlmError(f"{prepared} has no {split} sentences; prepare it with a non-empty {split} split")
     L.seed_everything(cfg.seed, verbose=False)
     planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if cfg.init_from_centroids else None)
+    if planner_cfg.kind == "bigram" or planner_cfg.bigram_prior:  # the train split's bigram, fitted once
+        planner.set_bigram(torch.from_numpy(corpus.centroids), torch.from_numpy(bigram_table(corpus, split_ids["train"])))
     return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer, progress=True), split_ids,
                 baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
 
@@ -249,6 +256,23 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         if trainer.is_global_zero:
             _save(tmp, run, cfg, fingerprint, metrics, {"steps": trainer.global_step, "seconds": round(seconds, 2)},
                   context_tokenizer=cfg.lm)
+    print(format_table(metrics))
+    return metrics
+
+
+def _fit_bigram(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
+    """``--planner.kind bigram``: the train split's action bigram as a planner (the "Bigram PA" baseline); nothing to
+    train. Its val row differs from the bigram baseline's only where a stored (float16) embedding's nearest centroid
+    is not the sentence's action."""
+    from planlm.persist import load_tokenizer
+
+    started = time.perf_counter()
+    run = _setup(cfg, load_tokenizer(cfg.lm) if needs_token_counts(cfg.planner) else None)
+    metrics = {"planner": evaluate_nap(run.planner, run.builder, run.split_ids["val"], run.corpus.actions),
+               **run.baselines}
+    with atomic_dir(out, force=True) as tmp:
+        _save(tmp, run, cfg, fingerprint, metrics, {"steps": 0, "seconds": round(time.perf_counter() - started, 2)},
+              context_tokenizer=cfg.lm)
     print(format_table(metrics))
     return metrics
 
