@@ -100,8 +100,6 @@ def save_planned_lm(model, directory: str | Path, save_lm: bool | None = None) -
         directory: target folder, created if missing.
         save_lm: write the full LM weights; default: when the LM was trained or ``config.base_lm`` is empty.
     """
-    from safetensors.torch import save_file
-
     from planlm.errors import PlanlmError
 
     directory = Path(directory)
@@ -115,8 +113,7 @@ def save_planned_lm(model, directory: str | Path, save_lm: bool | None = None) -
             f"cannot save planner {type(planner).__name__}: it has no dataclass `config`; "
             "use planlm.models.planner.Planner"
         )
-    state = {k: v.detach().contiguous().cpu() for k, v in model.adapters.state_dict().items()}
-    save_file(state, str(directory / ADAPTER_WEIGHTS))
+    save_adapters(model.adapters, directory)
     if save_lm:
         model.lm.save_pretrained(str(directory / LM_SUBDIR))
     if planner is not None:
@@ -132,6 +129,33 @@ def save_planned_lm(model, directory: str | Path, save_lm: bool | None = None) -
         "planner": planner is not None,
     }
     (directory / PLANNED_LM_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_adapters(adapters, directory: str | Path) -> None:
+    """Write the action adapters' weights as ``adapters.safetensors`` into ``directory`` (a planned-LM folder, or the
+    no-NAP planner stage's folder, whose adapters train with its planner)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in adapters.state_dict().items()}
+    save_file(state, str(Path(directory) / ADAPTER_WEIGHTS))
+
+
+def load_adapters(adapters, directory: str | Path) -> None:
+    """Load ``directory``'s ``adapters.safetensors`` into ``adapters`` (an
+    :class:`planlm.models.adapters.ActionAdapters`), refusing in one line weights of other layers or shapes."""
+    from planlm.errors import PlanlmError
+
+    path = Path(directory) / ADAPTER_WEIGHTS
+    if not path.exists():
+        raise PlanlmError(f"{directory} holds no adapters ({ADAPTER_WEIGHTS})")
+    state = load_weights(path)
+    mine = adapters.state_dict()
+    missing, unexpected = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    wrong = sorted(k for k in set(mine) & set(state) if tuple(mine[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        raise PlanlmError(f"{path} does not fit these adapters (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                          f"other shapes {wrong[:3]}): use the --lm and --adapters.* they were trained with")
+    adapters.load_state_dict(state)
 
 
 def load_planned_lm(directory: str | Path, lm=None, config_changes: dict | None = None, **lm_kwargs):

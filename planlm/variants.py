@@ -31,10 +31,12 @@ class Variant:
     """The paper's training-step time relative to Fixed (its code re-encoded every context sentence per batch)."""
     overhead_goal: float | None = None
     """planlm's ceiling for that ratio (bench/overhead.py prints it next to the measurement)."""
-    planner_pretraining: Literal["nap", "ntp"] = "nap"
-    """How the planner that fine-tuning starts from was pretrained: nap (next-action prediction, the paper's) or ntp
-    (the paper's "no NAP pretraining": a fresh planner trained by next-token prediction through the frozen LM and
-    adapters, `planlm train-planner --objective ntp`, which `planlm run` builds once into OUT/planner-ntp)."""
+    planner_pretraining: Literal["nap", "ntp", "bigram"] = "nap"
+    """How the planner that fine-tuning starts from was pretrained: nap (next-action prediction, the paper's), ntp
+    (the paper's "no NAP pretraining": a fresh planner and the adapters trained by next-token prediction through the
+    frozen LM, `planlm train-planner --objective ntp`, which `planlm run` builds once into OUT/planner-ntp) or bigram
+    (no planner learning at all: the train split's action bigram, `planlm train-planner --planner.kind bigram`,
+    built once into OUT/planner-bigram)."""
 
     @property
     def needs_planner(self) -> bool:
@@ -42,6 +44,7 @@ class Variant:
 
 
 NO_NAP = "No NAP pretraining"
+BIGRAM_PA = "Bigram PA"
 
 VARIANTS: dict[str, Variant] = {
     "Fixed": Variant(RecipeConfig(selection="fixed", planner_unfreeze="never"), 26.69, overhead_name="Fixed"),
@@ -69,6 +72,10 @@ VARIANTS: dict[str, Variant] = {
     **{f"Hard / mix p={p}": Variant(RecipeConfig(selection="hard", actions="mix", p_predicted=p,
                                                  planner_unfreeze="never")) for p in (0.25, 0.5, 0.75)},
     "Hard / scheduled sampling": Variant(RecipeConfig(selection="hard", actions="schedule", planner_unfreeze="never")),
+    # Issue 27: Cornille PA with the action bigram in place of the learned planner (the previous sentence's action
+    # -> its most frequent successor): does the learned planner add anything beyond the previous action?
+    BIGRAM_PA: Variant(RecipeConfig(selection="hard", actions="predicted", planner_unfreeze="never"),
+                       planner_pretraining="bigram"),
 }
 DEFAULT_VARIANTS = ["Fixed", "Uniform", "Cornille OA", "Cornille PA", "Soft / unfreeze halfway"]
 PAPER_PPL = {name: v.paper_ppl for name, v in VARIANTS.items() if v.paper_ppl is not None}
@@ -93,13 +100,16 @@ MIX_SWEEP = ["Cornille OA", "Hard / mix p=0.25", "Hard / mix p=0.5", "Hard / mix
              "Hard / scheduled sampling"]
 VARIANT_GROUPS: dict[str, list[str]] = {
     "default": DEFAULT_VARIANTS,
-    "table1": [name for name in VARIANTS if name not in MIX_SWEEP or name.startswith("Cornille")],
+    "table1": [name for name in VARIANTS if (name not in MIX_SWEEP or name.startswith("Cornille"))
+               and name != BIGRAM_PA],
     "no-nap": [name for name in VARIANTS if name.startswith(NO_NAP)],
     "mix-sweep": MIX_SWEEP,
+    "planner-baselines": ["Cornille PA", BIGRAM_PA],
     "all": list(VARIANTS),
 }
 """Names `planlm run --variants` accepts for several rows at once: the paper's Table 1, the three no-NAP rows, the
-Figure 4 sweep (p in {0, 0.25, 0.5, 0.75, 1} + scheduled sampling; p = 0 and 1 are Cornille OA and PA)."""
+Figure 4 sweep (p in {0, 0.25, 0.5, 0.75, 1} + scheduled sampling; p = 0 and 1 are Cornille OA and PA), Cornille PA
+next to Bigram PA (issue 27)."""
 
 
 def expand_variants(names: list[str]) -> list[str]:
@@ -169,22 +179,26 @@ def variant_name(config: dict) -> str:
         shown = [f"{k}={getattr(recipe, k)}" for k in recipe_key(recipe)
                  if k in ("selection", "actions", "p_predicted", "planner_unfreeze")
                  or getattr(recipe, k) != getattr(defaults, k)]
-        name = f"Unregistered recipe ({', '.join(shown + (['planner_pretraining=ntp'] if objective == 'ntp' else []))})"
+        shown += [f"planner_pretraining={objective}"] if objective not in (None, "nap") else []
+        name = f"Unregistered recipe ({', '.join(shown)})"
     return name + (" + LM" if recipe.train_lm else "")
 
 
 def planner_objective(planner_dir: str | None) -> str | None:
-    """How the planner a run started from was pretrained ("nap" / "ntp", from its train-planner manifest), or None
-    when it cannot be told (no planner, a folder that moved, a planned-LM folder's planner)."""
+    """How the planner a run started from was pretrained ("nap" / "ntp" / "bigram", from its train-planner
+    manifest), or None when it cannot be told (no planner, a folder that moved, a planned-LM folder's planner)."""
     from planlm.artifacts import read_manifest
     from planlm.errors import PlanlmError
 
     if not planner_dir:
         return None
     try:
-        return (read_manifest(planner_dir, "train-planner").get("config") or {}).get("objective")
+        config = read_manifest(planner_dir, "train-planner").get("config") or {}
     except (PlanlmError, OSError, ValueError):
         return None
+    if (config.get("planner") or {}).get("kind") == "bigram":
+        return "bigram"
+    return config.get("objective")
 
 
 def training_p_predicted(config: dict) -> float | None:

@@ -96,8 +96,11 @@ def test_evaluate_with_generation_metrics_and_probes(env):
     assert main(args) == 0
     m = read(out)
     for key in ("mauve", "rouge2", "latent_ppl", "edit_distance", "mauve_protocol", "latent_delta",
-                "latent_ppl_protocol", "rouge2_protocol", "edit_distance_protocol", "edit_distance_mean"):
+                "latent_ppl_protocol", "rouge2_protocol", "edit_distance_protocol", "edit_distance_mean",
+                "plan_matching", "plan_matching_protocol"):
         assert key in m
+    assert m["plan_matching"] is None or 0.0 <= m["plan_matching"] <= 1.0  # Figure 4 (issue 27 item 3)
+    assert set(m["plan_matching_protocol"]["sentences"]) >= {"unconditional", "continuation"}
     assert set(m["edit_distance"]) <= {"8", "16"}
     md = (out / "metrics.md").read_text()  # the record's labelled fields
     assert "| mauve |" in md and f"| edit_distance_mean | {m['edit_distance_mean']:.3f} |" in md

@@ -16,6 +16,7 @@ from planlm.eval.generation_metrics import (
     GenerationMetricsConfig,
     action_trace,
     generation_metrics,
+    plan_matching,
     sentence_prefixes,
 )
 
@@ -54,6 +55,11 @@ def test_end_to_end_on_a_tiny_setup(generator):
     assert m.mauve_protocol["generated"] == 3 and m.latent_ppl_protocol["critic"] == "bigram"
     assert m.rouge2_protocol["lengths"] == [8, 16, 32]
     assert m.by_first_action["right"]["texts"] + m.by_first_action["wrong"]["texts"] == 3 * 3
+    # Figure 4's plan matching: over the finished generated sentences of both kinds of text
+    counted = m.plan_matching_protocol["sentences"]
+    assert set(counted) >= {"unconditional", "continuation"}
+    assert (m.plan_matching is None) == (counted["unconditional"] + counted["continuation"] == 0)
+    assert m.plan_matching is None or 0.0 <= m.plan_matching <= 1.0
     kinds = [s["kind"] for s in m.samples]
     assert kinds == ["unconditional"] * 3 + ["continuation"] * 9
     for s in m.samples:
@@ -66,6 +72,34 @@ def test_end_to_end_on_a_tiny_setup(generator):
     for s in m.samples[3:]:
         i = next(i for i, t in enumerate(test_texts) if t.startswith(s["prefix"] + s["true"]))
         assert len(s["prefix"]) in spans[i]  # the prefix ends where a sentence ends
+
+
+def test_plan_matching_compares_each_sentence_s_written_action_with_its_conditioning_action(generator):
+    from planlm.eval.generator import Sentence
+
+    texts = ["The Moon is Earth's only natural satellite.", "Apollo 11 landed the first humans on the Moon in 1969.",
+             "Water ice has been found in permanently shadowed craters."]
+    written = [int(a) for a in generator.nearest_actions(generator.embed(texts))]
+    other = [(a + 1) % generator.corpus.num_actions for a in written]
+
+    def text_with(actions, **last):
+        sentences = [Sentence(t, a, "planner") for t, a in zip(texts, actions)]
+        sentences[-1].__dict__.update(last)
+        return Generation(prompt="", text=" ".join(texts), sentences=sentences, token_ids=[], prompt_tokens=0)
+
+    right, _ = plan_matching({"unconditional": [text_with(written)]}, generator)
+    assert right == 1.0
+    half, counts = plan_matching({"unconditional": [text_with(written)], "continuation": [text_with(other)]},
+                                 generator)
+    assert half == 0.5 and counts["unconditional"] == counts["continuation"] == 3
+    assert counts["accuracy_by_kind"] == {"unconditional": 1.0, "continuation": 0.0}
+    # the sentence a text stopped inside, a prompt sentence and a constant model's sentences do not count
+    _, counts = plan_matching({"unconditional": [text_with(written, finished=False)]}, generator)
+    assert counts["unconditional"] == 2
+    _, counts = plan_matching({"unconditional": [text_with(written, generated=False, source="prompt")]}, generator)
+    assert counts["unconditional"] == 2
+    none, counts = plan_matching({"unconditional": [text_with([None] * 3)]}, generator)
+    assert none is None and counts["unconditional"] == 0
 
 
 def test_a_perfect_generator_scores_perfectly(generator):

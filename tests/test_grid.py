@@ -16,7 +16,7 @@ from planlm.stages.finetune import finetune
 from planlm.train.loop import PlannedLMModule
 from planlm.train.recipe import RecipeConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
-from planlm.variants import (MIX_SWEEP, NO_NAP, VARIANT_GROUPS, VARIANTS, expand_variants, training_actions,
+from planlm.variants import (BIGRAM_PA, MIX_SWEEP, NO_NAP, VARIANT_GROUPS, VARIANTS, expand_variants, training_actions,
                              training_p_predicted, variant_name)
 
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
@@ -62,37 +62,76 @@ def ntp_stage(env):
                          optim=OptimConfig(lr=1e-2, batch_size=4, max_steps=4), trainer=QUIET)
 
 
-def test_no_nap_stage_trains_only_the_planner_through_the_adapters_finetune_starts_from(env, spy):
+def test_no_nap_stage_trains_planner_and_adapters_and_finetune_starts_from_both(env, spy):
     from planlm.artifacts import read_manifest
-    from planlm.persist import load_planner
+    from planlm.persist import load_planner, load_weights
 
     metrics = ntp_stage(env)
     assert math.isfinite(metrics["planner"]["lm_loss"])
     (adapters0, lm0, model), = spy
-    # The stage trained its fresh planner and nothing else: LM and adapters are exactly as they started.
-    for name, value in model.adapters.state_dict().items():
-        assert torch.equal(value, adapters0[name]), name
+    # The stage trained its fresh planner AND the adapters (the paper's section 4.3: only the LM is frozen).
+    assert any(not torch.equal(value, adapters0[name]) for name, value in model.adapters.state_dict().items())
     for name, value in model.lm.state_dict().items():
         assert torch.equal(value, lm0[name]), name
     manifest = read_manifest(env["ntp"], "train-planner")
     planner = load_planner(env["ntp"])
-    assert manifest["counts"]["trainable_parameters"] == sum(p.numel() for p in planner.parameters())
+    assert manifest["counts"]["trainable_parameters"] == (sum(p.numel() for p in planner.parameters())
+                                                          + model.adapter_parameters())
     assert manifest["config"]["objective"] == "ntp" and "planned_lm" not in manifest["inputs"]
     fresh = torch.from_numpy(env["corpus"].centroids)  # a fresh planner's policy head is the centroids
     assert not torch.allclose(planner.policy_head.weight, fresh)
 
-    # `planlm finetune` from that planner starts from the very adapters the planner was trained through.
+    # `planlm finetune` from that planner starts from the adapters the stage trained, not the centroids' ones.
     out = finetune(env["prepared"], env["lm"], env["ntp"], env["root"] / "no-nap-never",
                    recipe=VARIANTS[f"{NO_NAP} / never"].recipe, optim=OptimConfig(lr=1e-3, batch_size=4, max_steps=2),
                    windows=WINDOWS, trainer=QUIET)
-    adapters_ft, _, model_ft = spy[1]
-    for name, value in adapters0.items():
+    adapters_ft, _, _ = spy[1]
+    stage = load_weights(env["ntp"] / "adapters.safetensors")
+    for name, value in stage.items():
         assert torch.equal(value, adapters_ft[name]), name
+    assert read_manifest(out, "finetune")["start_adapters"] == str(env["ntp"])
     assert variant_name(json.loads((out / "finetune_config.json").read_text())) == f"{NO_NAP} / never"
     # ... and a rerun of the stage with the same config is reused, not retrained
     stamp = (env["ntp"] / "manifest.json").stat().st_mtime_ns
     ntp_stage(env)
     assert (env["ntp"] / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def bigram_stage(env):
+    from planlm.models.planner import PlannerConfig
+    from planlm.stages.train_planner import train_planner
+
+    env["bigram"] = env["root"] / "planner-bigram"
+    return train_planner(env["prepared"], out=str(env["bigram"]), lm=env["lm"],
+                         planner=PlannerConfig(context_sentences=3, kind="bigram"), trainer=QUIET)
+
+
+def test_bigram_pa_trains_and_evaluates_end_to_end_with_the_bigram_s_actions(env):
+    """Issue 27 item 7: Bigram PA is Cornille PA with the train action bigram in the planner's place, in training
+    and at evaluation (the actions evaluate predicts come from the bigram too)."""
+    from planlm.eval.nap import bigram_table, previous_actions
+    from planlm.eval.record import MetricsRecord
+    from planlm.persist import load_planner
+    from planlm.stages.evaluate import evaluate
+    from planlm.eval.perplexity import PerplexityConfig
+
+    metrics = bigram_stage(env)
+    corpus = env["corpus"]
+    assert metrics["planner"]["top1"] == pytest.approx(metrics["bigram"]["top1"], abs=0.02)
+    assert sum(p.numel() for p in load_planner(env["bigram"]).parameters()) == 0  # nothing learned
+    out = finetune(env["prepared"], env["lm"], env["bigram"], env["root"] / "bigram-pa",
+                   recipe=VARIANTS[BIGRAM_PA].recipe, optim=OptimConfig(lr=1e-3, batch_size=4, max_steps=3),
+                   windows=WINDOWS, trainer=QUIET)
+    assert variant_name(json.loads((out / "finetune_config.json").read_text())) == BIGRAM_PA
+    ev = MetricsRecord.load(evaluate(run=out, ppl=PerplexityConfig(protocols=["strided"], context_length=32,
+                                                                   stride=16, max_articles=2), device="cpu")
+                            / "metrics.json")
+    assert ev.variant == BIGRAM_PA and math.isfinite(ev.ppl)
+    # the evaluated planner's top-1 is the bigram's argmax after each test sentence's previous action
+    ids = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in corpus.article_ids("test")[:2]])
+    train = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in corpus.article_ids("train")])
+    argmax = bigram_table(corpus, train).argmax(1)[previous_actions(corpus, ids)]
+    assert ev.planner_top1 == pytest.approx(float((argmax == corpus.actions[ids]).mean()), abs=1e-9)
 
 
 @pytest.mark.parametrize("name", NEW_ROWS)
@@ -266,6 +305,14 @@ def test_report_figures(tmp_path):
             m("Hard / scheduled sampling", 0, None, "schedule")]
     assert plot_mixing(runs, tmp_path / "mixing.png").stat().st_size > 0
     assert plot_mixing(runs[-1:], tmp_path / "none.png") is None  # fewer than two values of p: no figure
+    # runs evaluated with --generation true add Figure 4's plan-matching panel, side by side with the perplexity
+    import matplotlib.image
+
+    for r, matching in zip(runs, (0.3, 0.5, 0.6, 0.7, 0.55)):
+        r["plan_matching"] = matching
+    one = matplotlib.image.imread(tmp_path / "mixing.png")
+    two = matplotlib.image.imread(plot_mixing(runs, tmp_path / "mixing-matching.png"))
+    assert two.shape[1] == 2 * one.shape[1] and two.shape[0] == one.shape[0]
     rows = {r["variant"]: r for r in planner_correct_rows(runs)}
     assert rows["Cornille PA"]["right"] == (17.0, pytest.approx(math.sqrt(2)))
     assert rows["Cornille PA"]["right_share"] == pytest.approx(0.3)

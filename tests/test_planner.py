@@ -150,3 +150,73 @@ def test_bad_configs_and_inputs_are_refused(synthetic_corpus):
     cfg = dataclasses.replace(planner.config, context_sentences=None)
     with pytest.raises(PlanlmError, match="entries"):
         PlannerInputs.from_config(synthetic_corpus, cfg, np.ones(3))
+
+
+# ---- the previous sentence's action (issue 27): the Bigram PA planner and the bigram_prior option ------------------
+def fitted(corpus, **overrides) -> Planner:
+    """A planner (``overrides``) with the train split's bigram and the corpus's centroids set, as train-planner sets
+    them."""
+    from planlm.eval.nap import bigram_table
+
+    planner = make_planner(corpus, **overrides)
+    train = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in corpus.article_ids("train")])
+    planner.set_bigram(torch.from_numpy(corpus.centroids), torch.from_numpy(bigram_table(corpus, train)))
+    return planner
+
+
+@pytest.mark.parametrize("context", ["paper", "causal"])
+def test_the_previous_action_is_the_last_context_sentence_s_nearest_centroid(synthetic_corpus, context):
+    from planlm.data.actions import assign
+    from planlm.eval.nap import previous_actions
+
+    corpus = synthetic_corpus
+    planner = fitted(corpus, kind="bigram", context=context, context_sentences=3 if context == "paper" else None)
+    ids = np.arange(len(corpus.actions))
+    got = planner.previous_actions(**PlannerInputs.from_config(corpus, planner.config)(ids))  # (N,)
+    # `planlm prepare` assigns actions to the stored float16 embeddings, so there this is the previous oracle action;
+    # this hand-made corpus took its actions from float32 ones, hence the stored embeddings' own assignment here
+    stored = dataclasses.replace(corpus, actions=assign(corpus.embeddings, corpus.centroids)[0])
+    assert torch.equal(got, torch.from_numpy(previous_actions(stored, ids)))  # K for an article's first sentence
+    assert (got.numpy() == previous_actions(corpus, ids)).mean() > 0.95
+
+
+def test_the_bigram_planner_has_no_parameters_and_its_logits_are_the_bigram_s(synthetic_corpus, tmp_path):
+    from planlm.eval.nap import bigram_table, previous_actions
+    from planlm.persist import load_planner, save_planner
+
+    corpus = synthetic_corpus
+    planner = fitted(corpus, kind="bigram", context_sentences=3)
+    assert sum(p.numel() for p in planner.parameters()) == 0
+    ids = np.arange(len(corpus.actions))
+    train = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in corpus.article_ids("train")])
+    from planlm.data.actions import assign
+
+    stored = dataclasses.replace(corpus, actions=assign(corpus.embeddings, corpus.centroids)[0])  # as prepare does
+    expected = np.log(bigram_table(corpus, train))[previous_actions(stored, ids)]  # (N, K)
+    inputs = PlannerInputs.from_config(corpus, planner.config)(ids)
+    torch.testing.assert_close(planner(**inputs), torch.from_numpy(expected).float())
+    save_planner(planner, tmp_path / "bigram")  # the table and centroids are buffers: saved with the "weights"
+    torch.testing.assert_close(load_planner(tmp_path / "bigram")(**inputs), planner(**inputs))
+    with pytest.raises(ValueError, match="bigram alone"):
+        make_planner(corpus, kind="bigram", bigram_prior=True)
+
+
+@pytest.mark.parametrize("context", ["paper", "causal"])
+def test_bigram_prior_adds_the_bigram_to_the_transformer_s_logits_and_gradients_still_flow(synthetic_corpus, context):
+    corpus = synthetic_corpus
+    kwargs = {"context": context, "context_sentences": 3 if context == "paper" else None}
+    plain = make_planner(corpus, **kwargs).train()
+    prior = fitted(corpus, bigram_prior=True, **kwargs).train()
+    prior.load_state_dict({**plain.state_dict(), "action_centroids": prior.action_centroids,
+                           "bigram_log_probs": prior.bigram_log_probs})  # the same transformer
+    ids = np.arange(len(corpus.actions))
+    inputs = PlannerInputs.from_config(corpus, plain.config)(ids)
+    logits = prior(**inputs)
+    assert logits.shape == (len(ids), corpus.num_actions)
+    torch.testing.assert_close(logits, plain(**inputs) + prior.bigram_logits(**inputs))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(corpus.actions[ids].astype(np.int64)))
+    loss.backward()
+    missing = [n for n, p in prior.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    assert set(dict(prior.named_buffers())) == {"action_centroids", "bigram_log_probs"}  # fixed, not trained
+    assert "bigram_log_probs" not in plain.state_dict()  # the paper planner's state dict is unchanged

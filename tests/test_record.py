@@ -35,9 +35,9 @@ def evaluated() -> dict:
         "by_planner_correct": {"predicted": {"right": {"ppl": 18.0, "tokens": 5}, "wrong": {"ppl": 22.0, "tokens": 7}}},
         "mauve": 0.5, "latent_ppl": 9.0, "latent_delta": 0.1, "latent_ppl_real": None, "rouge2": None,
         "rouge2_by_length": {}, "edit_distance": {"8": 1.5}, "edit_distance_mean": 1.5, "edit_distance_pairs": {"8": 3},
-        "mauve_continuation": None, "by_first_action": {"right": {}, "wrong": {}}, "mauve_protocol": {"n": 2},
-        "latent_ppl_protocol": {}, "rouge2_protocol": {}, "edit_distance_protocol": {},
-        "seconds": 1.5,
+        "mauve_continuation": None, "by_first_action": {"right": {}, "wrong": {}}, "plan_matching": 0.4,
+        "mauve_protocol": {"n": 2}, "latent_ppl_protocol": {}, "rouge2_protocol": {}, "edit_distance_protocol": {},
+        "plan_matching_protocol": {"sentences": {"unconditional": 5}}, "seconds": 1.5,
     }
 
 

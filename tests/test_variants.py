@@ -25,13 +25,14 @@ from planlm.variants import (
 
 @pytest.fixture
 def planners(tmp_path):
-    """Two planner folders as `planlm train-planner` leaves them, as far as naming reads them: NAP and NTP."""
+    """Planner folders as `planlm train-planner` leaves them, as far as naming reads them: NAP, NTP and the action
+    bigram (``--planner.kind bigram``)."""
     out = {}
-    for objective in ("nap", "ntp"):
+    for objective, config in (("nap", {"objective": "nap"}), ("ntp", {"objective": "ntp"}),
+                              ("bigram", {"objective": "nap", "planner": {"kind": "bigram"}})):
         folder = tmp_path / f"planner-{objective}"
         folder.mkdir()
-        (folder / "manifest.json").write_text(json.dumps({"stage": "train-planner",
-                                                          "config": {"objective": objective}}))
+        (folder / "manifest.json").write_text(json.dumps({"stage": "train-planner", "config": config}))
         out[objective] = folder
     return out
 
@@ -63,6 +64,8 @@ def test_the_old_mislabels_are_the_registry_rows(planners):
     assert name(selection="straight-through", planner_unfreeze="0.5") == "Straight-through / halfway"
     assert name(selection="soft", planner_unfreeze="immediate", nap_weight=1.0) == "NAP during fine-tuning"
     assert name("ntp", selection="soft", planner_unfreeze="never") == "No NAP pretraining / never"
+    assert name("bigram", selection="hard", planner_unfreeze="never") == "Bigram PA"
+    assert name("nap", selection="hard", planner_unfreeze="never") == "Cornille PA"
     for got in ("Soft / never", "Straight-through / halfway", "NAP during fine-tuning"):
         assert got in PAPER_PPL  # so the report shows the paper's number next to them
 

@@ -1,8 +1,8 @@
 """Figures of the paper's grid drawn from evaluate's ``metrics.json`` dicts (`planlm report` calls them).
 
-- :func:`plot_mixing`: the paper's Figure 4, perplexity against p, the probability of planner-predicted actions in
-  hard-selection training (p = 0 is Cornille OA, p = 1 Cornille PA), with scheduled sampling (p rising from 0 to 1
-  over training) as a marker of its own at its mean p, 0.5.
+- :func:`plot_mixing`: the paper's Figure 4, perplexity (and, where measured, plan-matching accuracy) against p,
+  the probability of planner-predicted actions in hard-selection training (p = 0 is Cornille OA, p = 1 Cornille
+  PA), with scheduled sampling (p rising from 0 to 1 over training) as a marker of its own at its mean p, 0.5.
 - :func:`plot_planner_correct`: the paper's Appendix E, each variant's perplexity on the tokens of sentences whose
   planner action was right (= the oracle action) and on the others, with the share of tokens in each.
 
@@ -40,18 +40,38 @@ def pyplot():
 
 
 def plot_mixing(metrics: list[dict], path: Path) -> Path | None:
-    """Figure 4: PPL against p (planner-predicted actions in training), one line for evaluation with predicted
-    actions (``ppl``) and one with oracle actions (``ppl_oracle``) where recorded; scheduled sampling
+    """Figure 4 against p (planner-predicted actions in training): the perplexity panel, one line for evaluation
+    with predicted actions (``ppl``) and one with oracle actions (``ppl_oracle``) where recorded, and, where runs
+    measured it (`planlm evaluate --generation true`), the plan-matching panel (``plan_matching``: how often a
+    generated sentence's own action equals the one it was conditioned on); scheduled sampling
     (``training_actions == "schedule"``) as star markers at p = 0.5. None unless at least two values of p exist."""
     mixed = [m for m in metrics if _number(m.get("p_predicted"))]
     scheduled = [m for m in metrics if m.get("training_actions") == "schedule"]
     ps = sorted({float(m["p_predicted"]) for m in mixed})
     if len(ps) < 2:
         return None
+    panels = [("perplexity", "Oracle / predicted action mixing (Figure 4)",
+               (("ppl", "predicted actions at test", "o", "tab:blue"),
+                ("ppl_oracle", "oracle actions at test", "s", "tab:orange")))]
+    if any(_number(m.get("plan_matching")) for m in mixed + scheduled):
+        panels.append(("plan-matching accuracy", "Generated sentences that follow their plan",
+                       (("plan_matching", "generation, planner in the loop", "o", "tab:green"),)))
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label, marker, color in (("ppl", "predicted actions at test", "o", "tab:blue"),
-                                      ("ppl_oracle", "oracle actions at test", "s", "tab:orange")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, title, series) in zip(axes[0], panels):
+        _draw_against_p(ax, mixed, scheduled, ps, series)
+        ax.set(xlabel="p (fraction of planner-predicted actions in training)", ylabel=ylabel, title=title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _draw_against_p(ax, mixed: list[dict], scheduled: list[dict], ps: list[float], series) -> None:
+    """One panel of Figure 4: each ``(key, label, marker, color)`` of ``series`` as mean ± std over seeds at every p
+    that has it, and scheduled sampling's value as a star at :data:`SCHEDULED_SAMPLING_P`."""
+    for key, label, marker, color in series:
         points = [(p, _mean_std([m[key] for m in mixed if m["p_predicted"] == p and _number(m.get(key))]))
                   for p in ps if any(m["p_predicted"] == p and _number(m.get(key)) for m in mixed)]
         if points:
@@ -62,13 +82,6 @@ def plot_mixing(metrics: list[dict], path: Path) -> Path | None:
             mean, std = _mean_std(values)
             ax.errorbar([SCHEDULED_SAMPLING_P], [mean], yerr=[std], marker="*", markersize=14, color=color,
                         capsize=3, linestyle="none", label=f"scheduled sampling ({label})")
-    ax.set(xlabel="p (fraction of planner-predicted actions in training)", ylabel="perplexity",
-           title="Oracle / predicted action mixing (Figure 4)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def planner_correct_rows(metrics: list[dict], actions: str = "predicted") -> list[dict]:

@@ -33,6 +33,12 @@ Protocol (every setting is recorded next to the numbers it produced, ``*_protoco
    scored.
 5. **Appendix E**: the same two numbers split by whether the planner's action for the first generated sentence was
    the oracle one (the action of the article's true next sentence).
+6. **Plan matching** (``plan_matching``, the paper's Figure 4): how often a generated sentence's own writing action
+   (the sentence embedded with the corpus's encoder, its nearest centroid: the assignment of step 3) equals the
+   action the LM was conditioned on while writing it (the planner's argmax; under soft selection the argmax of the
+   weights it read). Every finished generated sentence of the unconditional samples and the continuations counts;
+   the sentence a text stopped inside does not (a cut sentence is not the one that was planned). None for fixed /
+   uniform models, which condition on no per-sentence action.
 """
 
 from __future__ import annotations
@@ -135,10 +141,12 @@ class GenerationMetrics:
     edit_distance_pairs: dict[str, int]
     mauve_continuation: float | None
     by_first_action: dict
+    plan_matching: float | None = None
     mauve_protocol: dict = field(default_factory=dict)
     latent_ppl_protocol: dict = field(default_factory=dict)
     rouge2_protocol: dict = field(default_factory=dict)
     edit_distance_protocol: dict = field(default_factory=dict)
+    plan_matching_protocol: dict = field(default_factory=dict)
     samples: list[dict] = field(default_factory=list, repr=False)
     """One dict per text: kind (unconditional | continuation), length, prefix, generated, true, actions, ..."""
 
@@ -167,6 +175,23 @@ def action_trace(text: str, generator, offsets: list[tuple[int, int]] | None = N
     actions = generator.nearest_actions(generator.embed([text[s:e] for s, e in spans]))
     keep = np.r_[True, np.diff(token_ends) > 0] & (token_ends > 0)  # a sentence without tokens of its own
     return ActionTrace([int(a) for a in actions[keep]], [int(e) for e in token_ends[keep]])
+
+
+def plan_matching(generations: dict[str, list], generator) -> tuple[float | None, dict]:
+    """Figure 4's plan-matching accuracy of ``generations`` (kind -> :class:`planlm.eval.generator.Generation` list):
+    ``(accuracy or None, counts)``. A sentence counts when it was generated, finished, and conditioned on an action
+    (planner or forced plan); its written action is the nearest centroid of its embedding, as every generated
+    sentence's action is assigned (:func:`action_trace`)."""
+    rows = [(kind, s.text, s.action) for kind, gens in generations.items() for g in gens for s in g.sentences
+            if s.generated and s.finished and s.action is not None and s.source in ("planner", "plan")
+            and s.text.strip()]
+    counts = {kind: sum(k == kind for k, _, _ in rows) for kind in generations}
+    if not rows:
+        return None, counts
+    written = generator.nearest_actions(generator.embed([t for _, t, _ in rows]))  # (n,)
+    hits = written == np.array([a for _, _, a in rows])  # (n,)
+    by_kind = {kind: float(hits[[k == kind for k, _, _ in rows]].mean()) for kind in generations if counts[kind]}
+    return float(hits.mean()), {**counts, "accuracy_by_kind": by_kind}
 
 
 def sentence_prefixes(corpus, tokenizer, count: int, prefix_tokens: int, new_tokens: int,
@@ -326,12 +351,14 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
 
     # 4-5: continuations of real prefixes at every length that articles can supply
     rouge, edits, pairs_at, by_first = {}, {}, {}, {"right": [], "wrong": []}
+    continued = []  # every continuation's Generation, for plan matching
     mauve_cont, mauve_cont_at = None, None
     for n, pairs in prefixes.items():
         if not pairs:
             continue
         gens = _generate(generator, [p["prefix"] for p in pairs], n, config, config.seed + config.unconditional,
                          progress, f"continuations of {n} tokens")
+        continued += gens
         trues = [_cut(p["true"], tok, n) for p in pairs]
         gen_traces = [action_trace(g.text, generator, g.offsets()) for g in gens]
         true_traces = [action_trace(t, generator) for t in trues]
@@ -362,6 +389,7 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
                 "edit_distance": float(np.mean(edit)) if edit else None,
                 "rouge2_first_sentence": float(np.mean([f for _, _, f in rows])) if rows else None}
 
+    matching, matched = plan_matching({"unconditional": uncond, "continuation": continued}, generator)
     common = {"featurizer": feat[2], "sampling": sampling}
     continuations = {
         "continuations": {str(n): len(ps) for n, ps in prefixes.items() if ps},
@@ -379,6 +407,7 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
         edit_distance=edits, edit_distance_mean=float(np.mean(list(edits.values()))) if edits else None,
         edit_distance_pairs=pairs_at, mauve_continuation=mauve_cont,
         by_first_action={"right": split(by_first["right"]), "wrong": split(by_first["wrong"])},
+        plan_matching=matching,
         mauve_protocol={**common, "generated": len(uncond), "tokens": config.unconditional_tokens,
                         "real": {sp: sum(r[2] == sp for r in real) for sp in ("test", "val")},
                         "max_tokens": config.mauve_max_tokens, "real_texts": "article beginnings, same length",
@@ -391,6 +420,11 @@ def generation_metrics(generator, config: GenerationMetricsConfig = GenerationMe
                                 "table": "edit_distance_mean = mean over the lengths",
                                 "actions": "nearest centroid of the splitter's sentences, both sides",
                                 "tokens": "generated side: the tokens as generated; true side: the text tokenized"},
+        plan_matching_protocol={"sampling": sampling, "sentences": matched,
+                                "counted": "finished generated sentences conditioned on a planner (or plan) action, "
+                                           "unconditional samples and continuations",
+                                "written_action": "nearest centroid of the sentence's embedding (corpus encoder)",
+                                "conditioned_action": "the planner's argmax (soft selection: of the weights read)"},
         samples=samples,
     )
 

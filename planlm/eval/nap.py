@@ -111,12 +111,20 @@ def offset_name(h: int) -> str:
     return "planner" if h == 1 else f"planner offset {h}"
 
 
+def bigram_table(corpus: PreparedCorpus, train_ids: np.ndarray) -> np.ndarray:
+    """The bigram baseline fitted on the sentences ``train_ids``: P(next action | previous symbol) ``(K + 1, K)``,
+    row K = an article's first sentence (what the "Bigram PA" planner and the planner's ``bigram_prior`` read)."""
+    train_next = corpus.actions[train_ids].astype(np.int64)
+    return BigramCritic.fit_pairs(previous_actions(corpus, train_ids), train_next, corpus.num_actions
+                                  ).next_action_probs()
+
+
 def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, dict]:
     """Unigram and bigram baselines fitted on ``train_ids``, scored on ``val_ids``."""
     k = corpus.num_actions
     train_next = corpus.actions[train_ids].astype(np.int64)
     val_next = corpus.actions[val_ids].astype(np.int64)
-    bigram = BigramCritic.fit_pairs(previous_actions(corpus, train_ids), train_next, k).next_action_probs()
+    bigram = bigram_table(corpus, train_ids)
     counts = np.bincount(train_next, minlength=k).astype(np.float64)
     unigram = (counts + 1.0) / (counts.sum() + k)  # add-one: keeps the perplexity finite
     return {
@@ -125,12 +133,17 @@ def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.
     }
 
 
+def planner_device(planner) -> torch.device:
+    """Where a planner's tensors live (the bigram planner has buffers only, no parameters)."""
+    return next(iter([*planner.parameters(), *planner.buffers()])).device
+
+
 @torch.no_grad()
 def evaluate_nap(planner, builder, sentence_ids: np.ndarray, actions: np.ndarray, batch_size: int = 512) -> dict:
     """NAP metrics (loss, top-1, top-5, perplexity) of a planner on ``sentence_ids``, outside any training loop."""
     was_training = planner.training
     planner.eval()
-    device = next(planner.parameters()).device
+    device = planner_device(planner)
 
     def batches():
         for b in range(0, len(sentence_ids), batch_size):
@@ -150,7 +163,7 @@ def evaluate_offsets(planner, builder, corpus: PreparedCorpus, sentence_ids: np.
     actions, as in training), one dict per offset (:func:`offset_metrics`)."""
     was_training = planner.training
     planner.eval()
-    device = next(planner.parameters()).device
+    device = planner_device(planner)
     horizon = planner.config.horizon
     sums = torch.zeros(horizon, 4, dtype=torch.float64)
     for b in range(0, len(sentence_ids), batch_size):

@@ -115,10 +115,14 @@ class MetricsRecord:
     edit_distance_pairs: dict | None = generation()
     mauve_continuation: float | None = generation(label="mauve_continuation")
     by_first_action: dict | None = generation()
+    plan_matching: float | None = generation(label="plan_matching", bounds=(0.0, 1.0))
+    """Figure 4: the share of generated sentences whose own writing action equals the action they were conditioned
+    on (the report's mixing plot draws it against p)."""
     mauve_protocol: dict | None = generation(label="mauve_protocol")
     latent_ppl_protocol: dict | None = generation(label="latent_ppl_protocol")
     rouge2_protocol: dict | None = generation(label="rouge2_protocol")
     edit_distance_protocol: dict | None = generation(label="edit_distance_protocol")
+    plan_matching_protocol: dict | None = generation(label="plan_matching_protocol")
     probes: dict | None = metric()
     """With --probes: ``{"rows", "file"}`` (probes.json beside it)."""
     seconds: float | None = metric()

@@ -39,6 +39,20 @@ the plan (``rollout``):
 The plan slots come on top of the context's token budget. Paper context only (the causal mode's one pass per article
 cannot append per-target slots).
 
+The previous sentence's action (issue 27: consecutive sentences often share an action, and the mean-pool over a
+bidirectional context blurs the last sentence, so the paper's planner loses to an action bigram on the builtin
+corpus). Both options below read the action of the LAST context sentence (the sentence right before the target) as
+the nearest k-means centroid of its stored embedding, the rule that gave every sentence its action (generated
+sentences included: the planner needs no input beyond the embeddings), and the train split's action-bigram table
+``bigram_log_probs (K + 1, K)`` (row K: an article's first sentence), both buffers that `planlm train-planner`
+fills:
+
+- ``kind="bigram"``: no learned part at all; logits = the bigram's log P(a | previous action). Hard selection on
+  its argmax is the "Bigram PA" baseline (planlm.variants): does the learned planner add anything beyond the
+  previous action?
+- ``bigram_prior=True``: the paper's planner with the bigram's log-probabilities added to its logits, so the
+  transformer learns what the previous action does not already say (a departure from the paper; default off).
+
 Imports torch only (STYLE.md rule 1).
 """
 
@@ -52,6 +66,7 @@ import torch
 from torch import nn
 
 CONTEXT_MODES = ("paper", "causal")
+KINDS = ("transformer", "bigram")
 Rollout = Literal["context", "decoder"]
 ROLLOUTS: tuple[str, ...] = get_args(Rollout)
 
@@ -88,6 +103,13 @@ class PlannerConfig:
     rollout: Rollout = "context"
     """H > 1: how offset h reads the planned actions before it: "context" (appended to the real context, the whole
     encoder re-run) or "decoder" (a small decoder layer over the pooled state and the plan: faster)."""
+    kind: Literal["transformer", "bigram"] = "transformer"
+    """transformer: the paper's planner; bigram: no learned part, the train split's action bigram given the last
+    context sentence's action (the "Bigram PA" baseline; nothing to train)."""
+    bigram_prior: bool = False
+    """Add the train split's action-bigram log-probabilities given the last context sentence's action to the
+    transformer's logits (a departure from the paper: it learns the residual over "what follows the previous
+    action")."""
 
     @property
     def width(self) -> int:
@@ -112,6 +134,12 @@ class PlannerConfig:
             out.append(f"context_tokens must be positive (got {self.context_tokens})")
         if self.context_sentences is not None and self.context_sentences < 1:
             out.append(f"context_sentences must be positive or None (got {self.context_sentences})")
+        if self.kind not in KINDS:
+            out.append(f"kind must be one of {', '.join(KINDS)} (got {self.kind!r})")
+        elif self.kind == "bigram" and (self.bigram_prior or self.horizon > 1):
+            out.append("kind=bigram is the bigram alone: no bigram_prior, horizon 1")
+        elif self.bigram_prior and self.horizon > 1:
+            out.append("bigram_prior conditions the next sentence only: use horizon 1")
         if self.horizon < 1:
             out.append(f"horizon must be at least 1 (got {self.horizon})")
         elif self.rollout not in ROLLOUTS:
@@ -141,6 +169,13 @@ class Planner(nn.Module):
             raise ValueError("invalid PlannerConfig: " + "; ".join(problems))
         self.config = config
         d, d_enc, k = config.width, config.encoder_dim, config.num_actions
+        if config.kind == "bigram" or config.bigram_prior:
+            # filled by `planlm train-planner` (set_bigram), saved with the weights; only planners that read them
+            # have them, so the paper planner's state dict is unchanged
+            self.register_buffer("action_centroids", torch.zeros(k, d_enc))  # (K, d_enc)
+            self.register_buffer("bigram_log_probs", torch.full((k + 1, k), -math.log(k)))  # (K + 1, K)
+        if config.kind == "bigram":
+            return  # no transformer: the logits are the bigram's
         self.input_proj = nn.Linear(d_enc, d)
         layer = nn.TransformerEncoderLayer(
             d_model=d, nhead=config.n_heads, dim_feedforward=config.ff, dropout=config.dropout, batch_first=True
@@ -162,12 +197,53 @@ class Planner(nn.Module):
             self.init_policy_head(centroids)
 
     @torch.no_grad()
+    def set_bigram(self, centroids: torch.Tensor, next_action_probs: torch.Tensor) -> None:
+        """Store the k-means centroids ``(K, d_enc)`` and the train bigram P(next | previous) ``(K + 1, K)`` (row K:
+        an article's first sentence) that ``kind="bigram"`` and ``bigram_prior`` read."""
+        self.action_centroids.copy_(torch.as_tensor(centroids, dtype=torch.float32))
+        self.bigram_log_probs.copy_(torch.as_tensor(next_action_probs, dtype=torch.float64).clamp_min(1e-12).log())
+
+    def previous_actions(
+        self,
+        context_embeddings: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        article_embeddings: torch.Tensor | None = None,
+        article_mask: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(N,)`` the action of the sentence right before each target (its nearest centroid), K for none (an
+        article's first sentence). Same arguments as :meth:`forward`."""
+        k = self.config.num_actions
+        if self.config.context == "paper":
+            n = context_embeddings.shape[0]
+            count = context_mask.bool().sum(1)  # (N,) real context sentences, left-aligned in article order
+            if context_embeddings.shape[1] == 0:
+                return torch.full((n,), k, dtype=torch.long, device=context_embeddings.device)
+            last = context_embeddings[torch.arange(n, device=count.device), (count - 1).clamp_min(0)]  # (N, d_enc)
+            has_previous = count > 0
+        else:
+            s = article_embeddings.shape[1]
+            flat = article_embeddings.reshape(-1, article_embeddings.shape[-1])  # (A * S, d_enc)
+            last = flat[(target_index - 1).clamp_min(0)]  # (N, d_enc); position 0 has no previous sentence
+            has_previous = target_index % s > 0
+        c = self.action_centroids  # (K, d_enc)
+        dist = (last.float()[:, None, :] - c[None]).pow(2).sum(-1)  # (N, K) squared L2, as prepare assigns
+        nearest = dist.argmin(-1)  # (N,)
+        return torch.where(has_previous, nearest, torch.full_like(nearest, k))
+
+    def bigram_logits(self, **planner_inputs) -> torch.Tensor:
+        """``(N, K)`` the train bigram's log P(a | the previous sentence's action)."""
+        return self.bigram_log_probs[self.previous_actions(**planner_inputs)].float()
+
+    @torch.no_grad()
     def init_policy_head(self, centroids: torch.Tensor) -> None:
         """Set the policy head to the k-means centroids (K, d_enc); see the module docstring for d != d_enc."""
         centroids = torch.as_tensor(centroids, dtype=torch.float32)
         k, d_enc = self.config.num_actions, self.config.encoder_dim
         if tuple(centroids.shape) != (k, d_enc):
             raise ValueError(f"centroids have shape {tuple(centroids.shape)}, expected ({k}, {d_enc})")
+        if self.config.kind == "bigram":
+            return  # no policy head
         weight = centroids if self.config.width == d_enc else centroids @ self.input_proj.weight.T  # (K, d)
         self.policy_head.weight.copy_(weight)
         self.policy_head.bias.zero_()
@@ -194,9 +270,14 @@ class Planner(nn.Module):
         Returns:
             ``planner_logits (N, K)``.
         """
-        return self.policy_head(self.plan_states(
-            context_embeddings, context_mask, article_embeddings, article_mask, target_index
-        ))
+        inputs = {"context_embeddings": context_embeddings, "context_mask": context_mask,
+                  "article_embeddings": article_embeddings, "article_mask": article_mask, "target_index": target_index}
+        if self.config.kind == "bigram":
+            return self.bigram_logits(**inputs)  # (N, K)
+        logits = self.policy_head(self.plan_states(**inputs))  # (N, K)
+        if self.config.bigram_prior:
+            logits = logits + self.bigram_logits(**inputs).to(logits.dtype)  # a prior on the previous action
+        return logits
 
     def plan_states(
         self,

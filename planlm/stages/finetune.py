@@ -23,6 +23,7 @@ from planlm.train.start import (
     AdapterConfig,
     WindowConfig,
     initial_planned_lm,
+    stage_adapters,
 )
 from planlm.train.trainer import OptimConfig, TrainerConfig, strategy_problems, global_batch_problems, world_size
 
@@ -79,7 +80,8 @@ def finetune(
         prepared: prepared corpus (`planlm prepare`).
         lm: base causal LM: a Hugging Face Hub name (gpt2, EleutherAI/pythia-160m, allenai/OLMo-1B-hf) or a local
             folder (e.g. from `planlm pretrain-lm`).
-        planner: planner artifact (`planlm train-planner`); needed by every selection but fixed and uniform.
+        planner: planner artifact (`planlm train-planner`); needed by every selection but fixed and uniform. A
+            no-NAP planner (``--objective ntp``) brings the adapters it trained with: fine-tuning starts from them.
         out: output folder of the planned LM (written atomically when training finishes).
         recipe: selection, training actions, planner unfreeze schedule, NAP weight, frozen or trained LM.
         optim: learning rate, batch size, epochs, steps.
@@ -300,6 +302,8 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
             tmp, "finetune", cfg, inputs=inputs, counts=counts, metrics=metrics,
             encoder=corpus.encoder, num_actions=corpus.num_actions, action_space=corpus.action_space,
             seconds=round(time.time() - t0, 1),
+            # the adapters started from the no-NAP stage's (trained with that planner), not from the centroids
+            **({"start_adapters": str(cfg.planner)} if stage_adapters(cfg.planner) else {}),
         )
     shutil.rmtree(work, ignore_errors=True)
     print(f"planlm finetune: {cfg.recipe.selection} / {cfg.recipe.actions} -> {out} "

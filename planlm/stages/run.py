@@ -203,19 +203,34 @@ def describe_base_lm(lm: str | None) -> str:
 def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: RunPreset, seed: int,
                    trainer: TrainerConfig, force: bool, timed) -> Path | None:
     """The planner of the "no NAP pretraining" rows, built once into OUT/planner-ntp (None when no variant asks):
-    a fresh planner trained by next-token prediction through the frozen LM and the adapters fine-tuning starts from,
-    with the fine-tuning budget and the planner's learning rate (`planlm train-planner --objective ntp`)."""
+    a fresh planner and the adapters fine-tuning starts from, trained together by next-token prediction through the
+    frozen LM (`planlm train-planner --objective ntp`), with the fine-tuning budget at its one rate ``lr`` for
+    both: ``planner_lr`` is the rate of a NAP-pretrained planner, whose margins a high rate would erase, and this
+    planner starts from scratch. The rows' fine-tuning then starts from this planner and these adapters."""
     from planlm.models.planner import PlannerConfig
     from planlm.stages.train_planner import train_planner
 
     if not any(VARIANTS[name].planner_pretraining == "ntp" for name in variants):
         return None
-    lr = p.finetune.lr if p.finetune.planner_lr is None else p.finetune.planner_lr
-    optim = dataclasses.replace(p.finetune, lr=lr, planner_lr=None, accumulate=1)
+    optim = dataclasses.replace(p.finetune, planner_lr=None, accumulate=1)
     timed("train-planner (no NAP: next-token prediction)", train_planner, prepared=prepared,
           out=str(out / "planner-ntp"), lm=lm, planner=PlannerConfig(context=p.planner_context), objective="ntp",
-          optim=optim, seed=seed, trainer=trainer, force=force)
+          adapters=p.adapters, optim=optim, seed=seed, trainer=trainer, force=force)
     return out / "planner-ntp"
+
+
+def bigram_planner(variants: list[str], out: Path, prepared: str, lm: str, p: RunPreset, seed: int,
+                   trainer: TrainerConfig, force: bool, timed) -> Path | None:
+    """The "planner" of the Bigram PA row, built once into OUT/planner-bigram (None when no variant asks): the train
+    split's action bigram (`planlm train-planner --planner.kind bigram`, nothing trained)."""
+    from planlm.models.planner import PlannerConfig
+    from planlm.stages.train_planner import train_planner
+
+    if not any(VARIANTS[name].planner_pretraining == "bigram" for name in variants):
+        return None
+    timed("train-planner (action bigram)", train_planner, prepared=prepared, out=str(out / "planner-bigram"), lm=lm,
+          planner=PlannerConfig(context=p.planner_context, kind="bigram"), seed=seed, trainer=trainer, force=force)
+    return out / "planner-bigram"
 
 
 def _has_article_records(evaluation: Path) -> bool:
@@ -368,14 +383,16 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
           planner=PlannerConfig(context=p.planner_context), optim=p.planner_optim, seed=seed, trainer=trainer,
           force=force)
-    ntp_dir = no_nap_planner(variants, home, str(prepared), lm, p, seed, trainer, force, timed)
+    planners = {"nap": planner_dir,
+                "ntp": no_nap_planner(variants, home, str(prepared), lm, p, seed, trainer, force, timed),
+                "bigram": bigram_planner(variants, home, str(prepared), lm, p, seed, trainer, force, timed)}
 
     rows = []
     for name in variants:
         run_dir = home / "runs" / slug(name)
         variant = VARIANTS[name]
         recipe = dataclasses.replace(variant.recipe)
-        planner = (ntp_dir if variant.planner_pretraining == "ntp" else planner_dir) if variant.needs_planner else None
+        planner = planners[variant.planner_pretraining] if variant.needs_planner else None
         timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner,
               out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters,
               windows=WindowConfig(context_length=p.context_length,

@@ -32,6 +32,7 @@ from planlm.errors import PlanlmError, raise_if_problems
 from planlm.eval.nap import (
     TOP_K,
     baseline_metrics,
+    bigram_table,
     evaluate_nap,
     format_table,
     offset_name,
@@ -39,6 +40,7 @@ from planlm.eval.nap import (
 from planlm.models.planner import PlannerConfig
 from planlm.stage_config import Fingerprint, config_of
 from planlm.train.planner_nap import ArticleBatches, NAPCollate, nap_module
+from planlm.train.start import AdapterConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "train-planner"
@@ -66,6 +68,8 @@ def validate_train_planner(cfg: TrainPlannerConfig, out: str | Path) -> None:
                         "--lm for the base LM with the fresh adapters finetune starts from")
     elif cfg.objective == "ntp" and cfg.planned_lm and not Path(cfg.planned_lm).is_dir():
         problems.append(f"--planned_lm {cfg.planned_lm} does not exist; build one with `planlm finetune`")
+    if planner.kind == "bigram" and cfg.objective != "nap":
+        problems.append("planner.kind bigram has nothing to train: use --objective nap (it fits the bigram only)")
     if cfg.objective == "ntp" and planner.horizon > 1:
         problems.append("objective ntp trains a next-sentence planner: use --planner.horizon 1 (NAP trains plans)")
     resolved = dataclasses.replace(planner, num_actions=planner.num_actions or 1, encoder_dim=planner.encoder_dim or 2)
@@ -96,6 +100,7 @@ def train_planner(
     planner: PlannerConfig = PlannerConfig(),
     objective: Objective = "nap",
     planned_lm: str | None = None,
+    adapters: AdapterConfig = AdapterConfig(),
     optim: OptimConfig = OptimConfig(weight_decay=1e-4),
     init_from_centroids: bool = True,
     seed: int = 0,
@@ -113,11 +118,13 @@ def train_planner(
         lm: the LM whose tokenizer counts the paper context's tokens: a Hub name (gpt2) or a local folder (a
             `planlm pretrain-lm` output). Without it, set planner.context_sentences.
         planner: planner architecture and context (num_actions and encoder_dim come from the corpus).
-        objective: "nap" (next-action prediction, the paper's pretraining) or "ntp" (next-token loss through a
-            frozen planned LM, the paper's "no NAP pretraining").
-        planned_lm: objective ntp: the planned-LM folder whose frozen LM and adapters train the planner; unset:
-            the base ``lm`` with the adapters `planlm finetune --seed` starts from (the paper's "no NAP
-            pretraining", section 4.3: the planner learns first, through the frozen LM and adapters).
+        objective: "nap" (next-action prediction, the paper's pretraining) or "ntp" (next-token loss through the
+            frozen LM, the paper's "no NAP pretraining": the planner and the action adapters train together).
+        planned_lm: objective ntp: the planned-LM folder whose frozen LM and (trained further) adapters the stage
+            starts from; unset: the base ``lm`` with the adapters `planlm finetune --seed` starts from (the paper's
+            "no NAP pretraining", section 4.3: "an end-to-end stage in which we keep the LM parameters frozen").
+        adapters: objective ntp without ``planned_lm``: where and how the adapters attach (as `planlm finetune
+            --adapters.*`; a fine-tuning from this planner must use the same).
         optim: Adam lr (paper: 1e-4), weight_decay (paper: 1e-4), batch_size (target sentences per step, or
             windows for ntp; paper: 32), epochs (paper: 1), max_steps (-1: no limit), grad_clip.
         init_from_centroids: initialise the policy head from the k-means centroids (paper).
@@ -127,6 +134,8 @@ def train_planner(
 
     Returns:
         ``{"planner": metrics, "unigram": metrics, "bigram": metrics}``, metrics = loss, top1, top5, perplexity.
+        Objective ntp also writes the trained adapters (``adapters.safetensors``), which `planlm finetune
+        --planner OUT` starts from.
     """
     cfg = TrainPlannerConfig.from_call(locals())
     validate_train_planner(cfg, out)
@@ -135,14 +144,19 @@ def train_planner(
         metrics = read_manifest(out, STAGE).get("metrics", {})
         print(format_table(metrics))
         return metrics
-    train = _train_ntp if objective == "ntp" else _train_nap
+    train = _train_ntp if objective == "ntp" else _fit_bigram if planner.kind == "bigram" else _train_nap
     return train(cfg, Path(out), fingerprint)
 
 
 # Everything `planlm train-planner` reads. Its fingerprint, recorded as the manifest's config, decides reuse: the
 # config without the hardware settings, plus the prepared corpus's id.
+# ``adapters`` counts for objective ntp only: a NAP planner's fingerprint is as before it existed (its artifacts are
+# still reused), and an ntp planner trained before its adapters trained with it (issue 27) is rebuilt.
 TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerprint=Fingerprint(
-    ignore=("trainer",), extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
+    ignore=("trainer",), absent_unless={"adapters": lambda c: c.objective == "ntp",
+                                        "planner.kind": lambda c: c.planner.kind != "transformer",
+                                        "planner.bigram_prior": lambda c: c.planner.bigram_prior},
+    extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 
 @dataclasses.dataclass
@@ -174,6 +188,8 @@ def _setup(cfg: TrainPlannerConfig, tokenizer) -> _Run:
             raise PlanlmError(f"{prepared} has no {split} sentences; prepare it with a non-empty {split} split")
     L.seed_everything(cfg.seed, verbose=False)
     planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if cfg.init_from_centroids else None)
+    if planner_cfg.kind == "bigram" or planner_cfg.bigram_prior:  # the train split's bigram, fitted once
+        planner.set_bigram(torch.from_numpy(corpus.centroids), torch.from_numpy(bigram_table(corpus, split_ids["train"])))
     return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer, progress=True), split_ids,
                 baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
 
@@ -244,18 +260,38 @@ def _train_nap(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     return metrics
 
 
-def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
-    """The paper's "no NAP pretraining": a fresh planner learns from the next-token loss of a frozen planned LM.
+def _fit_bigram(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
+    """``--planner.kind bigram``: the train split's action bigram as a planner (the "Bigram PA" baseline); nothing to
+    train. Its val row differs from the bigram baseline's only where a stored (float16) embedding's nearest centroid
+    is not the sentence's action."""
+    from planlm.persist import load_tokenizer
 
-    The planned LM (a `planlm finetune` folder: base LM + trained adapters; or, without ``planned_lm``, the base
-    ``lm`` with the initial adapters of `planlm finetune` at this seed) is frozen whole; the planner's logits
-    reach its adapters by soft selection (exact gradient, DESIGN.md 1.5), on the paper's training windows (128
-    tokens, stride 127). ``optim.batch_size`` counts windows here. This is a recipe of the ONE fine-tuning loop
-    (planlm/train/loop.py) with only the planner trainable, not a loop of its own.
+    started = time.perf_counter()
+    run = _setup(cfg, load_tokenizer(cfg.lm) if needs_token_counts(cfg.planner) else None)
+    metrics = {"planner": evaluate_nap(run.planner, run.builder, run.split_ids["val"], run.corpus.actions),
+               **run.baselines}
+    with atomic_dir(out, force=True) as tmp:
+        _save(tmp, run, cfg, fingerprint, metrics, {"steps": 0, "seconds": round(time.perf_counter() - started, 2)},
+              context_tokenizer=cfg.lm)
+    print(format_table(metrics))
+    return metrics
+
+
+def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
+    """The paper's "no NAP pretraining": a fresh planner and the action adapters learn from the next-token loss
+    through the frozen LM ("we replace NAP training of the planner with an end-to-end stage in which we keep the LM
+    parameters frozen", section 4.3).
+
+    The start is the base ``lm`` with the initial adapters of `planlm finetune` at this seed (or a `planlm finetune`
+    folder's LM and adapters, ``planned_lm``); only the LM is frozen. The planner's logits reach the adapters by
+    soft selection (exact gradient, DESIGN.md 1.5), on the paper's training windows (128 tokens, stride 127), all at
+    ``optim.lr`` (the paper: one rate for everything). ``optim.batch_size`` counts windows here. This is a recipe
+    of the ONE fine-tuning loop (planlm/train/loop.py), not a loop of its own. The trained adapters are saved next
+    to the planner, and `planlm finetune --planner OUT` starts from both.
     """
     from planlm.artifacts import check_same
     from planlm.data.windows import WindowDataset
-    from planlm.persist import load_planned_lm, load_tokenizer
+    from planlm.persist import load_planned_lm, load_tokenizer, save_adapters
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.recipe import RecipeConfig
     from planlm.train.trainer import build_trainer, fit
@@ -264,7 +300,7 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     tokenizer_source = cfg.lm or str(Path(planned_lm) / "tokenizer")
     tokenizer = load_tokenizer(tokenizer_source)
     run = _setup(cfg, tokenizer)
-    # only the planner trains, from the start, through soft selection (the exact gradient); the LM and adapters never
+    # the planner and the adapters train from the start, through soft selection (the exact gradient); the LM never
     recipe = RecipeConfig(selection="soft", actions="predicted", planner_unfreeze="immediate", train_lm=False)
     if planned_lm:  # the folder's adapters, read through soft selection whatever selection they were trained with
         model = load_planned_lm(planned_lm, config_changes={"selection": recipe.selection})
@@ -275,10 +311,11 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         from planlm.stages.finetune import FinetuneConfig
         from planlm.train.start import initial_planned_lm
 
-        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed, recipe=recipe, trainer=cfg.trainer)
+        start = FinetuneConfig(prepared=Path(cfg.prepared), lm=cfg.lm, seed=cfg.seed, recipe=recipe,
+                               adapters=cfg.adapters, trainer=cfg.trainer)
         model, _ = initial_planned_lm(start, run.corpus, fresh_planner=run.planner.config)
         run.planner = model.planner
-    model.requires_grad_(False)  # LM and adapters stay frozen; PlannedLMModule re-enables the planner only
+    model.adapters.requires_grad_(True)  # PlannedLMModule freezes the LM (recipe.train_lm) and trains the planner
     train = WindowDataset.from_corpus(run.corpus, tokenizer, "train")
     val = WindowDataset.from_corpus(run.corpus, tokenizer, "val")
     if len(train) == 0:
@@ -300,10 +337,22 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         metrics = {"planner": {**planner, "lm_loss": lm_loss, "lm_perplexity": float(np.exp(lm_loss))},
                    **run.baselines}
         if trainer.is_global_zero:
+            save_adapters(model.adapters, tmp)  # before the manifest, which hashes every file
             _save(tmp, run, cfg, fingerprint, metrics,
                   {"steps": trainer.global_step, "seconds": round(seconds, 2), "train_windows": len(train),
-                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-                  context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm} if planned_lm else {})
+                   "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   "adapter_parameters": model.adapter_parameters()},
+                  context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm} if planned_lm else {},
+                  adapters=stage_adapters_record(model))
     print(format_table(metrics))
-    print(f"frozen planned LM with this planner: val LM loss {lm_loss:.4f} (perplexity {np.exp(lm_loss):.2f})")
+    print(f"frozen LM with this planner and adapters: val LM loss {lm_loss:.4f} (perplexity {np.exp(lm_loss):.2f})")
     return metrics
+
+
+def stage_adapters_record(model) -> dict:
+    """What the ntp manifest records of the adapters it trained (``adapters``), which `planlm finetune` checks before
+    it starts from them (:func:`planlm.train.start.load_stage_adapters`)."""
+    from planlm.persist import ADAPTER_WEIGHTS
+
+    return {"file": ADAPTER_WEIGHTS, "base_lm": model.config.base_lm, "layers": list(model.adapters.layers),
+            "gate": bool(model.config.gate), "parameters": model.adapter_parameters()}

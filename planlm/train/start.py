@@ -94,7 +94,43 @@ def initial_planned_lm(cfg, corpus, fresh_planner=None):
         from planlm.models.myopic import make_myopic
 
         make_myopic(lm_model)  # its detached pass stops before the output projection: adapters see the live one
-    return build_planned_lm(cfg, corpus, lm_model, planner), tokenizer
+    model = build_planned_lm(cfg, corpus, lm_model, planner)
+    if fresh_planner is None and planner is not None:
+        load_stage_adapters(model, cfg.planner)
+    return model, tokenizer
+
+
+def stage_adapters(planner_dir) -> dict | None:
+    """The adapters that trained together with ``planner_dir``'s planner, as its manifest records them (the no-NAP
+    stage, `planlm train-planner --objective ntp`), or None for a planner trained alone (NAP)."""
+    from planlm.artifacts import MANIFEST, read_manifest
+    from planlm.persist import ADAPTER_WEIGHTS
+
+    if planner_dir is None or not (Path(planner_dir) / MANIFEST).exists():
+        return None
+    m = read_manifest(planner_dir)
+    if m.get("stage") != "train-planner" or not isinstance(m.get("adapters"), dict):
+        return None
+    return m["adapters"] if (Path(planner_dir) / ADAPTER_WEIGHTS).exists() else None
+
+
+def load_stage_adapters(model, planner_dir) -> bool:
+    """Start ``model``'s adapters from those the no-NAP stage trained with its planner (the paper's section 4.3:
+    the fine-tuning that follows that stage starts from both), when ``planner_dir`` holds them; True if it did.
+    Refuses, in one line, adapters trained on another base LM or at other layers."""
+    from planlm.persist import load_adapters
+
+    rec = stage_adapters(planner_dir)
+    if rec is None:
+        return False
+    mine = {"base_lm": model.config.base_lm, "layers": list(model.adapters.layers), "gate": bool(model.config.gate)}
+    differ = [f"{k} {rec.get(k)!r} there, {v!r} here" for k, v in mine.items() if rec.get(k) != v]
+    if differ:
+        raise PlanlmError(f"{planner_dir} trained its planner together with adapters that do not fit this fine-tuning "
+                          f"({'; '.join(differ)}); rebuild it with `planlm train-planner --objective ntp` and this "
+                          "--lm and --adapters.*")
+    load_adapters(model.adapters, planner_dir)
+    return True
 
 
 def check_planner_fits(planner, corpus, planner_dir) -> None:
