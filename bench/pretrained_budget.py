@@ -4,6 +4,7 @@ were chosen (issue 26), on the VAL split only.
     python bench/pretrained_budget.py --out /tmp/budget                       # SmolLM2-135M, builtin corpus
     python bench/pretrained_budget.py --out /tmp/budget --steps 40,80 --lrs 1e-3,3e-3 --gates true,false
     python bench/pretrained_budget.py --out /tmp/budget --variants 'Fixed,Cornille PA' --json
+    python bench/pretrained_budget.py --out /tmp/budget --planner bigram_prior   # the planner with the bigram prior
 
 Every stage is planlm's own (``prepare`` with the small preset, ``train-planner`` with its context counted in the LM's
 tokens, ``finetune`` per variant x steps x adapter rate x gate, ``evaluate --split val``), written under ``--out``
@@ -25,6 +26,8 @@ import time
 from pathlib import Path
 
 from planlm.variants import VARIANTS
+
+PLANNERS = ("paper", "bigram_prior", "bigram")
 
 
 def parse_list(text: str, cast=str) -> list:
@@ -49,6 +52,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--batch", type=int, default=8, help="windows of 128 tokens per optimizer step")
     ap.add_argument("--planner_lr", type=float, default=1e-5, help="the unfrozen planner's own rate")
     ap.add_argument("--eval_stride", type=int, default=64, help="strided val perplexity, windows of 128")
+    ap.add_argument("--planner", choices=PLANNERS, default="paper",
+                    help="paper: the paper's planner; bigram_prior: with the action-bigram prior on its logits; "
+                         "bigram: the train split's action bigram (nothing learned)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -63,6 +69,7 @@ def main(argv=None) -> list[dict]:
     from planlm.data.encoders import EncoderConfig
     from planlm.eval.perplexity import PerplexityConfig
     from planlm.eval.record import MetricsRecord
+    from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
     from planlm.stages.finetune import finetune
     from planlm.stages.prepare import prepare
@@ -76,8 +83,10 @@ def main(argv=None) -> list[dict]:
     out = args.out
     prepared = prepare(out=str(out / "prepared"), source=SourceConfig(source=args.data),
                        encoder=EncoderConfig(name=preset.encoder), preset=preset.prepare_preset)
-    planner = out / "planner"
-    train_planner(prepared=str(prepared), out=str(planner), lm=args.lm, optim=preset.planner_optim,
+    planner = out / ("planner" if args.planner == "paper" else f"planner-{args.planner}")
+    config = PlannerConfig(kind="bigram" if args.planner == "bigram" else "transformer",
+                           bigram_prior=args.planner == "bigram_prior")
+    train_planner(prepared=str(prepared), out=str(planner), lm=args.lm, planner=config, optim=preset.planner_optim,
                   seed=args.seed, trainer=trainer)
     rows = []
     for steps, lr, gate in itertools.product(parse_list(args.steps, int), parse_list(args.lrs, float),
@@ -85,7 +94,8 @@ def main(argv=None) -> list[dict]:
         budget = {"steps": steps, "lr": lr, "gate": gate, "batch": args.batch}
         for name in names:
             variant = VARIANTS[name]
-            run = out / "runs" / f"{slug(name)}-s{steps}-lr{lr:g}-gate{int(gate)}-b{args.batch}"
+            tag = "" if args.planner == "paper" or not variant.needs_planner else f"-{args.planner}"
+            run = out / "runs" / f"{slug(name)}{tag}-s{steps}-lr{lr:g}-gate{int(gate)}-b{args.batch}"
             optim = dataclasses.replace(preset.finetune, lr=lr, planner_lr=args.planner_lr, batch_size=args.batch,
                                         max_steps=steps)
             t = time.time()
@@ -98,26 +108,29 @@ def main(argv=None) -> list[dict]:
             ev = evaluate(run=run, split="val", ppl=ppl, variant=name, out=run / "evaluate-val")
             m = MetricsRecord.load(Path(ev) / "metrics.json")
             manifest = json.loads((run / "manifest.json").read_text())
-            rows.append({**budget, "variant": name, "val_loss": manifest["metrics"].get("val_loss"),
+            rows.append({**budget, "planner": args.planner if variant.needs_planner else "-", "variant": name,
+                         "val_loss": manifest["metrics"].get("val_loss"),
                          "val_ppl": m.ppl, "val_ppl_oracle": m.ppl_oracle, "finetune_s": seconds})
             print(json.dumps(rows[-1]), flush=True)
     fixed = {(r["steps"], r["lr"], r["gate"]): r["val_ppl"] for r in rows if r["variant"] == "Fixed"}
     for r in rows:
         base = fixed[(r["steps"], r["lr"], r["gate"])]
         r["vs_fixed_pct"] = round(100 * (r["val_ppl"] / base - 1), 2)
-        r["oracle_vs_fixed_pct"] = None if r["val_ppl_oracle"] is None else round(100 * (r["val_ppl_oracle"] / base - 1), 2)
+        oracle = r["val_ppl_oracle"]
+        r["oracle_vs_fixed_pct"] = None if oracle is None else round(100 * (oracle / base - 1), 2)
     if args.json:
         print(json.dumps(rows, indent=2))
         return rows
-    print(f"\nval split only; LM {args.lm} frozen, batch {args.batch} x 128, planner_lr {args.planner_lr:g}")
-    print("| steps | adapter lr | gate | variant | val loss | val PPL | vs Fixed | val PPL, oracle | vs Fixed | s |")
-    print("|---:|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"\nval split only; LM {args.lm} frozen, batch {args.batch} x 128, planner {args.planner}, "
+          f"planner_lr {args.planner_lr:g}")
+    print("| steps | adapter lr | gate | planner | variant | val loss | val PPL | vs Fixed | val PPL, oracle | vs Fixed "
+          "| s |")
+    print("|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        oracle = "-" if r["val_ppl_oracle"] is None else f"{r['val_ppl_oracle']:.3f} | {r['oracle_vs_fixed_pct']:+.2f}%"
-        if r["val_ppl_oracle"] is None:
-            oracle = "- | -"
-        print(f"| {r['steps']} | {r['lr']:g} | {str(r['gate']).lower()} | {r['variant']} | {r['val_loss']:.4f} | "
-              f"{r['val_ppl']:.3f} | {r['vs_fixed_pct']:+.2f}% | {oracle} | {r['finetune_s']:.0f} |")
+        oracle = "- | -" if r["val_ppl_oracle"] is None else \
+            f"{r['val_ppl_oracle']:.3f} | {r['oracle_vs_fixed_pct']:+.2f}%"
+        print(f"| {r['steps']} | {r['lr']:g} | {str(r['gate']).lower()} | {r['planner']} | {r['variant']} | "
+              f"{r['val_loss']:.4f} | {r['val_ppl']:.3f} | {r['vs_fixed_pct']:+.2f}% | {oracle} | {r['finetune_s']:.0f} |")
     return rows
 
 
