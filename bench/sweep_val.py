@@ -2,9 +2,9 @@
 item 1; the frozen-LM budget of issue 26), on the VAL split only. The test split is never read.
 
     python bench/sweep_val.py --preset quick --planner_lrs 1e-3,1e-4,1e-5 --seeds 0,1,2 --out /tmp/sweep-quick
-    python bench/sweep_val.py --preset default --lrs 1e-4,1e-3 --variants 'Fixed,Cornille PA' --out /tmp/sweep-def
-    python bench/sweep_val.py --preset smollm2 --steps 80,160 --lrs 1e-3,3e-3 --gates true,false --out /tmp/b26
-    python bench/sweep_val.py --preset smollm2 --planner bigram_prior --out /tmp/b26   # a planner at the bigram's level
+    python bench/sweep_val.py --preset small-lm --lrs 1e-4,1e-3 --variants 'Fixed,Cornille PA' --out /tmp/sweep-sm
+    python bench/sweep_val.py --preset default --steps 80,160 --lrs 1e-3,3e-3 --gates true,false --out /tmp/b26
+    python bench/sweep_val.py --preset default --planner bigram_prior --out /tmp/b26   # a planner at the bigram's level
 
 Every stage is planlm's own, with the preset's settings except the swept ones: ``prepare`` (shared by the seeds),
 ``pretrain-lm`` per seed when the preset has no pretrained LM, ``train-planner`` per seed, then ``finetune`` per
@@ -50,13 +50,14 @@ def run_name(variant: str, planner: str, budget: dict, default_planner_lr: float
     needs_planner = VARIANTS[variant].needs_planner
     tag = "" if planner == "paper" or not needs_planner else f"-{planner}"
     plr = "" if budget["planner_lr"] == default_planner_lr or not needs_planner else f"-plr{budget['planner_lr']:g}"
+    precision = "" if budget["precision"] == "32-true" else f"-{budget['precision']}"
     return (f"{slug(variant)}{tag}{plr}-s{budget['steps']}-lr{budget['lr']:g}-gate{int(budget['gate'])}"
-            f"-b{budget['batch']}")
+            f"-b{budget['batch']}{precision}")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean over seeds per (budget, variant), each seed's change against Fixed of the same budget and seed."""
-    keys = ("steps", "lr", "planner_lr", "gate", "batch")
+    keys = ("steps", "lr", "planner_lr", "gate", "batch", "precision")
     fixed = {(tuple(r[k] for k in keys), r["seed"]): r["val_ppl"] for r in rows if r["variant"] == "Fixed"}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -85,7 +86,7 @@ def main(argv=None) -> list[dict]:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="folder for every artifact of the sweep (reused)")
-    ap.add_argument("--preset", default="smollm2", choices=sorted(PRESETS), help="the `planlm run` preset")
+    ap.add_argument("--preset", default="default", choices=sorted(PRESETS), help="the `planlm run` preset")
     ap.add_argument("--lm", default=None, help="the frozen base LM (default: the preset's; none = from scratch)")
     ap.add_argument("--data", default="builtin", help="corpus (planlm prepare --source.source)")
     ap.add_argument("--variants", default="Fixed,Uniform,Cornille PA,Soft / unfreeze halfway")
@@ -97,6 +98,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--planner", choices=PLANNERS, default="paper",
                     help="paper: the paper's planner; bigram_prior: with the action-bigram prior on its logits; "
                          "bigram: the train split's action bigram (nothing learned)")
+    ap.add_argument("--precision", default=None, choices=["32-true", "bf16-mixed"],
+                    help="the LM's precision in fine-tuning and evaluation (default: the preset's)")
     ap.add_argument("--seeds", default="0", help="seeds, comma-separated: each trains its own LM (from scratch), "
                                                  "planner and variants")
     ap.add_argument("--json", action="store_true")
@@ -132,7 +135,9 @@ def main(argv=None) -> list[dict]:
         "gate": [parse_bool(g) for g in parse_list(args.gates)] or [p.adapters.gate],
     }
     batch = args.batch or f.batch_size
+    precision = args.precision or p.precision
     trainer = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
+    lm_trainer = dataclasses.replace(trainer, precision=precision)
     out = args.out
     prepared = prepare(out=str(out / "prepared"), source=SourceConfig(source=args.data, max_articles=p.max_articles),
                        encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset)
@@ -151,7 +156,8 @@ def main(argv=None) -> list[dict]:
         train_planner(prepared=str(prepared), out=str(planner), lm=seed_lm, planner=planner_config,
                       optim=p.planner_optim, seed=seed, trainer=trainer)
         for steps, lr, planner_lr, gate in itertools.product(*grid.values()):
-            budget = {"steps": steps, "lr": lr, "planner_lr": planner_lr, "gate": gate, "batch": batch}
+            budget = {"steps": steps, "lr": lr, "planner_lr": planner_lr, "gate": gate, "batch": batch,
+                      "precision": precision}
             for name in names:
                 variant = VARIANTS[name]
                 run = home / "runs" / run_name(name, args.planner, budget, f.planner_lr)
@@ -161,12 +167,13 @@ def main(argv=None) -> list[dict]:
                 t = time.time()
                 finetune(prepared=prepared, lm=seed_lm, planner=planner if variant.needs_planner else None, out=run,
                          recipe=variant.recipe, optim=optim, adapters=dataclasses.replace(p.adapters, gate=gate),
-                         windows=WindowConfig(context_length=p.context_length, stride=p.context_length - 1),
-                         trainer=trainer, checkpoint_every=100_000, seed=seed)
+                         windows=WindowConfig(context_length=p.context_length, stride=p.context_length - 1,
+                                              max_val_windows=p.finetune_val_windows),
+                         trainer=lm_trainer, checkpoint_every=100_000, seed=seed)
                 seconds = round(time.time() - t, 1)
                 ppl = PerplexityConfig(actions=["predicted", "oracle"] if variant.needs_planner else ["predicted"],
                                        protocols=[p.eval_protocol], context_length=p.context_length,
-                                       stride=p.eval_stride, batch_size=p.eval_batch_size)
+                                       stride=p.eval_stride, batch_size=p.eval_batch_size, precision=precision)
                 ev = evaluate(run=run, split="val", ppl=ppl, variant=name, out=run / "evaluate-val")
                 m = MetricsRecord.load(Path(ev) / "metrics.json")
                 manifest = json.loads((run / "manifest.json").read_text())
@@ -180,12 +187,12 @@ def main(argv=None) -> list[dict]:
         return means
     print(f"\nval split only; preset {args.preset}, LM {lm or 'pretrained from scratch per seed'}"
           f"{', frozen' if lm else ''}, planner {args.planner}; mean over seeds {args.seeds}")
-    print("| steps | adapter lr | planner lr | gate | batch | variant | seeds | val loss | val PPL | vs Fixed "
+    print("| steps | adapter lr | planner lr | gate | batch | precision | variant | seeds | val loss | val PPL | vs Fixed "
           "| val PPL, oracle | vs Fixed | planner top-1 | finetune s |")
-    print("|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in means:
         print(f"| {r['steps']} | {r['lr']:g} | {cell(r['planner_lr'], 'g')} | {str(r['gate']).lower()} | "
-              f"{r['batch']} | {r['variant']} | {r['seeds']} | {cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
+              f"{r['batch']} | {r['precision']} | {r['variant']} | {r['seeds']} | {cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
               f"{r['vs_fixed_pct']:+.2f}% | {cell(r['val_ppl_oracle'], '.3f')} | "
               f"{cell(r['oracle_vs_fixed_pct'], '+.2f', '%')} | {cell(r['planner_top1'], '.3f')} | "
               f"{r['finetune_s']:.0f} |")

@@ -234,7 +234,7 @@ def test_a_renamed_flag_is_reported(parser, tmp_path):
     assert "has no --bogus_flag" in problems
     assert "has no --trainer.logger" not in problems
     assert "`planlm myopia" not in problems and "`planlm actions" not in problems
-    assert "preset must be one of default, paper, quick, smollm2 (got quik)" in problems  # a value, too
+    assert "preset must be one of default, paper, quick, small-lm (got quik)" in problems  # a value, too
     assert len(problems.splitlines()) == 5
 
 

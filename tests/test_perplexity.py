@@ -182,3 +182,22 @@ def test_bad_arguments_are_listed_together(setup):
     assert "split" in msg and "actions must be one of" in msg and "stride 1" in msg and "max_tokens" in msg
     with pytest.raises(PlanlmError, match="needs a planner"):
         perplexity(model, corpus, tok, actions="predicted", progress=False)
+
+
+def test_bf16_autocast_scores_the_same_tokens_close_to_fp32(setup):
+    """precision="bf16-mixed" runs the forward under bfloat16 autocast: the same tokens, each NLL within bf16's
+    rounding of the fp32 one, and not bit-identical (the autocast took effect); the PerplexityConfig refuses others."""
+    from planlm.eval.perplexity import PerplexityConfig
+
+    corpus, tok = setup["corpus"], setup["tokenizer"]
+    model = setup["build"](selection="soft")
+    kw = dict(split="test", protocol="strided", context_length=L, progress=False, actions="predicted")
+    fp32 = perplexity(model, corpus, tok, **kw)
+    bf16 = perplexity(model, corpus, tok, precision="bf16-mixed", **kw)
+    assert bf16.tokens == fp32.tokens
+    np.testing.assert_array_equal(bf16.token_sentence, fp32.token_sentence)
+    assert not np.array_equal(bf16.token_nll, fp32.token_nll)
+    np.testing.assert_allclose(bf16.token_nll, fp32.token_nll, rtol=0.05, atol=0.05)
+    assert bf16.ppl == pytest.approx(fp32.ppl, rel=0.01)
+    assert any("ppl.precision must be one of 32-true, bf16-mixed" in p
+               for p in PerplexityConfig(precision="fp8").problems())

@@ -151,7 +151,8 @@ def tiny_run(tmp_path_factory):
         "max_articles": 20, "num_actions": 8, "encoder": "fake:32", "prepare_preset": "small",
         "planner_optim": {"lr": 1e-3, "max_steps": 2}, "planner_context": "causal",
         "finetune": {"lr": 1e-3, "planner_lr": 1e-4, "batch_size": 4, "max_steps": 2}, "context_length": 32,
-        "eval_protocol": "strided", "eval_max_articles": 2, "eval_batch_size": 64, "eval_oracle": True})
+        "eval_protocol": "strided", "eval_max_articles": 2, "eval_batch_size": 64, "eval_oracle": True,
+        "precision": "bf16-mixed", "finetune_val_windows": 4})
     try:
         out = run(out=root / "out", lm=lm, preset="test-tiny", variants=["Fixed", "Cornille PA"], seeds="0,1",
                   finetune_max_steps=3, trainer=TrainerConfig(accelerator="cpu", progress_bar=False, logger="none"))
@@ -172,6 +173,11 @@ def test_run_with_two_seeds_writes_each_seed_and_the_interval_table(tiny_run):
             assert np.exp(sum(rec["nll_sum"]) / sum(rec["tokens"])) == pytest.approx(m["ppl"], rel=1e-9)
             manifest = json.loads((out / f"seed-{seed}" / "runs" / v / "manifest.json").read_text())
             assert manifest["counts"]["optimizer_steps"] == 3  # --finetune_max_steps over the preset's 2
+            # the preset's precision reaches the stages that run the LM, and its cap on the loop's val windows
+            assert manifest["config"]["trainer"]["precision"] == "bf16-mixed"
+            assert manifest["counts"]["val_windows"] == 4
+            evaluation = json.loads((out / f"seed-{seed}" / "runs" / v / "evaluate" / "manifest.json").read_text())
+            assert evaluation["config"]["ppl"]["precision"] == "bf16-mixed"
         assert (out / f"seed-{seed}" / "lm").exists() is False  # --lm given: no LM pretrained
         assert (out / f"seed-{seed}" / "planner" / "manifest.json").exists()
     assert not (out / "seed-0" / "prepared").exists() and (out / "prepared" / "manifest.json").exists()
@@ -186,6 +192,8 @@ def test_run_with_two_seeds_writes_each_seed_and_the_interval_table(tiny_run):
     assert rows["Fixed"][oracle] == "-" and float(rows["Cornille PA"][oracle].split(" ± ")[0]) > 1
     assert "Departures from the paper (the budget's cuts): fine-tuning capped at 3 optimizer steps" in results
     assert "batch 4 x 32 tokens (paper: 32 x 128)" in results
+    assert "the LM under bf16-mixed autocast in fine-tuning and evaluation (paper: fp32)" in results
+    assert "the fine-tuning loop's val loss on 4 val windows" in results
     table = {r["variant"]: r for r in json.loads((out / "report" / "report.json").read_text())["table"]}
     assert table["Cornille PA"]["ppl_rel_ci"]["seeds"] == 2 and table["Cornille PA"]["seeds"] == [0, 1]
     assert (out / "report" / "seeds.png").exists()

@@ -60,6 +60,8 @@ from planlm.models.selection import needs_planner
 Protocol = Literal["paper", "strided"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 EvalActions = Literal["predicted", "oracle", "fixed"]
+EvalPrecision = Literal["32-true", "bf16-mixed"]
+EVAL_PRECISIONS: tuple[str, ...] = get_args(EvalPrecision)
 ACTION_SOURCES: tuple[str, ...] = get_args(EvalActions)
 
 PlannerInputsFn = Callable[[np.ndarray], dict[str, torch.Tensor]]
@@ -231,6 +233,7 @@ def perplexity(
     planner_logits: tuple[np.ndarray, torch.Tensor] | None = None,
     progress: bool = True,
     score_from: np.ndarray | None = None,
+    precision: EvalPrecision = "32-true",
 ) -> PerplexityResult:
     """Perplexity of a planned LM on one split (see the module docstring for protocols and action sources).
 
@@ -255,6 +258,9 @@ def perplexity(
         score_from: ``(A,)`` per article id, the index of its first token to score (the tokens before it are context
             only, and windows that score nothing from there on are not run): the continuation of a
             (context, continuation) pair, as lm-eval's ``loglikelihood`` asks. None scores every token.
+        precision: "32-true", or "bf16-mixed": the LM's forward under bfloat16 autocast (fp32 weights, the
+            log-softmax in fp32), about 2x faster on a CPU with AVX512-BF16 and perplexities that differ in the
+            third or fourth digit (a departure, for budgets; paired comparisons run every variant the same way).
 
     Returns:
         A :class:`PerplexityResult`.
@@ -296,6 +302,7 @@ def perplexity(
 
     nlls, sentences, greedy = [], [], []
     batches = range(0, len(order), batch_size)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     for b in tqdm(batches, desc=f"perplexity ({protocol}, {actions})", unit="batch", disable=not progress):
         batch = collate_windows([dataset[int(i)] for i in order[b : b + batch_size]], pad_token_id=pad)
         labels = batch["labels"]  # (B, T), -100 = not scored
@@ -323,9 +330,11 @@ def perplexity(
         if keep_logits:
             # Only the positions that are scored go through the LM head: with stride 1 that is ~1 of 128.
             kwargs["logits_to_keep"] = positions.to(device)
-            out_logits = model(**kwargs).logits  # (B, P, V)
+            with autocast:
+                out_logits = model(**kwargs).logits  # (B, P, V)
         else:
-            out_logits = model(**kwargs).logits[:, positions.to(device)]  # (B, P, V)
+            with autocast:
+                out_logits = model(**kwargs).logits[:, positions.to(device)]  # (B, P, V)
         tgt = target[:, positions]  # (B, P)
         nll = F.cross_entropy(
             out_logits.float().transpose(1, 2), tgt.to(device), ignore_index=IGNORE_INDEX, reduction="none"
@@ -399,6 +408,9 @@ class PerplexityConfig:
     """Windows per forward pass."""
     fixed_action: int | None = None
     """actions=fixed: the action id (default: the model's fixed_action)."""
+    precision: EvalPrecision = "32-true"
+    """"32-true", or "bf16-mixed": the LM's forward under bfloat16 autocast (about 2x faster on a CPU with
+    AVX512-BF16; a departure for budgets: perplexities differ in the third or fourth digit)."""
 
     def problems(self) -> list[str]:
         out = []
@@ -418,4 +430,6 @@ class PerplexityConfig:
                 out.append(f"ppl.{name} must be positive or null (got {v})")
         if self.batch_size < 1:
             out.append(f"ppl.batch_size must be positive (got {self.batch_size})")
+        if self.precision not in EVAL_PRECISIONS:
+            out.append(f"ppl.precision must be one of {', '.join(EVAL_PRECISIONS)} (got {self.precision!r})")
         return out

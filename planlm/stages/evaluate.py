@@ -233,7 +233,7 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
             results[(protocol, actions)] = perplexity(
                 model, corpus, tokenizer, split, actions, protocol, ppl.context_length,
                 ppl.stride if protocol == "strided" else None, ppl.max_articles, ppl.max_tokens, ppl.batch_size,
-                fixed_action=ppl.fixed_action, planner_logits=shared,
+                fixed_action=ppl.fixed_action, planner_logits=shared, precision=ppl.precision,
             )
     by_protocol: dict = {}
     for (protocol, actions), r in results.items():

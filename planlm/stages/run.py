@@ -87,10 +87,16 @@ class RunPreset:
     eval_oracle: bool = False
     """Also evaluate every variant that conditions on per-sentence actions with the oracle actions (the test
     sentences' own k-means actions): the ceiling a perfect planner would reach, in the table next to its PPL."""
+    finetune_val_windows: int | None = 512
+    """Val windows the fine-tuning loop's own val loss is computed on (None = all)."""
+    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    """The LM's precision in fine-tuning and evaluation: "bf16-mixed" runs it under bfloat16 autocast (fp32
+    weights), about 2x faster on a CPU with AVX512-BF16 (a departure, for budgets; ``--trainer.precision`` other
+    than 32-true wins for the training stages)."""
 
 
-# planlm/presets/run/*.yaml: quick (<= 3 minutes on a 2-core CPU), default (<= 15 minutes), smollm2 (the frozen
-# SmolLM2-135M), paper (a GPU)
+# planlm/presets/run/*.yaml: default (the frozen SmolLM2-135M, <= 30 minutes on a 2-core CPU), small-lm (a small
+# GPT-2 from scratch, <= 15 minutes), quick (<= 3 minutes), paper (a GPU)
 PRESETS: dict[str, RunPreset] = load_presets("run", RunPreset)
 
 
@@ -188,6 +194,10 @@ def budget_departures(p: RunPreset) -> list[str]:
         cuts.append("zero-initialised adapter gates, so every variant starts as the base LM (paper: no gate)")
     if p.eval_protocol != "paper":
         cuts.append(f"{p.eval_protocol} perplexity, stride {p.eval_stride} (paper: stride 1)")
+    if p.precision != "32-true":
+        cuts.append(f"the LM under {p.precision} autocast in fine-tuning and evaluation (paper: fp32)")
+    if p.finetune_val_windows is not None and p.finetune_val_windows < 512:
+        cuts.append(f"the fine-tuning loop's val loss on {p.finetune_val_windows} val windows")
     return cuts
 
 
@@ -249,7 +259,7 @@ def run(
     data: str = "builtin",
     data_config: str | None = None,
     lm: str | None = None,
-    preset: Literal["default", "paper", "quick", "smollm2"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
+    preset: Literal["default", "paper", "quick", "small-lm"] = "default",  # planlm/presets/run/*.yaml (tests/test_presets.py)
     variants: list[str] | str | None = None,
     seeds: list[int] | str = "0",
     split_seed_follows: bool = False,
@@ -259,8 +269,9 @@ def run(
 ) -> Path:
     """Run the whole pipeline and print the results table (the paper's Table 1 layout).
 
-    With no arguments: the embedded English Wikipedia sample, a small GPT-2 pretrained from scratch (offline), and the
-    variants Fixed, Uniform, Cornille OA, Cornille PA and Soft / unfreeze halfway (at most 15 minutes on a 2-core CPU).
+    With no arguments: the embedded English Wikipedia sample and the embedded pretrained SmolLM2-135M, frozen as the
+    paper freezes GPT-2 (offline), the variants Fixed, Uniform, Cornille PA and Soft / unfreeze halfway, and the
+    oracle-action perplexity as the ceiling (at most 30 minutes on a 2-core CPU).
     At paper scale, with Hub access: ``--lm gpt2 --data wikimedia/wikipedia --data_config 20231101.en --preset paper``.
     Each variant's change vs Fixed comes with a paired bootstrap 95% interval over test articles (and seeds).
 
@@ -269,10 +280,11 @@ def run(
             several seeds) and the results table.
         data: corpus: builtin, a local .jsonl/.parquet/.txt/.xml(.bz2) file or folder, or a Hub dataset name.
         data_config: configuration of a Hub dataset (e.g. 20231101.en for wikimedia/wikipedia).
-        lm: base causal LM (Hub name, folder or GGUF checkpoint); unset = the preset's (smollm2: the embedded
-            SmolLM2-135M; default and quick: a small GPT-2 pretrained from scratch on the corpus).
-        preset: quick (<= 3 min smoke run), default (<= 15 min on a 2-core CPU), smollm2 (the frozen pretrained
-            SmolLM2-135M on the builtin corpus), paper (the paper's settings, GPU).
+        lm: base causal LM (Hub name, folder or GGUF checkpoint); unset = the preset's (default: the embedded
+            SmolLM2-135M; small-lm and quick: a small GPT-2 pretrained from scratch on the corpus).
+        preset: default (the frozen pretrained SmolLM2-135M on the builtin corpus, <= 30 min on a 2-core CPU),
+            small-lm (a small GPT-2 from scratch: corpora in other languages or tokenizers, <= 15 min), quick
+            (<= 3 min smoke run), paper (the paper's settings, GPU).
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS; unset = the
             preset's, else Fixed, Uniform, Cornille OA, Cornille PA, Soft / unfreeze halfway), or groups of them:
             table1, no-nap, mix-sweep (Figure 4), default, all (planlm.variants.VARIANT_GROUPS); one name or
@@ -383,8 +395,11 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
           planner=PlannerConfig(context=p.planner_context), optim=p.planner_optim, seed=seed, trainer=trainer,
           force=force)
+    # the stages that run the LM: at the preset's precision unless --trainer.precision asks for another
+    lm_trainer = trainer if p.precision == "32-true" or trainer.precision != "32-true" else \
+        dataclasses.replace(trainer, precision=p.precision)
     planners = {"nap": planner_dir,
-                "ntp": no_nap_planner(variants, home, str(prepared), lm, p, seed, trainer, force, timed),
+                "ntp": no_nap_planner(variants, home, str(prepared), lm, p, seed, lm_trainer, force, timed),
                 "bigram": bigram_planner(variants, home, str(prepared), lm, p, seed, trainer, force, timed)}
 
     rows = []
@@ -395,13 +410,15 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         planner = planners[variant.planner_pretraining] if variant.needs_planner else None
         timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner,
               out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters,
-              windows=WindowConfig(context_length=p.context_length,
-              stride=p.context_length - 1), trainer=trainer, seed=seed, force=force)
+              windows=WindowConfig(context_length=p.context_length, stride=p.context_length - 1,
+                                   max_val_windows=p.finetune_val_windows), trainer=lm_trainer, seed=seed,
+              force=force)
         oracle = p.eval_oracle and variant.needs_planner  # fixed / uniform condition on no per-sentence action
         ppl_cfg = PerplexityConfig(
             actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[p.eval_protocol],
             context_length=p.context_length, stride=p.eval_stride,
             max_articles=p.eval_max_articles, max_tokens=p.eval_max_tokens, batch_size=p.eval_batch_size,
+            precision=p.precision,
         )
         # an evaluation written before per-article records existed is redone (seconds), so the table has intervals
         ev = timed(f"evaluate {name}", evaluate, run=run_dir, ppl=ppl_cfg, variant=name,
