@@ -159,6 +159,7 @@ def evaluate(
 EvaluateConfig = config_of(evaluate, exclude=("out", "force"), fingerprint=Fingerprint(
     ignore=("device",),
     null_unless={"gen": lambda c: c.generation, "probe": lambda c: c.probes, "probe_windows": lambda c: c.probes},
+    absent_unless={"ppl.precision": lambda c: c.ppl.precision != "32-true"},  # evaluations from before the field
     extra=lambda c: {"run_id": read_manifest(c.run).get("id")},
 ))
 
