@@ -327,13 +327,12 @@ def perplexity(
             else:
                 kwargs["oracle_actions"] = torch.full((len(sids),), fixed, dtype=torch.long, device=device)
         positions = scored.any(0).nonzero().flatten()  # (P,) positions that predict some scored token
-        if keep_logits:
-            # Only the positions that are scored go through the LM head: with stride 1 that is ~1 of 128.
-            kwargs["logits_to_keep"] = positions.to(device)
-            with autocast:
+        with autocast:
+            if keep_logits:
+                # Only the positions that are scored go through the LM head: with stride 1 that is ~1 of 128.
+                kwargs["logits_to_keep"] = positions.to(device)
                 out_logits = model(**kwargs).logits  # (B, P, V)
-        else:
-            with autocast:
+            else:
                 out_logits = model(**kwargs).logits[:, positions.to(device)]  # (B, P, V)
         tgt = target[:, positions]  # (B, P)
         nll = F.cross_entropy(
