@@ -55,6 +55,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prepared", required=True)
     ap.add_argument("--planners", nargs="*", default=[], help="NAME=DIR of train-planner outputs")
+    ap.add_argument("--alphas", default="1,4,16,64,256",
+                    help="the bigram's smoothing pseudo-counts per row to score (PlannerConfig.bigram_alpha); the one "
+                         "with the lowest val loss is also printed as the strongest bigram baseline")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON object")
     args = ap.parse_args(argv)
     from planlm.data.prepared import PreparedCorpus
@@ -77,6 +80,12 @@ def main(argv=None) -> dict:
         "models": {"unigram": rows_of(np.tile(counts / counts.sum(), (len(val), 1)), target, groups),
                    "bigram": rows_of(table[prev], target, groups)},
     }
+    # the bigram's one setting, its smoothing, chosen on val: the strongest bigram a planner option has to beat
+    smoothed = {float(a): rows_of(bigram_table(corpus, train, alpha=float(a))[prev], target, groups)
+                for a in args.alphas.split(",")}
+    best = min(smoothed, key=lambda a: smoothed[a]["loss"])
+    results["bigram val loss per alpha"] = {a: m["loss"] for a, m in smoothed.items()}
+    results["models"][f"bigram, alpha {best:g} (lowest val loss)"] = smoothed[best]
     for spec in args.planners:
         name, folder = spec.split("=", 1)
         results["models"][name] = rows_of(planner_probs(folder, corpus, val), target, groups)
@@ -85,6 +94,8 @@ def main(argv=None) -> dict:
         f"{name} {100 * share:.1f} %" for name, share in results["share"].items())
           + f"; the bigram's most likely successor is the action itself for "
             f"{100 * results['bigram argmax = previous action (share of actions)']:.0f} % of actions")
+    print("bigram val loss per smoothing alpha: " + ", ".join(
+        f"{a:g}: {loss:.4f}" for a, loss in results["bigram val loss per alpha"].items()))
     print("| model | val loss | top-1 | top-5 | top-1 on repeats | top-1 on changes | top-1 on first sentences |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m in results["models"].items():

@@ -5,6 +5,7 @@ item 1; the frozen-LM budget of issue 26), on the VAL split only. The test split
     python bench/sweep_val.py --preset small-lm --lrs 1e-4,1e-3 --variants 'Fixed,Cornille PA' --out /tmp/sweep-sm
     python bench/sweep_val.py --preset default --steps 80,160 --lrs 1e-3,3e-3 --gates true,false --out /tmp/b26
     python bench/sweep_val.py --preset default --planner bigram_prior --out /tmp/b26   # a planner at the bigram's level
+    python bench/sweep_val.py --preset default --planner paper,bigram_prior+last2 --out /tmp/b27   # side by side
 
 Every stage is planlm's own, with the preset's settings except the swept ones: ``prepare`` (shared by the seeds),
 ``pretrain-lm`` per seed when the preset has no pretrained LM, ``train-planner`` per seed, then ``finetune`` per
@@ -29,7 +30,28 @@ from pathlib import Path
 
 from planlm.variants import VARIANTS
 
-PLANNERS = ("paper", "bigram_prior", "bigram")
+PLANNERS = ("paper", "bigram_prior", "bigram", "alpha<A>", "last<N>")
+"""The planner names of ``--planner``, joined by ``+`` (``bigram_prior+last2``): paper = the paper's planner;
+bigram_prior = with the action-bigram prior on its logits; bigram = the train split's action bigram alone (nothing
+learned); alpha<A> = that bigram smoothed by A pseudo-counts per row (PlannerConfig.bigram_alpha); last<N> = the last
+N context sentences' embeddings straight into its logits (PlannerConfig.last_sentences)."""
+
+
+def planner_overrides(name: str) -> dict:
+    """``"bigram_prior+last2"`` -> the PlannerConfig fields it sets; SystemExit naming the choices otherwise."""
+    out = {}
+    for part in name.split("+"):
+        if part == "bigram_prior":
+            out["bigram_prior"] = True
+        elif part == "bigram":
+            out["kind"] = "bigram"
+        elif part.startswith("alpha") and part[5:].replace(".", "", 1).isdigit() and float(part[5:]) > 0:
+            out["bigram_alpha"] = float(part[5:])
+        elif part.startswith("last") and part[4:].isdigit() and int(part[4:]) > 0:
+            out["last_sentences"] = int(part[4:])
+        elif part != "paper":
+            sys.exit(f"bench/sweep_val.py: unknown planner {name!r}; join names of {', '.join(PLANNERS)} with +")
+    return out
 
 
 def parse_list(text: str | None, cast=str) -> list:
@@ -65,16 +87,16 @@ def summarise(rows: list[dict]) -> list[dict]:
         r["vs_fixed_pct"] = round(100 * (r["val_ppl"] / base - 1), 3)
         r["oracle_vs_fixed_pct"] = None if r["val_ppl_oracle"] is None else \
             round(100 * (r["val_ppl_oracle"] / base - 1), 3)
-        groups.setdefault((tuple(r[k] for k in keys), r["variant"]), []).append(r)
+        groups.setdefault((tuple(r[k] for k in keys), r["variant"], r["planner"]), []).append(r)
 
     def mean(values):
         values = [v for v in values if v is not None]
         return round(statistics.fmean(values), 4) if values else None
 
-    return [{**dict(zip(keys, budget)), "variant": variant, "seeds": len(group),
+    return [{**dict(zip(keys, budget)), "variant": variant, "planner": planner, "seeds": len(group),
              **{f: mean(r[f] for r in group) for f in ("val_loss", "val_ppl", "vs_fixed_pct", "val_ppl_oracle",
                                                        "oracle_vs_fixed_pct", "planner_top1", "finetune_s")}}
-            for (budget, variant), group in groups.items()]
+            for (budget, variant, planner), group in groups.items()]
 
 
 def cell(value, fmt: str, suffix: str = "") -> str:
@@ -95,9 +117,12 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--planner_lrs", default=None, help="the unfrozen planner's own rates (default: the preset's)")
     ap.add_argument("--gates", default=None, help="zero-initialised adapter gates: true, false or both")
     ap.add_argument("--batch", type=int, default=None, help="windows per optimizer step (default: the preset's)")
-    ap.add_argument("--planner", choices=PLANNERS, default="paper",
-                    help="paper: the paper's planner; bigram_prior: with the action-bigram prior on its logits; "
-                         "bigram: the train split's action bigram (nothing learned)")
+    ap.add_argument("--planner", default="paper",
+                    help="planners, comma-separated, each swept side by side: paper (the paper's planner), "
+                         "bigram_prior (with the action-bigram prior on its logits), bigram (the train split's action "
+                         "bigram, nothing learned), last<N> (the last N context sentences straight into its logits), "
+                         "alpha<A> (that bigram smoothed by A pseudo-counts), or several joined by + "
+                         "(bigram_prior+alpha64+last2)")
     ap.add_argument("--precision", default=None, choices=["32-true", "bf16-mixed"],
                     help="the LM's precision in fine-tuning and evaluation (default: the preset's)")
     ap.add_argument("--seeds", default="0", help="seeds, comma-separated: each trains its own LM (from scratch), "
@@ -113,7 +138,6 @@ def main(argv=None) -> list[dict]:
 
     from planlm.data.corpus import SourceConfig
     from planlm.data.encoders import EncoderConfig
-    from planlm.eval.perplexity import PerplexityConfig
     from planlm.eval.record import MetricsRecord
     from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
@@ -121,8 +145,6 @@ def main(argv=None) -> list[dict]:
     from planlm.stages.prepare import prepare
     from planlm.stages.pretrain_lm import pretrain_lm
     from planlm.stages.train_planner import train_planner
-    from planlm.train.lm_pretraining import lm_optim
-    from planlm.train.start import WindowConfig
     from planlm.train.trainer import TrainerConfig
 
     p = PRESETS[args.preset]
@@ -141,43 +163,44 @@ def main(argv=None) -> list[dict]:
     out = args.out
     prepared = prepare(out=str(out / "prepared"), source=SourceConfig(source=args.data, max_articles=p.max_articles),
                        encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset)
-    planner_config = PlannerConfig(context=p.planner_context, kind="bigram" if args.planner == "bigram" else
-                                   "transformer", bigram_prior=args.planner == "bigram_prior")
+    planners = {name: PlannerConfig(context=p.planner_context, **planner_overrides(name))
+                for name in parse_list(args.planner)}
+    for name, config in planners.items():  # the sizes come from the prepared corpus: check the rest before training
+        problems = dataclasses.replace(config, num_actions=2, encoder_dim=2 * config.n_heads).problems()
+        if problems:
+            sys.exit(f"bench/sweep_val.py: planner {name!r}: {'; '.join(problems)}")
     rows = []
     for seed in [int(s) for s in parse_list(args.seeds)]:
         home = out if seed == 0 else out / f"seed-{seed}"
         seed_lm = lm
         if seed_lm is None:  # the preset's small LM, pretrained from scratch per seed
-            optim = lm_optim(p.lm_preset, max_steps=p.lm_max_steps, **({"epochs": p.lm_epochs} if p.lm_epochs else {}))
             seed_lm = str(home / "lm")
-            pretrain_lm(prepared=str(prepared), out=seed_lm, preset=p.lm_preset, optim=optim, seed=seed,
-                        trainer=trainer)
-        planner = home / ("planner" if args.planner == "paper" else f"planner-{args.planner}")
-        train_planner(prepared=str(prepared), out=str(planner), lm=seed_lm, planner=planner_config,
-                      optim=p.planner_optim, seed=seed, trainer=trainer)
+            pretrain_lm(prepared=str(prepared), out=seed_lm, preset=p.lm_preset, optim=p.lm_pretraining_optim(),
+                        seed=seed, trainer=trainer)
+        planner_dirs = {}
+        for kind, config in planners.items():
+            planner_dirs[kind] = home / ("planner" if kind == "paper" else f"planner-{kind}")
+            train_planner(prepared=str(prepared), out=str(planner_dirs[kind]), lm=seed_lm, planner=config,
+                          optim=p.planner_optim, seed=seed, trainer=trainer)
         for steps, lr, planner_lr, gate in itertools.product(*grid.values()):
             budget = {"steps": steps, "lr": lr, "planner_lr": planner_lr, "gate": gate, "batch": batch,
                       "precision": precision}
-            for name in names:
+            for name, kind in ((n, k) for n in names for k in (planners if VARIANTS[n].needs_planner else ["-"])):
                 variant = VARIANTS[name]
-                run = home / "runs" / run_name(name, args.planner, budget, f.planner_lr)
+                run = home / "runs" / run_name(name, kind, budget, f.planner_lr)
                 # a variant without a planner has no planner rate: its run is the same for every swept planner rate
                 optim = dataclasses.replace(f, lr=lr, planner_lr=planner_lr if variant.needs_planner else f.planner_lr,
                                             batch_size=batch, max_steps=steps)
                 t = time.time()
-                finetune(prepared=prepared, lm=seed_lm, planner=planner if variant.needs_planner else None, out=run,
+                finetune(prepared=prepared, lm=seed_lm, planner=planner_dirs.get(kind), out=run,
                          recipe=variant.recipe, optim=optim, adapters=dataclasses.replace(p.adapters, gate=gate),
-                         windows=WindowConfig(context_length=p.context_length, stride=p.context_length - 1,
-                                              max_val_windows=p.finetune_val_windows),
-                         trainer=lm_trainer, checkpoint_every=100_000, seed=seed)
+                         windows=p.finetune_windows(), trainer=lm_trainer, checkpoint_every=100_000, seed=seed)
                 seconds = round(time.time() - t, 1)
-                ppl = PerplexityConfig(actions=["predicted", "oracle"] if variant.needs_planner else ["predicted"],
-                                       protocols=[p.eval_protocol], context_length=p.context_length,
-                                       stride=p.eval_stride, batch_size=p.eval_batch_size, precision=precision)
+                ppl = dataclasses.replace(p.perplexity(oracle=variant.needs_planner), precision=precision)
                 ev = evaluate(run=run, split="val", ppl=ppl, variant=name, out=run / "evaluate-val")
                 m = MetricsRecord.load(Path(ev) / "metrics.json")
                 manifest = json.loads((run / "manifest.json").read_text())
-                rows.append({**budget, "seed": seed, "planner": args.planner if variant.needs_planner else "-",
+                rows.append({**budget, "seed": seed, "planner": kind,
                              "variant": name, "val_loss": manifest["metrics"].get("val_loss"), "val_ppl": m.ppl,
                              "val_ppl_oracle": m.ppl_oracle, "planner_top1": m.planner_top1, "finetune_s": seconds})
                 print(json.dumps(rows[-1]), flush=True)
@@ -187,12 +210,12 @@ def main(argv=None) -> list[dict]:
         return means
     print(f"\nval split only; preset {args.preset}, LM {lm or 'pretrained from scratch per seed'}"
           f"{', frozen' if lm else ''}, planner {args.planner}; mean over seeds {args.seeds}")
-    print("| steps | adapter lr | planner lr | gate | batch | precision | variant | seeds | val loss | val PPL | vs Fixed "
+    print("| steps | adapter lr | planner lr | gate | batch | precision | variant | planner | seeds | val loss | val PPL | vs Fixed "
           "| val PPL, oracle | vs Fixed | planner top-1 | finetune s |")
-    print("|---:|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in means:
         print(f"| {r['steps']} | {r['lr']:g} | {cell(r['planner_lr'], 'g')} | {str(r['gate']).lower()} | "
-              f"{r['batch']} | {r['precision']} | {r['variant']} | {r['seeds']} | {cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
+              f"{r['batch']} | {r['precision']} | {r['variant']} | {r['planner']} | {r['seeds']} | {cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
               f"{r['vs_fixed_pct']:+.2f}% | {cell(r['val_ppl_oracle'], '.3f')} | "
               f"{cell(r['oracle_vs_fixed_pct'], '+.2f', '%')} | {cell(r['planner_top1'], '.3f')} | "
               f"{r['finetune_s']:.0f} |")

@@ -220,3 +220,54 @@ def test_bigram_prior_adds_the_bigram_to_the_transformer_s_logits_and_gradients_
     assert not missing, missing
     assert set(dict(prior.named_buffers())) == {"action_centroids", "bigram_log_probs"}  # fixed, not trained
     assert "bigram_log_probs" not in plain.state_dict()  # the paper planner's state dict is unchanged
+
+
+# ---- last_sentences (issue 27 item 7): the last context sentences reach the logits on their own ----------------------
+@pytest.mark.parametrize("context", ["paper", "causal"])
+def test_last_context_is_the_sentences_right_before_each_target_nearest_first(synthetic_corpus, context):
+    corpus = synthetic_corpus
+    planner = make_planner(corpus, context=context, context_sentences=3 if context == "paper" else None,
+                           last_sentences=2)
+    ids = np.arange(len(corpus.actions))
+    got = planner.last_context(2, **PlannerInputs.from_config(corpus, planner.config)(ids)).numpy()  # (N, 2, d)
+    emb = np.asarray(corpus.embeddings, dtype=np.float32)
+    position = corpus.sentence_position[ids]
+    for back in (1, 2):  # slot back - 1 holds sentence i - back of the same article, zeros before the article starts
+        expected = np.where((position >= back)[:, None], emb[np.maximum(ids - back, 0)], 0.0)
+        np.testing.assert_allclose(got[:, back - 1], expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("context", ["paper", "causal"])
+def test_last_sentences_starts_as_the_paper_planner_and_its_head_learns(synthetic_corpus, context):
+    corpus = synthetic_corpus
+    kwargs = {"context": context, "context_sentences": 3 if context == "paper" else None}
+    plain = make_planner(corpus, **kwargs)
+    last = make_planner(corpus, last_sentences=2, **kwargs)  # same seed: the same paper-planner weights
+    ids = np.arange(len(corpus.actions))
+    inputs = PlannerInputs.from_config(corpus, plain.config)(ids)
+    torch.testing.assert_close(last(**inputs), plain(**inputs))  # zero-initialised: the paper planner at step 0
+    assert set(last.state_dict()) - set(plain.state_dict()) == {"last_head.weight", "last_head.bias"}
+    loss = torch.nn.functional.cross_entropy(last.train()(**inputs), torch.from_numpy(corpus.actions[ids].astype(np.int64)))
+    loss.backward()
+    assert last.last_head.weight.grad.abs().sum() > 0  # the previous sentences' embeddings move the logits
+    with pytest.raises(ValueError, match="last_sentences"):
+        make_planner(corpus, kind="bigram", last_sentences=1)
+    with pytest.raises(ValueError, match="last_sentences"):
+        make_planner(corpus, horizon=2, last_sentences=1)
+
+
+def test_bigram_alpha_shrinks_the_bigram_towards_the_unigram(synthetic_corpus):
+    from planlm.eval.nap import bigram_table
+
+    corpus = synthetic_corpus
+    train = np.concatenate([np.arange(*corpus.sentence_range(int(a))) for a in corpus.article_ids("train")])
+    sharp, smooth, flat = (bigram_table(corpus, train, alpha=a) for a in (1.0, 64.0, 1e9))
+    for table in (sharp, smooth, flat):
+        np.testing.assert_allclose(table.sum(1), 1.0)
+    counts = np.bincount(corpus.actions[train], minlength=corpus.num_actions) + 1.0
+    np.testing.assert_allclose(flat, np.tile(counts / counts.sum(), (len(flat), 1)), atol=1e-6)  # all unigram
+    seen = sharp.max(1) > flat.max(1)  # rows the train bigram has evidence for
+    assert seen.any() and (smooth.max(1)[seen] < sharp.max(1)[seen]).all()  # less sure, towards the unigram
+    planner = fitted(corpus, bigram_prior=True, bigram_alpha=64.0)
+    assert planner.config.bigram_alpha == 64.0
+    assert "bigram_alpha" in PlannerConfig(num_actions=4, encoder_dim=8, bigram_alpha=0.0).problems()[0]

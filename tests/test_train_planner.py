@@ -271,3 +271,20 @@ def test_bigram_planner_and_bigram_prior_option_train_and_save(patterned, tmp_pa
     with pytest.raises(PlanlmError, match="nothing to train"):
         train_planner(str(patterned.path), out=str(tmp_path / "x"), lm="gpt2", objective="ntp", trainer=QUIET,
                       planner=PlannerConfig(kind="bigram"))
+
+
+def test_last_sentences_option_trains_saves_and_is_its_own_artifact(patterned, tmp_path):
+    """Issue 27 item 7: ``--planner.last_sentences 1`` (the previous sentence's embedding straight into the logits)
+    learns the patterned rule a_j = a_{j-1} + 1, which that one sentence decides, and reloads as trained."""
+    common = {"trainer": QUIET, "optim": NAP(lr=5e-3, epochs=4)}
+    paper = train_planner(str(patterned.path), out=str(tmp_path / "paper"),
+                          planner=PlannerConfig(ff=32, context_sentences=2), **common)
+    last = train_planner(str(patterned.path), out=str(tmp_path / "last"),
+                         planner=PlannerConfig(ff=32, context_sentences=2, last_sentences=1), **common)
+    assert last["planner"]["top1"] > last["unigram"]["top1"] + 0.3, last
+    assert last["planner"]["loss"] < paper["planner"]["loss"], (last, paper)  # the direct input helps on this rule
+    fingerprint = read_manifest(tmp_path / "last", "train-planner")["config"]
+    assert fingerprint["planner"]["last_sentences"] == 1
+    assert "last_sentences" not in read_manifest(tmp_path / "paper", "train-planner")["config"]["planner"]
+    loaded = load_planner(tmp_path / "last").eval()
+    assert loaded.config.last_sentences == 1 and loaded.last_head.weight.abs().sum() > 0

@@ -111,12 +111,13 @@ def offset_name(h: int) -> str:
     return "planner" if h == 1 else f"planner offset {h}"
 
 
-def bigram_table(corpus: PreparedCorpus, train_ids: np.ndarray) -> np.ndarray:
+def bigram_table(corpus: PreparedCorpus, train_ids: np.ndarray, alpha: float = 1.0) -> np.ndarray:
     """The bigram baseline fitted on the sentences ``train_ids``: P(next action | previous symbol) ``(K + 1, K)``,
-    row K = an article's first sentence (what the "Bigram PA" planner and the planner's ``bigram_prior`` read)."""
+    row K = an article's first sentence (what the "Bigram PA" planner and the planner's ``bigram_prior`` read),
+    shrunk towards the unigram by ``alpha`` pseudo-counts per row (:meth:`BigramCritic.next_action_probs`)."""
     train_next = corpus.actions[train_ids].astype(np.int64)
     return BigramCritic.fit_pairs(previous_actions(corpus, train_ids), train_next, corpus.num_actions
-                                  ).next_action_probs()
+                                  ).next_action_probs(alpha=alpha)
 
 
 def baseline_metrics(corpus: PreparedCorpus, train_ids: np.ndarray, val_ids: np.ndarray) -> dict[str, dict]:

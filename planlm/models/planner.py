@@ -110,6 +110,15 @@ class PlannerConfig:
     """Add the train split's action-bigram log-probabilities given the last context sentence's action to the
     transformer's logits (a departure from the paper: it learns the residual over "what follows the previous
     action")."""
+    bigram_alpha: float = 1.0
+    """The smoothing of the bigram that kind=bigram and bigram_prior read: P(b | a) = (c(a, b) + alpha p(b)) /
+    (c(a) + alpha), p the add-one unigram. 1 = train-planner's bigram baseline; larger shrinks each row more towards
+    the unigram (on the builtin corpus 64 has the lowest val loss: docs/results-planner.md)."""
+    last_sentences: int = 0
+    """A departure from the paper: the embeddings of the last this many context sentences also reach the logits
+    directly, through their own linear map, zero-initialised (so training starts from the paper's planner, or from
+    the bigram prior). The paper's planner sees the previous sentence only through a mean-pooled bidirectional state,
+    which blurs it (docs/results-planner.md). 0 = the paper's planner."""
 
     @property
     def width(self) -> int:
@@ -140,6 +149,13 @@ class PlannerConfig:
             out.append("kind=bigram is the bigram alone: no bigram_prior, horizon 1")
         elif self.bigram_prior and self.horizon > 1:
             out.append("bigram_prior conditions the next sentence only: use horizon 1")
+        if not self.bigram_alpha > 0:
+            out.append(f"bigram_alpha must be positive (got {self.bigram_alpha})")
+        if self.last_sentences < 0:
+            out.append(f"last_sentences must be 0 or more (got {self.last_sentences})")
+        elif self.last_sentences and (self.kind == "bigram" or self.horizon > 1):
+            out.append("last_sentences feeds the transformer planner's next-action logits: use kind transformer, "
+                       "horizon 1")
         if self.horizon < 1:
             out.append(f"horizon must be at least 1 (got {self.horizon})")
         elif self.rollout not in ROLLOUTS:
@@ -184,6 +200,11 @@ class Planner(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers=config.n_layers, enable_nested_tensor=False)
         self.start = nn.Parameter(torch.randn(d) * 0.02)  # stands in for an empty context (first sentence)
         self.policy_head = nn.Linear(d, k)
+        # only a planner with last_sentences has it, so the paper planner's state dict is unchanged
+        self.last_head = nn.Linear(config.last_sentences * d_enc, k) if config.last_sentences else None
+        if self.last_head is not None:
+            nn.init.zeros_(self.last_head.weight)
+            nn.init.zeros_(self.last_head.bias)
         # Offsets 2..H read the actions planned before them through these (only H > 1 has them, so an H = 1
         # planner's state dict is the paper's).
         self.plan_embeddings = nn.Parameter(torch.randn(k, d_enc) / d_enc**0.5) if config.horizon > 1 else None
@@ -231,6 +252,33 @@ class Planner(nn.Module):
         nearest = dist.argmin(-1)  # (N,)
         return torch.where(has_previous, nearest, torch.full_like(nearest, k))
 
+    def last_context(
+        self,
+        n: int,
+        context_embeddings: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        article_embeddings: torch.Tensor | None = None,
+        article_mask: torch.Tensor | None = None,
+        target_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``(N, n, d_enc)`` the embeddings of the n sentences right before each target, nearest first (slot 0: the
+        previous sentence); zeros where the article has fewer. Same inputs as :meth:`forward`."""
+        if self.config.context == "paper":
+            count = context_mask.bool().sum(1)  # (N,) real context sentences, left-aligned in article order
+            rows, cols = torch.arange(len(count), device=count.device)[:, None], count[:, None] - 1 - torch.arange(
+                n, device=count.device)[None]  # (N, n): slot j reads context position count - 1 - j
+            if context_embeddings.shape[1] == 0:
+                return context_embeddings.new_zeros(len(count), n, self.config.encoder_dim)
+            picked = context_embeddings[rows, cols.clamp_min(0)]  # (N, n, d_enc)
+            have = cols >= 0
+        else:
+            s = article_embeddings.shape[1]
+            flat = article_embeddings.reshape(-1, article_embeddings.shape[-1])  # (A * S, d_enc)
+            back = torch.arange(1, n + 1, device=target_index.device)[None]  # (1, n)
+            picked = flat[(target_index[:, None] - back).clamp_min(0)]  # (N, n, d_enc)
+            have = (target_index % s)[:, None] >= back  # the article's own earlier sentences only
+        return picked * have[..., None].to(picked.dtype)
+
     def bigram_logits(self, **planner_inputs) -> torch.Tensor:
         """``(N, K)`` the train bigram's log P(a | the previous sentence's action)."""
         return self.bigram_log_probs[self.previous_actions(**planner_inputs)].float()
@@ -275,6 +323,9 @@ class Planner(nn.Module):
         if self.config.kind == "bigram":
             return self.bigram_logits(**inputs)  # (N, K)
         logits = self.policy_head(self.plan_states(**inputs))  # (N, K)
+        if self.last_head is not None:
+            last = self.last_context(self.config.last_sentences, **inputs)  # (N, n, d_enc)
+            logits = logits + self.last_head(last.flatten(1).to(logits.dtype))
         if self.config.bigram_prior:
             logits = logits + self.bigram_logits(**inputs).to(logits.dtype)  # a prior on the previous action
         return logits

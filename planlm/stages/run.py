@@ -94,6 +94,31 @@ class RunPreset:
     weights), about 2x faster on a CPU with AVX512-BF16 (a departure, for budgets; ``--trainer.precision`` other
     than 32-true wins for the training stages)."""
 
+    # ---- the stage settings every caller of the preset builds the same way (planlm run, bench/sweep_val.py) --------
+    def lm_pretraining_optim(self):
+        """`pretrain-lm`'s optimisation when the preset has no pretrained LM."""
+        from planlm.train.lm_pretraining import lm_optim
+
+        return lm_optim(self.lm_preset, max_steps=self.lm_max_steps,
+                        **({"epochs": self.lm_epochs} if self.lm_epochs else {}))
+
+    def finetune_windows(self):
+        """The fine-tuning windows: ``context_length`` tokens, consecutive windows sharing one token, the loop's own
+        val loss on at most ``finetune_val_windows`` windows."""
+        from planlm.train.start import WindowConfig
+
+        return WindowConfig(context_length=self.context_length, stride=self.context_length - 1,
+                            max_val_windows=self.finetune_val_windows)
+
+    def perplexity(self, oracle: bool):
+        """The evaluation's perplexity settings; ``oracle``: also with the oracle actions."""
+        from planlm.eval.perplexity import PerplexityConfig
+
+        return PerplexityConfig(
+            actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[self.eval_protocol],
+            context_length=self.context_length, stride=self.eval_stride, max_articles=self.eval_max_articles,
+            max_tokens=self.eval_max_tokens, batch_size=self.eval_batch_size, precision=self.precision)
+
 
 # planlm/presets/run/*.yaml: default (the frozen SmolLM2-135M, <= 30 minutes on a 2-core CPU), small-lm (a small
 # GPT-2 from scratch, <= 15 minutes), quick (<= 3 minutes), paper (a GPU)
@@ -362,7 +387,6 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
     from planlm.data.corpus import SourceConfig, SplitConfig
     from planlm.data.encoders import EncoderConfig
     from planlm.data.prepared import PreparedCorpus
-    from planlm.eval.perplexity import PerplexityConfig
     from planlm.eval.record import MetricsRecord
     from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
@@ -370,8 +394,6 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
     from planlm.stages.prepare import prepare
     from planlm.stages.pretrain_lm import pretrain_lm
     from planlm.stages.train_planner import train_planner
-    from planlm.train.lm_pretraining import lm_optim
-    from planlm.train.start import WindowConfig
 
     def timed(name, fn, *args, **kwargs):
         print(f"\n=== planlm run: {name}{tag} ===", flush=True)
@@ -387,9 +409,8 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset, force=force,
     )
     if lm is None:
-        optim = lm_optim(p.lm_preset, max_steps=p.lm_max_steps, **({"epochs": p.lm_epochs} if p.lm_epochs else {}))
         timed("pretrain-lm", pretrain_lm, prepared=str(prepared), out=str(home / "lm"), preset=p.lm_preset,
-              optim=optim, seed=seed, trainer=trainer, force=force)
+              optim=p.lm_pretraining_optim(), seed=seed, trainer=trainer, force=force)
         lm = str(home / "lm")
     planner_dir = home / "planner"
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
@@ -409,17 +430,10 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         recipe = dataclasses.replace(variant.recipe)
         planner = planners[variant.planner_pretraining] if variant.needs_planner else None
         timed(f"finetune {name}", finetune, prepared=prepared, lm=lm, planner=planner,
-              out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters,
-              windows=WindowConfig(context_length=p.context_length, stride=p.context_length - 1,
-                                   max_val_windows=p.finetune_val_windows), trainer=lm_trainer, seed=seed,
-              force=force)
-        oracle = p.eval_oracle and variant.needs_planner  # fixed / uniform condition on no per-sentence action
-        ppl_cfg = PerplexityConfig(
-            actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[p.eval_protocol],
-            context_length=p.context_length, stride=p.eval_stride,
-            max_articles=p.eval_max_articles, max_tokens=p.eval_max_tokens, batch_size=p.eval_batch_size,
-            precision=p.precision,
-        )
+              out=run_dir, recipe=recipe, optim=p.finetune, adapters=p.adapters, windows=p.finetune_windows(),
+              trainer=lm_trainer, seed=seed, force=force)
+        # fixed / uniform condition on no per-sentence action: no oracle perplexity for them
+        ppl_cfg = p.perplexity(oracle=p.eval_oracle and variant.needs_planner)
         # an evaluation written before per-article records existed is redone (seconds), so the table has intervals
         ev = timed(f"evaluate {name}", evaluate, run=run_dir, ppl=ppl_cfg, variant=name,
                    force=force or not _has_article_records(run_dir / "evaluate"))

@@ -155,7 +155,9 @@ def train_planner(
 TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerprint=Fingerprint(
     ignore=("trainer",), absent_unless={"adapters": lambda c: c.objective == "ntp",
                                         "planner.kind": lambda c: c.planner.kind != "transformer",
-                                        "planner.bigram_prior": lambda c: c.planner.bigram_prior},
+                                        "planner.bigram_prior": lambda c: c.planner.bigram_prior,
+                                        "planner.last_sentences": lambda c: c.planner.last_sentences > 0,
+                                        "planner.bigram_alpha": lambda c: c.planner.bigram_alpha != 1.0},
     extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 
@@ -189,7 +191,8 @@ def _setup(cfg: TrainPlannerConfig, tokenizer) -> _Run:
     L.seed_everything(cfg.seed, verbose=False)
     planner = Planner(planner_cfg, torch.from_numpy(corpus.centroids) if cfg.init_from_centroids else None)
     if planner_cfg.kind == "bigram" or planner_cfg.bigram_prior:  # the train split's bigram, fitted once
-        planner.set_bigram(torch.from_numpy(corpus.centroids), torch.from_numpy(bigram_table(corpus, split_ids["train"])))
+        table = bigram_table(corpus, split_ids["train"], alpha=planner_cfg.bigram_alpha)
+        planner.set_bigram(torch.from_numpy(corpus.centroids), torch.from_numpy(table))
     return _Run(corpus, planner, PlannerInputs.from_config(corpus, planner_cfg, tokenizer=tokenizer, progress=True), split_ids,
                 baseline_metrics(corpus, split_ids["train"], split_ids["val"]))
 
