@@ -124,7 +124,8 @@ def main(argv=None) -> list[dict]:
                          "alpha<A> (that bigram smoothed by A pseudo-counts), or several joined by + "
                          "(bigram_prior+alpha64+last2)")
     ap.add_argument("--precision", default=None, choices=["32-true", "bf16-mixed"],
-                    help="the LM's precision in fine-tuning and evaluation (default: the preset's)")
+                    help="the LM's precision in fine-tuning and evaluation (default: the preset's, auto decided for "
+                         "this CPU)")
     ap.add_argument("--seeds", default="0", help="seeds, comma-separated: each trains its own LM (from scratch), "
                                                  "planner and variants")
     ap.add_argument("--json", action="store_true")
@@ -147,7 +148,7 @@ def main(argv=None) -> list[dict]:
     from planlm.stages.train_planner import train_planner
     from planlm.train.trainer import TrainerConfig
 
-    p = PRESETS[args.preset]
+    p = PRESETS[args.preset].resolved("cpu")  # precision auto: bf16 only where this CPU computes it natively
     lm = args.lm if args.lm is not None else p.lm
     f = p.finetune
     grid = {

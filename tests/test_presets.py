@@ -96,3 +96,21 @@ def test_the_lm_preset_supplies_every_optim_value_the_command_line_leaves_unset(
         printed = yaml.safe_load(capsys.readouterr().out)
         optim = printed["budget"]["optim"] if "budget" in printed else printed["optim"]
         assert optim == {**dataclasses.asdict(PRESETS["tiny"].optim), "lr": 0.5}, argv
+
+
+def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    """The default preset's ``precision: auto``: bf16 autocast on a CPU with native bf16 (AVX512), fp32 on an
+    AVX2-only CPU, where bf16 is emulated and 17x slower (bench/precision.py)."""
+    import planlm.stages.run as run_module
+
+    preset = run_module.PRESETS["default"]
+    assert preset.precision == "auto"
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(run_module, "native_bf16", lambda accelerator, native=native: native)
+        resolved = preset.resolved("cpu")
+        assert resolved.precision == expected and resolved.perplexity(oracle=False).precision == expected
+        assert resolved.finetune == preset.finetune  # only the precision is decided
+    fixed = dataclasses.replace(preset, precision="32-true")
+    assert fixed.resolved("cpu") is fixed  # an explicit precision is kept as it is
+    monkeypatch.undo()
+    assert isinstance(run_module.native_bf16("cpu"), bool)  # the real check runs on any CPU build

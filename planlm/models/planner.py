@@ -224,35 +224,22 @@ class Planner(nn.Module):
         self.action_centroids.copy_(torch.as_tensor(centroids, dtype=torch.float32))
         self.bigram_log_probs.copy_(torch.as_tensor(next_action_probs, dtype=torch.float64).clamp_min(1e-12).log())
 
-    def previous_actions(
-        self,
-        context_embeddings: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        article_embeddings: torch.Tensor | None = None,
-        article_mask: torch.Tensor | None = None,
-        target_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def previous_actions(self, **planner_inputs) -> torch.Tensor:
         """``(N,)`` the action of the sentence right before each target (its nearest centroid), K for none (an
         article's first sentence). Same arguments as :meth:`forward`."""
-        k = self.config.num_actions
-        if self.config.context == "paper":
-            n = context_embeddings.shape[0]
-            count = context_mask.bool().sum(1)  # (N,) real context sentences, left-aligned in article order
-            if context_embeddings.shape[1] == 0:
-                return torch.full((n,), k, dtype=torch.long, device=context_embeddings.device)
-            last = context_embeddings[torch.arange(n, device=count.device), (count - 1).clamp_min(0)]  # (N, d_enc)
-            has_previous = count > 0
-        else:
-            s = article_embeddings.shape[1]
-            flat = article_embeddings.reshape(-1, article_embeddings.shape[-1])  # (A * S, d_enc)
-            last = flat[(target_index - 1).clamp_min(0)]  # (N, d_enc); position 0 has no previous sentence
-            has_previous = target_index % s > 0
+        last, has_previous = self.previous_sentences(1, **planner_inputs)  # (N, 1, d_enc), (N, 1)
         c = self.action_centroids  # (K, d_enc)
-        dist = (last.float()[:, None, :] - c[None]).pow(2).sum(-1)  # (N, K) squared L2, as prepare assigns
+        dist = (last[:, 0].float()[:, None, :] - c[None]).pow(2).sum(-1)  # (N, K) squared L2, as prepare assigns
         nearest = dist.argmin(-1)  # (N,)
-        return torch.where(has_previous, nearest, torch.full_like(nearest, k))
+        return torch.where(has_previous[:, 0], nearest, torch.full_like(nearest, self.config.num_actions))
 
-    def last_context(
+    def last_context(self, n: int, **planner_inputs) -> torch.Tensor:
+        """``(N, n, d_enc)`` the embeddings of the n sentences right before each target, nearest first (slot 0: the
+        previous sentence); zeros where the article has fewer. Same inputs as :meth:`forward`."""
+        picked, have = self.previous_sentences(n, **planner_inputs)
+        return picked * have[..., None].to(picked.dtype)
+
+    def previous_sentences(
         self,
         n: int,
         context_embeddings: torch.Tensor | None = None,
@@ -260,24 +247,22 @@ class Planner(nn.Module):
         article_embeddings: torch.Tensor | None = None,
         article_mask: torch.Tensor | None = None,
         target_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``(N, n, d_enc)`` the embeddings of the n sentences right before each target, nearest first (slot 0: the
-        previous sentence); zeros where the article has fewer. Same inputs as :meth:`forward`."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(N, n, d_enc)`` the embeddings of the n sentences right before each target, nearest first, and ``(N,
+        n)`` bool, False where the article has no such sentence (that slot then holds some other row)."""
         if self.config.context == "paper":
             count = context_mask.bool().sum(1)  # (N,) real context sentences, left-aligned in article order
-            rows, cols = torch.arange(len(count), device=count.device)[:, None], count[:, None] - 1 - torch.arange(
-                n, device=count.device)[None]  # (N, n): slot j reads context position count - 1 - j
+            back = count[:, None] - 1 - torch.arange(n, device=count.device)[None]  # (N, n): context position
             if context_embeddings.shape[1] == 0:
-                return context_embeddings.new_zeros(len(count), n, self.config.encoder_dim)
-            picked = context_embeddings[rows, cols.clamp_min(0)]  # (N, n, d_enc)
-            have = cols >= 0
-        else:
-            s = article_embeddings.shape[1]
-            flat = article_embeddings.reshape(-1, article_embeddings.shape[-1])  # (A * S, d_enc)
-            back = torch.arange(1, n + 1, device=target_index.device)[None]  # (1, n)
-            picked = flat[(target_index[:, None] - back).clamp_min(0)]  # (N, n, d_enc)
-            have = (target_index % s)[:, None] >= back  # the article's own earlier sentences only
-        return picked * have[..., None].to(picked.dtype)
+                none = context_embeddings.new_zeros(len(count), n, context_embeddings.shape[-1])
+                return none, back >= context_embeddings.shape[1]  # all False
+            rows = torch.arange(len(count), device=count.device)[:, None]  # (N, 1)
+            return context_embeddings[rows, back.clamp_min(0)], back >= 0
+        s = article_embeddings.shape[1]
+        flat = article_embeddings.reshape(-1, article_embeddings.shape[-1])  # (A * S, d_enc)
+        back = torch.arange(1, n + 1, device=target_index.device)[None]  # (1, n)
+        picked = flat[(target_index[:, None] - back).clamp_min(0)]  # (N, n, d_enc)
+        return picked, (target_index % s)[:, None] >= back  # the article's own earlier sentences only
 
     def bigram_logits(self, **planner_inputs) -> torch.Tensor:
         """``(N, K)`` the train bigram's log P(a | the previous sentence's action)."""

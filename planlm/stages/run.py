@@ -89,10 +89,18 @@ class RunPreset:
     sentences' own k-means actions): the ceiling a perfect planner would reach, in the table next to its PPL."""
     finetune_val_windows: int | None = 512
     """Val windows the fine-tuning loop's own val loss is computed on (None = all)."""
-    precision: Literal["32-true", "bf16-mixed"] = "32-true"
+    precision: Literal["32-true", "bf16-mixed", "auto"] = "32-true"
     """The LM's precision in fine-tuning and evaluation: "bf16-mixed" runs it under bfloat16 autocast (fp32
-    weights), about 2x faster on a CPU with AVX512-BF16 (a departure, for budgets; ``--trainer.precision`` other
-    than 32-true wins for the training stages)."""
+    weights), about 2x faster on a CPU with native bfloat16 support (AVX512; a departure, for budgets); "auto" is
+    bf16-mixed where the device computes bfloat16 natively and 32-true elsewhere (a CPU with AVX2 only emulates it,
+    17x slower than fp32 there: bench/precision.py, :func:`native_bf16`). ``--trainer.precision`` other than 32-true wins for the
+    training stages."""
+
+    def resolved(self, accelerator: str = "auto") -> RunPreset:
+        """This preset with ``precision: auto`` decided for ``accelerator`` (what the manifests then record)."""
+        if self.precision != "auto":
+            return self
+        return dataclasses.replace(self, precision="bf16-mixed" if native_bf16(accelerator) else "32-true")
 
     # ---- the stage settings every caller of the preset builds the same way (planlm run, bench/sweep_val.py) --------
     def lm_pretraining_optim(self):
@@ -118,6 +126,22 @@ class RunPreset:
             actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[self.eval_protocol],
             context_length=self.context_length, stride=self.eval_stride, max_articles=self.eval_max_articles,
             max_tokens=self.eval_max_tokens, batch_size=self.eval_batch_size, precision=self.precision)
+
+
+def native_bf16(accelerator: str = "auto") -> bool:
+    """Whether bfloat16 matrix products run natively where ``accelerator`` ("cpu", "gpu"/"cuda" or "auto": a GPU
+    when there is one) puts the LM: a CUDA device with bf16 support, or a CPU that oneDNN runs bfloat16 on (AVX512
+    and later). On an AVX2-only CPU bf16 autocast is emulated and slower than fp32, so ``precision: auto`` keeps fp32
+    there."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") or accelerator == "auto" and torch.cuda.is_available():
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    supported = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(supported()) if supported is not None else False
+    except RuntimeError:  # a build without oneDNN
+        return False
 
 
 # planlm/presets/run/*.yaml: default (the frozen SmolLM2-135M, <= 30 minutes on a 2-core CPU), small-lm (a small
@@ -335,7 +359,7 @@ def run(
     from planlm.stages.report import gather, report, seed_stats
     from planlm.stages.report import results_table as report_rows
 
-    p = PRESETS[preset]
+    p = PRESETS[preset].resolved(trainer.accelerator)
     lm = p.lm if lm is None else lm
     if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))
