@@ -211,12 +211,13 @@ def main(argv=None) -> list[dict]:
         return means
     print(f"\nval split only; preset {args.preset}, LM {lm or 'pretrained from scratch per seed'}"
           f"{', frozen' if lm else ''}, planner {args.planner}; mean over seeds {args.seeds}")
-    print("| steps | adapter lr | planner lr | gate | batch | precision | variant | planner | seeds | val loss | val PPL | vs Fixed "
-          "| val PPL, oracle | vs Fixed | planner top-1 | finetune s |")
+    print("| steps | adapter lr | planner lr | gate | batch | precision | variant | planner | seeds | val loss | val PPL "
+          "| vs Fixed | val PPL, oracle | vs Fixed | planner top-1 | finetune s |")
     print("|---:|---:|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in means:
         print(f"| {r['steps']} | {r['lr']:g} | {cell(r['planner_lr'], 'g')} | {str(r['gate']).lower()} | "
-              f"{r['batch']} | {r['precision']} | {r['variant']} | {r['planner']} | {r['seeds']} | {cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
+              f"{r['batch']} | {r['precision']} | {r['variant']} | {r['planner']} | {r['seeds']} | "
+              f"{cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
               f"{r['vs_fixed_pct']:+.2f}% | {cell(r['val_ppl_oracle'], '.3f')} | "
               f"{cell(r['oracle_vs_fixed_pct'], '+.2f', '%')} | {cell(r['planner_top1'], '.3f')} | "
               f"{r['finetune_s']:.0f} |")

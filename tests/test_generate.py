@@ -156,10 +156,13 @@ def test_cli_generate_json_and_text(env, capsys):
     assert main(args + ["--json", "true"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     generated = [s for s in out["sentences"] if s["generated"]]
-    assert [s["action"] for s in generated][:2] == [4, 2] and all(s["source"] == "plan" for s in generated)
+    # how many sentences the tiny random LM ends within 200 tokens depends on the CPU's float rounding (AVX2 and
+    # AVX512 machines differ): the plan must be followed in order, for however many sentences there are
+    assert generated and [s["action"] for s in generated][:2] == [4, 2][: len(generated)]
+    assert all(s["source"] == "plan" for s in generated)
     assert main(args) == 0
     text = capsys.readouterr().out
-    assert "action 4 (plan)" in text and "action 2 (plan)" in text
+    assert "action 4 (plan)" in text and ("action 2 (plan)" in text) == (len(generated) > 1)
 
 
 def test_cli_help_and_bad_inputs(env, capsys, tmp_path):

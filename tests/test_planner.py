@@ -247,7 +247,8 @@ def test_last_sentences_starts_as_the_paper_planner_and_its_head_learns(syntheti
     inputs = PlannerInputs.from_config(corpus, plain.config)(ids)
     torch.testing.assert_close(last(**inputs), plain(**inputs))  # zero-initialised: the paper planner at step 0
     assert set(last.state_dict()) - set(plain.state_dict()) == {"last_head.weight", "last_head.bias"}
-    loss = torch.nn.functional.cross_entropy(last.train()(**inputs), torch.from_numpy(corpus.actions[ids].astype(np.int64)))
+    target = torch.from_numpy(corpus.actions[ids].astype(np.int64))
+    loss = torch.nn.functional.cross_entropy(last.train()(**inputs), target)
     loss.backward()
     assert last.last_head.weight.grad.abs().sum() > 0  # the previous sentences' embeddings move the logits
     with pytest.raises(ValueError, match="last_sentences"):

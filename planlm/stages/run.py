@@ -93,8 +93,8 @@ class RunPreset:
     """The LM's precision in fine-tuning and evaluation: "bf16-mixed" runs it under bfloat16 autocast (fp32
     weights), about 2x faster on a CPU with native bfloat16 support (AVX512; a departure, for budgets); "auto" is
     bf16-mixed where the device computes bfloat16 natively and 32-true elsewhere (a CPU with AVX2 only emulates it,
-    17x slower than fp32 there: bench/precision.py, :func:`native_bf16`). ``--trainer.precision`` other than 32-true wins for the
-    training stages."""
+    17x slower than fp32 there: bench/precision.py, :func:`native_bf16`). ``--trainer.precision`` other than
+    32-true wins for the training stages."""
 
     def resolved(self, accelerator: str = "auto") -> RunPreset:
         """This preset with ``precision: auto`` decided for ``accelerator`` (what the manifests then record)."""
