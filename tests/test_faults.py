@@ -69,12 +69,17 @@ def _temps(out: Path) -> list[Path]:
 
 def _killed_mid_write_then_rerun(out: Path, argv: list, attempts: int = 3) -> None:
     argv = [str(a) for a in argv]
-    for _ in range(attempts):  # a stage whose write takes milliseconds can finish between two polls of a busy CPU
-        if _kill_when(_start(argv), lambda: bool(_temps(out))):
+    for _ in range(attempts):
+        # On a busy CPU the stage can finish, or move its temporary into place, between the poll that saw the
+        # temporary and the kill: such an attempt did not kill it mid-write, so it is repeated. A stage that writes
+        # --out in place leaves a partial --out every time and fails below.
+        if _kill_when(_start(argv), lambda: bool(_temps(out))) and _temps(out):
             break
         shutil.rmtree(out, ignore_errors=True)
+        for temp in _temps(out):
+            shutil.rmtree(temp, ignore_errors=True)
     else:
-        raise AssertionError(f"the stage finished before it was killed, {attempts} times")
+        raise AssertionError(f"the stage was not killed mid-write in {attempts} attempts (it finished first)")
     assert not out.exists(), "a killed stage must leave nothing under --out"
     assert _temps(out), "the kill should have hit the write (a temporary sibling exists)"
     assert main(argv) == 0  # the lock died with the killed process; the re-run finishes
