@@ -253,9 +253,8 @@ class Planner(nn.Module):
         if self.config.context == "paper":
             count = context_mask.bool().sum(1)  # (N,) real context sentences, left-aligned in article order
             back = count[:, None] - 1 - torch.arange(n, device=count.device)[None]  # (N, n): context position
-            if context_embeddings.shape[1] == 0:
-                none = context_embeddings.new_zeros(len(count), n, context_embeddings.shape[-1])
-                return none, back >= context_embeddings.shape[1]  # all False
+            if context_embeddings.shape[1] == 0:  # no target has context: every count is 0, every slot missing
+                return context_embeddings.new_zeros(len(count), n, context_embeddings.shape[-1]), back >= 0
             rows = torch.arange(len(count), device=count.device)[:, None]  # (N, 1)
             return context_embeddings[rows, back.clamp_min(0)], back >= 0
         s = article_embeddings.shape[1]
