@@ -163,6 +163,29 @@ def test_action_sources_and_caps(setup):
     assert one.articles == 1 and one.tokens < oracle.tokens
 
 
+def test_window_step_scores_every_nth_window_of_each_article(setup):
+    """window_step N runs windows 0, N, 2N, ... of each article: the same per-token NLLs as the full run's on those
+    windows, every article still present, and a step of 1 the full run itself."""
+    from planlm.eval.perplexity import window_ordinals
+
+    corpus, tok = setup["corpus"], setup["tokenizer"]
+    model = setup["build"](selection="hard")
+    kw = dict(split="test", actions="oracle", protocol="strided", context_length=L, progress=False)
+    full = perplexity(model, corpus, tok, **kw)
+    assert perplexity(model, corpus, tok, window_step=1, **kw).nll_sum == full.nll_sum
+    ds = WindowDataset.from_corpus(corpus, tok, "test", L, L - 1, "new")
+    counts = [int((ds[i]["labels"][1:] != -100).sum()) for i in range(len(ds))]
+    per_window = np.split(full.token_nll, np.cumsum(counts)[:-1])
+    for step in (2, 3):
+        cut = perplexity(model, corpus, tok, window_step=step, **kw)
+        kept = window_ordinals(ds.index[:, 0]) % step == 0
+        assert cut.windows == int(kept.sum()) < full.windows and cut.articles == full.articles
+        np.testing.assert_allclose(cut.token_nll, np.concatenate([w for w, k in zip(per_window, kept) if k]),
+                                   rtol=1e-5)
+    with pytest.raises(PlanlmError, match="window_step"):
+        perplexity(model, corpus, tok, window_step=0, **kw)
+
+
 def test_constant_selection_ignores_actions(setup):
     corpus, tok = setup["corpus"], setup["tokenizer"]
     model = setup["build"](selection="uniform", with_planner=False)

@@ -100,16 +100,28 @@ def test_the_lm_preset_supplies_every_optim_value_the_command_line_leaves_unset(
 
 def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
     """The default preset's ``precision: auto``: bf16 autocast on a CPU with native bf16 (AVX512), fp32 on an
-    AVX2-only CPU, where bf16 is emulated and 17x slower (bench/precision.py)."""
+    AVX2-only CPU, where bf16 is emulated and 17x slower (bench/precision.py); there the preset's fp32 budget cuts
+    steps and windows, unless asked not to."""
     import planlm.stages.run as run_module
 
     preset = run_module.PRESETS["default"]
     assert preset.precision == "auto"
+    budget = preset.fp32_budget
+    assert budget.finetune_max_steps < preset.finetune.max_steps and budget.eval_window_step > 1
     for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
         monkeypatch.setattr(run_module, "native_bf16", lambda accelerator, native=native: native)
         resolved = preset.resolved("cpu")
         assert resolved.precision == expected and resolved.perplexity(oracle=False).precision == expected
-        assert resolved.finetune == preset.finetune  # only the precision is decided
+        uncut = preset.resolved("cpu", fp32_budget=False)
+        assert uncut.finetune == preset.finetune and uncut.eval_window_step == preset.eval_window_step
+        if native:  # bf16: only the precision is decided
+            assert resolved == dataclasses.replace(preset, precision="bf16-mixed")
+        else:  # fp32: the budget's cuts, and nothing else
+            assert resolved.finetune == dataclasses.replace(preset.finetune, max_steps=budget.finetune_max_steps)
+            assert resolved.perplexity(oracle=False).window_step == budget.eval_window_step
+            assert resolved.finetune_windows().max_val_windows == budget.finetune_val_windows
+            assert dataclasses.replace(resolved, finetune=preset.finetune, eval_window_step=preset.eval_window_step,
+                                       finetune_val_windows=preset.finetune_val_windows) == uncut
     fixed = dataclasses.replace(preset, precision="32-true")
     assert fixed.resolved("cpu") is fixed  # an explicit precision is kept as it is
     monkeypatch.undo()

@@ -35,7 +35,7 @@ RECORDED = {
     "pretrain-lm-planned": "2a5c954c7e954a40",
     "train-planner": "7bc3ca4b9db6c4d7",
     "train-planner-set": "4b7278d47d978d08",
-    "train-planner-ntp": "d1d2a3b951e81c80",  # issue 27: the no-NAP stage trains its adapters (--adapters.*): rebuilt
+    "train-planner-ntp": "ce3acaa28f2d082b",  # its --windows.* (the val loss on the val windows finetune reads): rebuilt
     "finetune": "1bdc0ef945f07865",
     "finetune-set": "aed6e93cd77b201f",
     "evaluate": "d0b70bdce2603e91",

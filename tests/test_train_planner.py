@@ -191,7 +191,8 @@ def test_no_nap_stage_trains_planner_and_adapters_lowers_the_lm_loss_and_finetun
     from planlm.persist import load_adapters, load_tokenizer
     from planlm.stages.finetune import FinetuneConfig
     from planlm.train.recipe import RecipeConfig
-    from planlm.train.start import AdapterConfig, initial_planned_lm
+    from planlm.data.windows import WindowDataset
+    from planlm.train.start import AdapterConfig, WindowConfig, initial_planned_lm
 
     lm_dir = tiny_lm(tmp_path / "lm", patterned.texts, dropout=0.0)
     tokenizer = load_tokenizer(lm_dir)
@@ -199,8 +200,11 @@ def test_no_nap_stage_trains_planner_and_adapters_lowers_the_lm_loss_and_finetun
     adapters = AdapterConfig(layers=[1, 2, 3])
     out = tmp_path / "planner-ntp"
     train_planner(str(patterned.path), out=str(out), lm=lm_dir, objective="ntp", planner=planner_cfg,
-                  adapters=adapters, optim=NAP(lr=1e-2, batch_size=4, max_steps=16), trainer=QUIET)
+                  adapters=adapters, windows=WindowConfig(max_val_windows=3),
+                  optim=NAP(lr=1e-2, batch_size=4, max_steps=16), trainer=QUIET)
     manifest = read_manifest(out, "train-planner")
+    # its LM val loss reads at most --windows.max_val_windows val windows, as finetune's does
+    assert manifest["counts"]["val_windows"] == 3 < len(WindowDataset.from_corpus(patterned, tokenizer, "val"))
     assert manifest["adapters"]["layers"] == [1, 2, 3] and manifest["adapters"]["base_lm"] == str(lm_dir)
     assert manifest["counts"]["trainable_parameters"] == (
         manifest["counts"]["parameters"] + manifest["counts"]["adapter_parameters"])

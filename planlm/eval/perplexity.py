@@ -4,7 +4,7 @@ Entry point::
 
     perplexity(model, corpus, tokenizer, split="test", actions="predicted", protocol="paper", context_length=128,
                stride=None, max_articles=None, max_tokens=None, batch_size=32, planner_inputs_fn=None,
-               fixed_action=None, progress=True) -> PerplexityResult
+               fixed_action=None, progress=True, window_step=1) -> PerplexityResult
 
 Protocols (windows never cross articles; ``labels`` follow :mod:`planlm.data.windows`):
 
@@ -36,7 +36,9 @@ Actions the adapters are conditioned on (``actions``):
 Models with ``fixed`` / ``uniform`` selection add one constant vector and ignore ``actions``.
 
 Token budget: ``max_articles`` takes the first articles of the split (in article-id order); ``max_tokens`` stops once
-that many tokens are scored (windows are taken in article order, so the last article may be partial).
+that many tokens are scored (windows are taken in article order, so the last article may be partial);
+``window_step`` N runs every N-th window of each article, from its first (about 1/N of the tokens scored, every
+article still in the paired bootstrap: a budget cut, planlm's, not the paper's).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def resolve_stride(protocol: str, context_length: int, stride: int | None) -> in
 def validate_perplexity(
     model, corpus: PreparedCorpus, split: Split, actions: EvalActions, protocol: Protocol, context_length: int,
     stride: int | None, max_articles: int | None, max_tokens: int | None, batch_size: int,
-    planner_inputs_fn: PlannerInputsFn | None, fixed_action: int | None,
+    planner_inputs_fn: PlannerInputsFn | None, fixed_action: int | None, window_step: int = 1,
 ) -> None:
     problems = []
     if split not in SPLITS:
@@ -143,6 +145,8 @@ def validate_perplexity(
         problems.append(f"max_tokens must be positive or None (got {max_tokens})")
     if batch_size < 1:
         problems.append(f"batch_size must be positive (got {batch_size})")
+    if window_step < 1:
+        problems.append(f"window_step must be at least 1 (1: every window; got {window_step})")
     constant = not needs_planner(model.config.selection)
     if actions == "predicted" and not constant and model.planner is None:
         problems.append(
@@ -199,6 +203,14 @@ def _accepts_logits_to_keep(lm) -> bool:
     return "logits_to_keep" in inspect.signature(lm.forward).parameters
 
 
+def window_ordinals(article_of_window: np.ndarray) -> np.ndarray:
+    """``(W,)`` each window's position among its article's windows (0 for an article's first), for windows listed
+    article by article."""
+    a = np.asarray(article_of_window)
+    firsts = np.r_[0, np.flatnonzero(np.diff(a)) + 1] if len(a) else np.zeros(0, np.int64)
+    return np.arange(len(a)) - np.repeat(firsts, np.diff(np.r_[firsts, len(a)]))
+
+
 def score_windows(dataset: WindowDataset, max_tokens: int | None) -> np.ndarray:
     """Indices of the windows to run so that at most ``max_tokens`` tokens are scored (all windows for None)."""
     if max_tokens is None:
@@ -234,6 +246,7 @@ def perplexity(
     progress: bool = True,
     score_from: np.ndarray | None = None,
     precision: EvalPrecision = "32-true",
+    window_step: int = 1,
 ) -> PerplexityResult:
     """Perplexity of a planned LM on one split (see the module docstring for protocols and action sources).
 
@@ -261,12 +274,14 @@ def perplexity(
         precision: "32-true", or "bf16-mixed": the LM's forward under bfloat16 autocast (fp32 weights, the
             log-softmax in fp32), about 2x faster on a CPU with AVX512-BF16 and perplexities that differ in the
             third or fourth digit (a departure, for budgets; paired comparisons run every variant the same way).
+        window_step: run every this-many-th window of each article, from its first (1: all, the paper): a budget
+            cut that scores about 1/window_step of the tokens of every article.
 
     Returns:
         A :class:`PerplexityResult`.
     """
     validate_perplexity(model, corpus, split, actions, protocol, context_length, stride, max_articles, max_tokens,
-                        batch_size, planner_inputs_fn, fixed_action)
+                        batch_size, planner_inputs_fn, fixed_action, window_step)
     from tqdm.auto import tqdm
 
     model.eval()
@@ -278,6 +293,8 @@ def perplexity(
                           [dataset.articles[a].num_tokens for a in dataset.index[:, 0]]) - 1  # (W,)
         first = np.asarray(score_from)[[dataset.articles[a].article_id for a in dataset.index[:, 0]]]  # (W,)
         dataset.index = dataset.index[last >= first]
+    if window_step > 1:
+        dataset.index = dataset.index[window_ordinals(dataset.index[:, 0]) % window_step == 0]
     order = score_windows(dataset, max_tokens)
 
     constant = not needs_planner(model.config.selection)
@@ -405,6 +422,9 @@ class PerplexityConfig:
     """Stop after this many scored tokens per perplexity (the paper protocol costs one forward pass per token)."""
     batch_size: int = 32
     """Windows per forward pass."""
+    window_step: int = 1
+    """Run every this-many-th window of each article, from its first (1: all, the paper): about 1/window_step of
+    every article's tokens scored, each article still in the paired bootstrap (a budget cut)."""
     fixed_action: int | None = None
     """actions=fixed: the action id (default: the model's fixed_action)."""
     precision: EvalPrecision = "32-true"
@@ -429,6 +449,8 @@ class PerplexityConfig:
                 out.append(f"ppl.{name} must be positive or null (got {v})")
         if self.batch_size < 1:
             out.append(f"ppl.batch_size must be positive (got {self.batch_size})")
+        if self.window_step < 1:
+            out.append(f"ppl.window_step must be at least 1 (1: every window; got {self.window_step})")
         if self.precision not in EVAL_PRECISIONS:
             out.append(f"ppl.precision must be one of {', '.join(EVAL_PRECISIONS)} (got {self.precision!r})")
         return out

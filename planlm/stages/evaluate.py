@@ -159,7 +159,8 @@ def evaluate(
 EvaluateConfig = config_of(evaluate, exclude=("out", "force"), fingerprint=Fingerprint(
     ignore=("device",),
     null_unless={"gen": lambda c: c.generation, "probe": lambda c: c.probes, "probe_windows": lambda c: c.probes},
-    absent_unless={"ppl.precision": lambda c: c.ppl.precision != "32-true"},  # evaluations from before the field
+    absent_unless={"ppl.precision": lambda c: c.ppl.precision != "32-true",  # evaluations from before the fields
+                   "ppl.window_step": lambda c: c.ppl.window_step != 1},
     extra=lambda c: {"run_id": read_manifest(c.run).get("id")},
 ))
 
@@ -235,6 +236,7 @@ def run_evaluate(cfg: EvaluateConfig, out: Path, fingerprint: dict) -> Path:
                 model, corpus, tokenizer, split, actions, protocol, ppl.context_length,
                 ppl.stride if protocol == "strided" else None, ppl.max_articles, ppl.max_tokens, ppl.batch_size,
                 fixed_action=ppl.fixed_action, planner_logits=shared, precision=ppl.precision,
+                window_step=ppl.window_step,
             )
     by_protocol: dict = {}
     for (protocol, actions), r in results.items():

@@ -209,7 +209,6 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
     from planlm.artifacts import atomic_dir, secondary_rank, write_json_atomic, write_manifest
     from planlm.data.planner_inputs import PlannerInputs
     from planlm.data.prepared import PreparedCorpus
-    from planlm.data.windows import WindowDataset
     from planlm.persist import save_planned_lm
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.resumable import AtomicCheckpointIO
@@ -231,12 +230,7 @@ def run_finetune(cfg: FinetuneConfig, out: Path, resume: bool = False, force: bo
         heads = MTPHeads(lm_model, cfg.mtp.n_heads, init=cfg.mtp.init)
 
     w = cfg.windows
-    train = WindowDataset.from_corpus(corpus, tokenizer, "train", w.context_length, w.stride, max_articles=w.max_train_articles)
-    val = WindowDataset.from_corpus(corpus, tokenizer, "val", w.context_length, w.stride)
-    if w.max_val_windows is not None and len(val) > w.max_val_windows:
-        import torch.utils.data as tud
-
-        val = tud.Subset(val, range(w.max_val_windows))
+    train, val = w.datasets(corpus, tokenizer)
     if len(train) == 0:
         raise PlanlmError(f"{cfg.prepared} has no training windows; prepare a corpus with train articles")
     planner_fn = None

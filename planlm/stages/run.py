@@ -40,6 +40,29 @@ from planlm.variants import (
 
 
 @dataclass
+class Fp32Budget:
+    """What a preset cuts where ``precision: auto`` runs fp32 (a CPU that only emulates bf16, AVX2), whose LM steps
+    cost about twice as long, so that the job keeps its time budget (None: the preset's own value)."""
+
+    finetune_max_steps: int | None = None
+    """Fine-tuning steps per variant."""
+    eval_window_step: int | None = None
+    """Score every this-many-th test window of each article (planlm.eval.perplexity, ``window_step``)."""
+    finetune_val_windows: int | None = None
+    """Val windows of the fine-tuning loop's own val loss."""
+
+    def changes(self, p: RunPreset) -> dict:
+        """The fields of ``p`` this budget replaces, with their new values."""
+        out = {}
+        if self.finetune_max_steps is not None:
+            out["finetune"] = dataclasses.replace(p.finetune, max_steps=self.finetune_max_steps)
+        for name in ("eval_window_step", "finetune_val_windows"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+
+@dataclass
 class RunPreset:
     """Sizes of every stage of `planlm run` (one preset per budget)."""
 
@@ -84,6 +107,8 @@ class RunPreset:
     """Cap on scored tokens per perplexity."""
     eval_batch_size: int = 64
     """Windows per evaluation forward pass."""
+    eval_window_step: int = 1
+    """Score every this-many-th test window of each article (1: all; a cut that keeps every article)."""
     eval_oracle: bool = False
     """Also evaluate every variant that conditions on per-sentence actions with the oracle actions (the test
     sentences' own k-means actions): the ceiling a perfect planner would reach, in the table next to its PPL."""
@@ -95,12 +120,18 @@ class RunPreset:
     bf16-mixed where the device computes bfloat16 natively and 32-true elsewhere (a CPU with AVX2 only emulates it,
     17x slower than fp32 there: bench/precision.py, :func:`native_bf16`). ``--trainer.precision`` other than
     32-true wins for the training stages."""
+    fp32_budget: Fp32Budget = field(default_factory=Fp32Budget)
+    """The cuts ``precision: auto`` makes where it runs fp32, to keep the preset's time budget
+    (``planlm run --fp32_budget false`` runs the preset's own steps and windows in fp32)."""
 
-    def resolved(self, accelerator: str = "auto") -> RunPreset:
-        """This preset with ``precision: auto`` decided for ``accelerator`` (what the manifests then record)."""
+    def resolved(self, accelerator: str = "auto", fp32_budget: bool = True) -> RunPreset:
+        """This preset with ``precision: auto`` decided for ``accelerator`` (what the manifests then record), and,
+        where that is fp32, its ``fp32_budget`` cuts applied (unless ``fp32_budget`` is False)."""
         if self.precision != "auto":
             return self
-        return dataclasses.replace(self, precision="bf16-mixed" if native_bf16(accelerator) else "32-true")
+        if native_bf16(accelerator):
+            return dataclasses.replace(self, precision="bf16-mixed")
+        return dataclasses.replace(self, precision="32-true", **(self.fp32_budget.changes(self) if fp32_budget else {}))
 
     # ---- the stage settings every caller of the preset builds the same way (planlm run, bench/sweep_val.py) --------
     def lm_pretraining_optim(self):
@@ -125,7 +156,8 @@ class RunPreset:
         return PerplexityConfig(
             actions=["predicted", "oracle"] if oracle else ["predicted"], protocols=[self.eval_protocol],
             context_length=self.context_length, stride=self.eval_stride, max_articles=self.eval_max_articles,
-            max_tokens=self.eval_max_tokens, batch_size=self.eval_batch_size, precision=self.precision)
+            max_tokens=self.eval_max_tokens, batch_size=self.eval_batch_size, precision=self.precision,
+            window_step=self.eval_window_step)
 
 
 def native_bf16(accelerator: str = "auto") -> bool:
@@ -243,6 +275,9 @@ def budget_departures(p: RunPreset) -> list[str]:
         cuts.append("zero-initialised adapter gates, so every variant starts as the base LM (paper: no gate)")
     if p.eval_protocol != "paper":
         cuts.append(f"{p.eval_protocol} perplexity, stride {p.eval_stride} (paper: stride 1)")
+    if p.eval_window_step > 1:
+        cuts.append(f"every {p.eval_window_step}th test window of each article scored (about 1/{p.eval_window_step} "
+                    "of the test tokens)")
     if p.precision != "32-true":
         cuts.append(f"the LM under {p.precision} autocast in fine-tuning and evaluation (paper: fp32)")
     if p.finetune_val_windows is not None and p.finetune_val_windows < 512:
@@ -274,7 +309,7 @@ def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
     optim = dataclasses.replace(p.finetune, planner_lr=None, accumulate=1)
     timed("train-planner (no NAP: next-token prediction)", train_planner, prepared=prepared,
           out=str(out / "planner-ntp"), lm=lm, planner=PlannerConfig(context=p.planner_context), objective="ntp",
-          adapters=p.adapters, optim=optim, seed=seed, trainer=trainer, force=force)
+          adapters=p.adapters, windows=p.finetune_windows(), optim=optim, seed=seed, trainer=trainer, force=force)
     return out / "planner-ntp"
 
 
@@ -313,6 +348,7 @@ def run(
     seeds: list[int] | str = "0",
     split_seed_follows: bool = False,
     finetune_max_steps: int = -1,
+    fp32_budget: bool = True,
     trainer: TrainerConfig = TrainerConfig(),
     force: bool = False,
 ) -> Path:
@@ -343,6 +379,9 @@ def run(
         split_seed_follows: each seed also draws its own train/val/test article split (a prepared corpus per seed).
         finetune_max_steps: cap on each variant's fine-tuning steps (-1 = the preset's epochs). A departure from
             the paper's one epoch, for a corpus whose epoch the budget cannot afford; recorded in each run's manifest.
+        fp32_budget: where the preset's ``precision: auto`` runs fp32 (a CPU without native bf16, e.g. AVX2 only),
+            apply its ``fp32_budget`` cuts (default: fewer steps and test windows, to keep its time budget); false
+            runs the preset's own steps and windows in fp32 (the default preset: about an hour on 2 AVX2 cores).
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
 
@@ -359,7 +398,10 @@ def run(
     from planlm.stages.report import gather, report, seed_stats
     from planlm.stages.report import results_table as report_rows
 
-    p = PRESETS[preset].resolved(trainer.accelerator)
+    p = PRESETS[preset].resolved(trainer.accelerator, fp32_budget)
+    given_preset = PRESETS[preset]
+    fp32_cut = fp32_budget and given_preset.precision == "auto" and p.precision == "32-true" \
+        and bool(given_preset.fp32_budget.changes(given_preset))
     lm = p.lm if lm is None else lm
     if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))
@@ -383,7 +425,9 @@ def run(
             values = [r[key] for r in rows if r["variant"] == row["variant"] and r.get(key) is not None]
             row[key] = seed_stats(values)
     table = results_table(table_rows)
-    cuts = budget_departures(p)
+    fp32_note = ("the preset's fp32 budget, as this CPU computes no bf16 natively "
+                 "(--fp32_budget false: its own steps and windows in fp32)")
+    cuts = budget_departures(p) + ([fp32_note] if fp32_cut else [])
     header = (
         f"# planlm run ({preset} preset, seeds {','.join(map(str, seeds))}"
         + (", split per seed" if split_seed_follows else "")

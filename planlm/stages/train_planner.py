@@ -40,7 +40,7 @@ from planlm.eval.nap import (
 from planlm.models.planner import PlannerConfig
 from planlm.stage_config import Fingerprint, config_of
 from planlm.train.planner_nap import ArticleBatches, NAPCollate, nap_module
-from planlm.train.start import AdapterConfig
+from planlm.train.start import AdapterConfig, WindowConfig
 from planlm.train.trainer import OptimConfig, TrainerConfig
 
 STAGE = "train-planner"
@@ -101,6 +101,7 @@ def train_planner(
     objective: Objective = "nap",
     planned_lm: str | None = None,
     adapters: AdapterConfig = AdapterConfig(),
+    windows: WindowConfig = WindowConfig(),
     optim: OptimConfig = OptimConfig(weight_decay=1e-4),
     init_from_centroids: bool = True,
     seed: int = 0,
@@ -125,6 +126,8 @@ def train_planner(
             "no NAP pretraining", section 4.3: "an end-to-end stage in which we keep the LM parameters frozen").
         adapters: objective ntp without ``planned_lm``: where and how the adapters attach (as `planlm finetune
             --adapters.*`; a fine-tuning from this planner must use the same).
+        windows: objective ntp: the training windows and the val windows its LM val loss reads (as `planlm finetune
+            --windows.*`: 128 tokens, stride 127, at most 512 val windows).
         optim: Adam lr (paper: 1e-4), weight_decay (paper: 1e-4), batch_size (target sentences per step, or
             windows for ntp; paper: 32), epochs (paper: 1), max_steps (-1: no limit), grad_clip.
         init_from_centroids: initialise the policy head from the k-means centroids (paper).
@@ -154,6 +157,8 @@ def train_planner(
 # still reused), and an ntp planner trained before its adapters trained with it (issue 27) is rebuilt.
 TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerprint=Fingerprint(
     ignore=("trainer",), absent_unless={"adapters": lambda c: c.objective == "ntp",
+                                        "windows": lambda c: c.objective == "ntp",
+                                        "windows.num_workers": lambda c: False,  # DataLoader workers change no number
                                         "planner.kind": lambda c: c.planner.kind != "transformer",
                                         "planner.bigram_prior": lambda c: c.planner.bigram_prior,
                                         "planner.last_sentences": lambda c: c.planner.last_sentences > 0,
@@ -293,7 +298,6 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
     to the planner, and `planlm finetune --planner OUT` starts from both.
     """
     from planlm.artifacts import check_same
-    from planlm.data.windows import WindowDataset
     from planlm.persist import load_planned_lm, load_tokenizer, save_adapters
     from planlm.train.loop import LoopData, PlannedLMModule
     from planlm.train.recipe import RecipeConfig
@@ -319,12 +323,12 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
         model, _ = initial_planned_lm(start, run.corpus, fresh_planner=run.planner.config)
         run.planner = model.planner
     model.adapters.requires_grad_(True)  # PlannedLMModule freezes the LM (recipe.train_lm) and trains the planner
-    train = WindowDataset.from_corpus(run.corpus, tokenizer, "train")
-    val = WindowDataset.from_corpus(run.corpus, tokenizer, "val")
+    train, val = cfg.windows.datasets(run.corpus, tokenizer)
     if len(train) == 0:
         raise PlanlmError(f"{cfg.prepared} has no training windows; prepare a corpus with train articles")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    data = LoopData(train, val, train.collate_fn(run.builder, pad_token_id=pad), o.batch_size)
+    data = LoopData(train, val, train.collate_fn(run.builder, pad_token_id=pad), o.batch_size,
+                    num_workers=cfg.windows.num_workers)
     total = -(-len(train) // o.batch_size) * o.epochs
     total = min(total, o.max_steps) if o.max_steps > 0 else total
     module = PlannedLMModule(model, recipe, o, total, seed=cfg.seed, data=data)
@@ -343,6 +347,7 @@ def _train_ntp(cfg: TrainPlannerConfig, out: Path, fingerprint: dict) -> dict:
             save_adapters(model.adapters, tmp)  # before the manifest, which hashes every file
             _save(tmp, run, cfg, fingerprint, metrics,
                   {"steps": trainer.global_step, "seconds": round(seconds, 2), "train_windows": len(train),
+                   "val_windows": len(val),
                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                    "adapter_parameters": model.adapter_parameters()},
                   context_tokenizer=tokenizer_source, more_inputs={"planned_lm": planned_lm} if planned_lm else {},

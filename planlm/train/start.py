@@ -28,6 +28,19 @@ class WindowConfig:
     """DataLoader worker processes (they also build the planner inputs); None = 0 on a CPU, and on a GPU a few
     workers with pinned memory, so the GPU is not kept waiting (the numbers do not depend on it)."""
 
+    def datasets(self, corpus, tokenizer):
+        """The train windows and the val windows the loop's val loss reads (at most ``max_val_windows``)."""
+        import torch.utils.data as tud
+
+        from planlm.data.windows import WindowDataset
+
+        train = WindowDataset.from_corpus(corpus, tokenizer, "train", self.context_length, self.stride,
+                                          max_articles=self.max_train_articles)
+        val = WindowDataset.from_corpus(corpus, tokenizer, "val", self.context_length, self.stride)
+        if self.max_val_windows is not None and len(val) > self.max_val_windows:
+            val = tud.Subset(val, range(self.max_val_windows))
+        return train, val
+
 
 @dataclass
 class AdapterConfig:
