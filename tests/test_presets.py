@@ -120,6 +120,9 @@ def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monke
             assert resolved.finetune == dataclasses.replace(preset.finetune, max_steps=budget.finetune_max_steps)
             assert resolved.perplexity(oracle=False).window_step == budget.eval_window_step
             assert resolved.finetune_windows().max_val_windows == budget.finetune_val_windows
+            cuts = "; ".join(run_module.budget_departures(resolved))  # the results table's header says each cut
+            assert f"capped at {budget.finetune_max_steps} optimizer steps" in cuts
+            assert f"every {budget.eval_window_step}th test window" in cuts
             assert dataclasses.replace(resolved, finetune=preset.finetune, eval_window_step=preset.eval_window_step,
                                        finetune_val_windows=preset.finetune_val_windows) == uncut
     fixed = dataclasses.replace(preset, precision="32-true")
