@@ -41,7 +41,8 @@ class Fingerprint:
     """How a stage's config enters its reuse fingerprint: every field as it is, but the ones named here."""
 
     ignore: tuple[str, ...] = ()
-    """Fields that never change the artifact (devices, progress bars) or that an input's id stands for."""
+    """Fields that never change the artifact (devices, progress bars) or that an input's id stands for. A dotted
+    name (``"windows.num_workers"``) is a field of a field's dataclass, left out of that field's value."""
     null_unless: Mapping[str, Condition] = dataclasses.field(default_factory=dict)
     """field -> condition: recorded as null while the condition is false (the settings of an option that is off)."""
     absent_unless: Mapping[str, Condition] = dataclasses.field(default_factory=dict)
@@ -152,12 +153,13 @@ def _fingerprint(self) -> dict:
     if decl.extra is not None:
         out |= decl.extra(self)
     out = to_jsonable(out)
-    for name, counts in decl.absent_unless.items():
+    left_out = [n for n in decl.ignore if "." in n] + [n for n, counts in decl.absent_unless.items() if not counts(self)]
+    for name in left_out:
         *path, leaf = name.split(".")
         node = out
         for part in path:
             node = node.get(part) if isinstance(node, dict) else None
-        if path and isinstance(node, dict) and not counts(self):
+        if path and isinstance(node, dict):
             node.pop(leaf, None)
     return out
 

@@ -177,7 +177,7 @@ def native_bf16(accelerator: str = "auto") -> bool:
 
 
 # planlm/presets/run/*.yaml: default (the frozen SmolLM2-135M, <= 30 minutes on a 2-core CPU), small-lm (a small
-# GPT-2 from scratch, <= 15 minutes), quick (<= 3 minutes), paper (a GPU)
+# GPT-2 from scratch, goal <= 15 minutes: 19 on 2 AVX2 cores), quick (<= 3 minutes), paper (a GPU)
 PRESETS: dict[str, RunPreset] = load_presets("run", RunPreset)
 
 
@@ -368,7 +368,7 @@ def run(
         lm: base causal LM (Hub name, folder or GGUF checkpoint); unset = the preset's (default: the embedded
             SmolLM2-135M; small-lm and quick: a small GPT-2 pretrained from scratch on the corpus).
         preset: default (the frozen pretrained SmolLM2-135M on the builtin corpus, <= 30 min on a 2-core CPU),
-            small-lm (a small GPT-2 from scratch: corpora in other languages or tokenizers, <= 15 min), quick
+            small-lm (a small GPT-2 from scratch: corpora in other languages or tokenizers, goal <= 15 min), quick
             (<= 3 min smoke run), paper (the paper's settings, GPU).
         variants: which rows of the paper's Table 1 to train (names as in planlm.variants.VARIANTS; unset = the
             preset's, else Fixed, Uniform, Cornille OA, Cornille PA, Soft / unfreeze halfway), or groups of them:
@@ -399,9 +399,7 @@ def run(
     from planlm.stages.report import results_table as report_rows
 
     p = PRESETS[preset].resolved(trainer.accelerator, fp32_budget)
-    given_preset = PRESETS[preset]
-    fp32_cut = fp32_budget and given_preset.precision == "auto" and p.precision == "32-true" \
-        and bool(given_preset.fp32_budget.changes(given_preset))
+    fp32_cut = p != PRESETS[preset].resolved(trainer.accelerator, fp32_budget=False)  # the fp32 budget changed it
     lm = p.lm if lm is None else lm
     if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))

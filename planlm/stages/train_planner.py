@@ -156,13 +156,13 @@ def train_planner(
 # ``adapters`` counts for objective ntp only: a NAP planner's fingerprint is as before it existed (its artifacts are
 # still reused), and an ntp planner trained before its adapters trained with it (issue 27) is rebuilt.
 TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerprint=Fingerprint(
-    ignore=("trainer",), absent_unless={"adapters": lambda c: c.objective == "ntp",
-                                        "windows": lambda c: c.objective == "ntp",
-                                        "windows.num_workers": lambda c: False,  # DataLoader workers change no number
-                                        "planner.kind": lambda c: c.planner.kind != "transformer",
-                                        "planner.bigram_prior": lambda c: c.planner.bigram_prior,
-                                        "planner.last_sentences": lambda c: c.planner.last_sentences > 0,
-                                        "planner.bigram_alpha": lambda c: c.planner.bigram_alpha != 1.0},
+    ignore=("trainer", "windows.num_workers"),  # DataLoader workers change no number
+    absent_unless={"adapters": lambda c: c.objective == "ntp",
+                   "windows": lambda c: c.objective == "ntp",
+                   "planner.kind": lambda c: c.planner.kind != "transformer",
+                   "planner.bigram_prior": lambda c: c.planner.bigram_prior,
+                   "planner.last_sentences": lambda c: c.planner.last_sentences > 0,
+                   "planner.bigram_alpha": lambda c: c.planner.bigram_alpha != 1.0},
     extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 
