@@ -617,7 +617,7 @@ def part_sync_debug(prepared: Path, device_name: str, s: dict) -> dict:
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
     from planlm.train.loop import PlannedLMModule
-    from planlm.train.trainer import OptimConfig
+    from planlm.train.trainer import OptimConfig, adam
     from planlm.variants import VARIANTS
 
     device = torch.device(device_name)
@@ -652,7 +652,7 @@ def part_sync_debug(prepared: Path, device_name: str, s: dict) -> dict:
         optim.zero_grad(set_to_none=True)
 
     ref, vector = reference_model(base, device)
-    ref_optim = torch.optim.Adam([vector], lr=1e-4)
+    ref_optim = adam([vector], 1e-4)
 
     def reference_step(batch):
         with autocast:

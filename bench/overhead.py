@@ -206,7 +206,7 @@ def main(argv=None) -> dict:
     from planlm.models.planned_lm import PlannedLM, PlannedLMConfig
     from planlm.models.planner import Planner, PlannerConfig
     from planlm.train.loop import PlannedLMModule
-    from planlm.train.trainer import OptimConfig
+    from planlm.train.trainer import OptimConfig, adam
 
     device = torch.device(args.device)
     batch_size = args.batch or (32 if device.type == "cuda" else 8)
@@ -252,7 +252,7 @@ def main(argv=None) -> dict:
                           centroids=torch.from_numpy(corpus.centroids), planner=planner).to(device)
         module = PlannedLMModule(model, recipe, OptimConfig(), total_steps=1000)
         modules[name] = module
-        optims[name] = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        optims[name] = adam([p for p in model.parameters() if p.requires_grad], 1e-4)  # the loop's optimizer
     steps = {}  # name: (forward -> loss, optimizer)
     for name, module in modules.items():
         steps[name] = (lambda batch, m=module: m.step_losses(batch, train=True)["loss"], optims[name])
@@ -268,14 +268,14 @@ def main(argv=None) -> dict:
             PlannedLM(copy.deepcopy(base), PlannedLMConfig(num_actions=K, action_dim=D, selection="fixed"),
                       centroids=torch.from_numpy(corpus.centroids)).to(device),
             OVERHEAD_VARIANTS["Fixed"].recipe, OptimConfig(), total_steps=1000, compile=True)
-        steps["Fixed (compiled)"] = (lambda batch: fixed_c.step_losses(batch, train=True)["loss"], torch.optim.Adam(
-            [p for p in fixed_c.parameters() if p.requires_grad], lr=1e-4))
+        steps["Fixed (compiled)"] = (lambda batch: fixed_c.step_losses(batch, train=True)["loss"],
+                                     adam([p for p in fixed_c.parameters() if p.requires_grad], 1e-4))
     references = [] if args.planner_only else [("HF reference", False)]
     for name, compiled in references + ([("HF reference (compiled)", True)] if compile_too else []):
         ref, vector = reference_model(base, device)
         call = torch.compile(ref) if compiled else ref
         steps[name] = (lambda batch, call=call: call(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                                       labels=batch["labels"]).loss, torch.optim.Adam([vector], lr=1e-4))
+                                                       labels=batch["labels"]).loss, adam([vector], 1e-4))
     del base
 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")

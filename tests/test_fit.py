@@ -1,5 +1,5 @@
-"""The one fit of every trainer (planlm.train.trainer.fit: a stale validation is run again) and the one multi-token
-loss of every training step (planlm.train.multi_token)."""
+"""The one fit of every trainer (planlm.train.trainer.fit: a stale validation is run again), the one multi-token
+loss of every training step (planlm.train.multi_token) and the one Adam of every stage (planlm.train.trainer.adam)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from planlm.models.mtp import MTPHeads
 from planlm.train.multi_token import multi_token_loss
-from planlm.train.trainer import TrainerConfig, ValidatedAt, build_trainer, fit
+from planlm.train.trainer import TrainerConfig, ValidatedAt, adam, build_trainer, fit
 
 QUIET = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
 
@@ -124,3 +124,53 @@ def test_the_step_timer_sums_step_seconds_on_the_cpu():
         time.sleep(0.02)  # between steps: not counted
     wall = time.perf_counter() - wall
     assert 0.03 <= t.seconds <= wall - 0.06  # the steps, and none of the time between them
+
+
+def _stepped(make, steps: int = 3) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(5, 3, generator=g).requires_grad_(), torch.randn(3, generator=g).requires_grad_()]
+    groups = [{"params": params[:1]}, {"params": params[1:], "lr": 0.05, "weight_decay": 0.0}]
+    opt = make(groups)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    return [p.detach() for p in params], opt
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_is_the_fused_kernel_with_the_same_update_as_torchs_loop(decoupled):
+    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
+    ours, opt = _stepped(lambda groups: adam(groups, 0.01, weight_decay=0.1, decoupled=decoupled, betas=(0.9, 0.95)))
+    loop, _ = _stepped(lambda groups: kind(groups, lr=0.01, weight_decay=0.1, betas=(0.9, 0.95), foreach=False))
+    assert type(opt) is kind and opt.defaults["fused"]
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 0.05]
+    for a, b in zip(ours, loop):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(ours[0], _stepped(lambda groups: kind(groups, lr=0.01), 0)[0][0])  # it did step
+
+
+class _Trainer:
+    def __init__(self, precision: str, gradient_clip_val):
+        self.precision, self.gradient_clip_val = precision, gradient_clip_val
+
+
+@pytest.mark.parametrize("precision, clip, fused", [("32-true", 1.0, True), ("bf16-mixed", None, True),
+                                                    ("bf16-mixed", 1.0, False), ("16-mixed", 0.5, False)])
+def test_adam_is_not_fused_where_lightning_clips_under_mixed_precision(precision, clip, fused):
+    opt = adam([torch.zeros(2, requires_grad=True)], 1e-3, trainer=_Trainer(precision, clip))
+    assert bool(opt.defaults["fused"]) is fused
+
+
+def test_a_clipped_bf16_fit_steps_with_the_stages_adam(tmp_path):
+    class Clipped(Counting):
+        def configure_optimizers(self):
+            return adam(self.parameters(), 0.1, trainer=self._trainer)
+
+    module = Clipped(val=False)
+    before = module.layer.weight.detach().clone()
+    trainer = build_trainer(TrainerConfig(accelerator="cpu", progress_bar=False, logger="none", precision="bf16-mixed"),
+                            tmp_path, num_sanity_val_steps=0, enable_checkpointing=False, max_steps=2,
+                            gradient_clip_val=0.5)
+    fit(trainer, module)
+    assert trainer.global_step == 2 and not torch.equal(before, module.layer.weight)

@@ -129,3 +129,17 @@ def test_precision_auto_is_bf16_only_where_the_device_computes_it_natively(monke
     assert fixed.resolved("cpu") is fixed  # an explicit precision is kept as it is
     monkeypatch.undo()
     assert isinstance(run_module.native_bf16("cpu"), bool)  # the real check runs on any CPU build
+
+
+def test_the_results_table_says_the_no_nap_rows_had_twice_the_adapter_training():
+    """The no-NAP stage trains the adapters with the planner (issue 27 item 2), and fine-tuning continues from them:
+    the header says so wherever a no-NAP row is in the table, with the preset's own step count."""
+    import planlm.stages.run as run_module
+
+    preset = dataclasses.replace(run_module.PRESETS["default"], precision="32-true")
+    assert run_module.no_nap_note(preset, ["Fixed", "Cornille PA", "Soft / unfreeze halfway"]) is None
+    note = run_module.no_nap_note(preset, ["Fixed", "No NAP pretraining / immediate"])
+    steps = preset.finetune.max_steps
+    assert f"no-NAP stage ({steps} steps" in note and f"again in fine-tuning ({steps} steps)" in note
+    epochs = dataclasses.replace(preset, finetune=dataclasses.replace(preset.finetune, max_steps=-1, epochs=2))
+    assert "(2 epochs" in run_module.no_nap_note(epochs, ["No NAP pretraining / never"])

@@ -28,7 +28,7 @@ from planlm.train.loop import PlannedLMModule
 from planlm.train.multi_token import multi_token_loss
 from planlm.train.recipe import RecipeConfig
 from planlm.train.start import AdapterConfig
-from planlm.train.trainer import OptimConfig, StepTimer
+from planlm.train.trainer import OptimConfig, StepTimer, adam
 
 LMPresetName = Literal["gpt2", "small-cpu", "tiny"]  # planlm/presets/pretrain-lm/*.yaml (tests/test_presets.py)
 EOS = "<|endoftext|>"
@@ -236,22 +236,21 @@ def lm_module(model, optim: OptimConfig, warmup_fraction: float, heads=None, mtp
 
         def configure_optimizers(self):
             return adamw_cosine(list(self.parameters()), optim, warmup_fraction,
-                                int(self.trainer.estimated_stepping_batches))
+                                int(self.trainer.estimated_stepping_batches), self.trainer)
 
     return LMModule()
 
 
-def adamw_cosine(params: list, optim: OptimConfig, warmup_fraction: float, total_steps: int) -> dict:
+def adamw_cosine(params: list, optim: OptimConfig, warmup_fraction: float, total_steps: int, trainer=None) -> dict:
     """pretrain-lm's optimizer (plain and planned): AdamW with weight decay on matrices only (not biases, norms),
     betas (0.9, 0.95), cosine schedule with linear warmup over ``total_steps``; as Lightning's configure_optimizers
-    returns it."""
-    import torch
+    returns it (``trainer``: the one that will step it, for :func:`planlm.train.trainer.adam`)."""
     from transformers import get_cosine_schedule_with_warmup
 
     decay = [p for p in params if p.dim() >= 2]
     rest = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=optim.lr, betas=(0.9, 0.95))
+    opt = adam([{"params": decay, "weight_decay": optim.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+               optim.lr, decoupled=True, betas=(0.9, 0.95), trainer=trainer)
     sched = get_cosine_schedule_with_warmup(opt, max(1, int(warmup_fraction * total_steps)), total_steps)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -335,4 +334,5 @@ class PretrainModule(PlannedLMModule):
 
     def configure_optimizers(self):
         trained = [q for q in self.parameters() if q.requires_grad]  # LM, adapters (+ the planner once it trains)
-        return adamw_cosine(trained, self.optim, self.warmup_fraction, int(self.trainer.estimated_stepping_batches))
+        return adamw_cosine(trained, self.optim, self.warmup_fraction, int(self.trainer.estimated_stepping_batches),
+                            self.trainer)

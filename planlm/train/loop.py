@@ -41,7 +41,7 @@ from planlm.models.selection import keyed_predicted_mask
 from planlm.train.multi_token import multi_token_loss
 from planlm.train.recipe import RecipeConfig
 from planlm.train.resumable import ResumableBatchSampler, rng_states, set_rng_states
-from planlm.train.trainer import OptimConfig
+from planlm.train.trainer import OptimConfig, adam
 
 
 def _own_generator() -> torch.Generator:
@@ -271,7 +271,8 @@ class PlannedLMModule(L.LightningModule):
             {"params": [p for p in trained if id(p) not in planner]},
             {"params": [p for p in trained if id(p) in planner], "lr": planner_lr},
         ]
-        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        return adam([g for g in groups if g["params"]], self.optim.lr, weight_decay=self.optim.weight_decay,
+                    trainer=self._trainer)
 
     # ---- exact resume ------------------------------------------------------------------------------------------
     FROZEN_LM = "model.lm."  # state-dict prefix of the base LM

@@ -66,6 +66,8 @@ def nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dic
     import torch
     import torch.nn.functional as F
 
+    from planlm.train.trainer import adam
+
     horizon = planner.config.horizon  # H > 1: every offset of the plan, teacher-forced
 
     class NAPModule(L.LightningModule):
@@ -111,6 +113,6 @@ def nap_module(planner, lr: float, weight_decay: float, baselines: dict[str, dic
 
         def configure_optimizers(self):
             # Adam with (L2) weight decay, as the paper's planner pretraining (DESIGN.md 1.2).
-            return torch.optim.Adam(self.planner.parameters(), lr=lr, weight_decay=weight_decay)
+            return adam(self.planner.parameters(), lr, weight_decay=weight_decay, trainer=self._trainer)
 
     return NAPModule()
