@@ -4,17 +4,18 @@ item 1; the frozen-LM budget of issue 26), on the VAL split only. The test split
     python bench/sweep_val.py --preset quick --planner_lrs 1e-3,1e-4,1e-5 --seeds 0,1,2 --out /tmp/sweep-quick
     python bench/sweep_val.py --preset small-lm --lrs 1e-4,1e-3 --variants 'Fixed,Cornille PA' --out /tmp/sweep-sm
     python bench/sweep_val.py --preset default --steps 80,160 --lrs 1e-3,3e-3 --gates true,false --out /tmp/b26
+    python bench/sweep_val.py --preset default --gates false --projection_inits zeros --out /tmp/b26   # W_A = 0
     python bench/sweep_val.py --preset default --planner bigram_prior --out /tmp/b26   # a planner at the bigram's level
     python bench/sweep_val.py --preset default --planner paper,bigram_prior+last2 --out /tmp/b27   # side by side
 
 Every stage is planlm's own, with the preset's settings except the swept ones: ``prepare`` (shared by the seeds),
 ``pretrain-lm`` per seed when the preset has no pretrained LM, ``train-planner`` per seed, then ``finetune`` per
-variant x steps x adapter rate x planner rate x gate, and ``evaluate --split val`` (the preset's protocol, every val
-article). Everything is written under ``--out`` and reused when already there, so a sweep can be extended value by
-value. Per run it prints the fine-tuning loop's own val loss, the val perplexity with planner-predicted actions and,
-for the variants that condition on per-sentence actions, with the oracle actions (the val sentences' own k-means
-actions), the planner's val top-1 and the fine-tuning seconds; then the mean over seeds, each against Fixed of the
-same budget and seed.
+variant x steps x adapter rate x planner rate x gate x W_A initialisation (the combinations that can train), and
+``evaluate --split val`` (the preset's protocol, every val article). Everything is written under ``--out`` and reused
+when already there, so a sweep can be extended value by value. Per run it prints the fine-tuning loop's own val loss,
+the val perplexity with planner-predicted actions and, for the variants that condition on per-sentence actions, with
+the oracle actions (the val sentences' own k-means actions), the planner's val top-1 and the fine-tuning seconds; then
+the mean over seeds, each against Fixed of the same budget and seed.
 """
 
 from __future__ import annotations
@@ -73,13 +74,14 @@ def run_name(variant: str, planner: str, budget: dict, default_planner_lr: float
     tag = "" if planner == "paper" or not needs_planner else f"-{planner}"
     plr = "" if budget["planner_lr"] == default_planner_lr or not needs_planner else f"-plr{budget['planner_lr']:g}"
     precision = "" if budget["precision"] == "32-true" else f"-{budget['precision']}"
-    return (f"{slug(variant)}{tag}{plr}-s{budget['steps']}-lr{budget['lr']:g}-gate{int(budget['gate'])}"
+    init = "" if budget["projection_init"] == "xavier" else f"-proj{budget['projection_init']}"
+    return (f"{slug(variant)}{tag}{plr}-s{budget['steps']}-lr{budget['lr']:g}-gate{int(budget['gate'])}{init}"
             f"-b{budget['batch']}{precision}")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean over seeds per (budget, variant), each seed's change against Fixed of the same budget and seed."""
-    keys = ("steps", "lr", "planner_lr", "gate", "batch", "precision")
+    keys = ("steps", "lr", "planner_lr", "gate", "projection_init", "batch", "precision")
     fixed = {(tuple(r[k] for k in keys), r["seed"]): r["val_ppl"] for r in rows if r["variant"] == "Fixed"}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -116,6 +118,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--lrs", default=None, help="adapter learning rates (default: the preset's)")
     ap.add_argument("--planner_lrs", default=None, help="the unfrozen planner's own rates (default: the preset's)")
     ap.add_argument("--gates", default=None, help="zero-initialised adapter gates: true, false or both")
+    ap.add_argument("--projection_inits", default=None,
+                    help="how the adapters' W_A start: xavier, zeros or both (zeros only with gate false)")
     ap.add_argument("--batch", type=int, default=None, help="windows per optimizer step (default: the preset's)")
     ap.add_argument("--planner", default="paper",
                     help="planners, comma-separated, each swept side by side: paper (the paper's planner), "
@@ -140,6 +144,7 @@ def main(argv=None) -> list[dict]:
     from planlm.data.corpus import SourceConfig
     from planlm.data.encoders import EncoderConfig
     from planlm.eval.record import MetricsRecord
+    from planlm.models.adapters import PROJECTION_INITS, projection_problem
     from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
     from planlm.stages.finetune import finetune
@@ -156,7 +161,16 @@ def main(argv=None) -> list[dict]:
         "lr": parse_list(args.lrs, float) or [f.lr],
         "planner_lr": parse_list(args.planner_lrs, float) or [f.planner_lr],
         "gate": [parse_bool(g) for g in parse_list(args.gates)] or [p.adapters.gate],
+        "projection_init": parse_list(args.projection_inits) or [p.adapters.projection_init],
     }
+    if bad := [i for i in grid["projection_init"] if i not in PROJECTION_INITS]:
+        sys.exit(f"bench/sweep_val.py: unknown --projection_inits {', '.join(bad)}; choose from "
+                 f"{', '.join(PROJECTION_INITS)}")
+    budgets = [dict(zip(grid, values)) for values in itertools.product(*grid.values())
+               if not projection_problem(values[4], values[3])]  # zeros behind a zero gate cannot train
+    if not budgets:
+        sys.exit("bench/sweep_val.py: --projection_inits zeros needs --gates false (a zero W_A behind a zero gate "
+                 "never trains)")
     batch = args.batch or f.batch_size
     precision = args.precision or p.precision
     trainer = TrainerConfig(accelerator="cpu", progress_bar=False, logger="none")
@@ -183,9 +197,9 @@ def main(argv=None) -> list[dict]:
             planner_dirs[kind] = home / ("planner" if kind == "paper" else f"planner-{kind}")
             train_planner(prepared=str(prepared), out=str(planner_dirs[kind]), lm=seed_lm, planner=config,
                           optim=p.planner_optim, seed=seed, trainer=trainer)
-        for steps, lr, planner_lr, gate in itertools.product(*grid.values()):
-            budget = {"steps": steps, "lr": lr, "planner_lr": planner_lr, "gate": gate, "batch": batch,
-                      "precision": precision}
+        for budget in budgets:
+            steps, lr, planner_lr = budget["steps"], budget["lr"], budget["planner_lr"]
+            budget = {**budget, "batch": batch, "precision": precision}
             for name, kind in ((n, k) for n in names for k in (planners if VARIANTS[n].needs_planner else ["-"])):
                 variant = VARIANTS[name]
                 run = home / "runs" / run_name(name, kind, budget, f.planner_lr)
@@ -194,7 +208,8 @@ def main(argv=None) -> list[dict]:
                                             batch_size=batch, max_steps=steps)
                 t = time.time()
                 finetune(prepared=prepared, lm=seed_lm, planner=planner_dirs.get(kind), out=run,
-                         recipe=variant.recipe, optim=optim, adapters=dataclasses.replace(p.adapters, gate=gate),
+                         recipe=variant.recipe, optim=optim, adapters=dataclasses.replace(
+                    p.adapters, gate=budget["gate"], projection_init=budget["projection_init"]),
                          windows=p.finetune_windows(), trainer=lm_trainer, checkpoint_every=100_000, seed=seed)
                 seconds = round(time.time() - t, 1)
                 ppl = dataclasses.replace(p.perplexity(oracle=variant.needs_planner), precision=precision)
@@ -211,11 +226,12 @@ def main(argv=None) -> list[dict]:
         return means
     print(f"\nval split only; preset {args.preset}, LM {lm or 'pretrained from scratch per seed'}"
           f"{', frozen' if lm else ''}, planner {args.planner}; mean over seeds {args.seeds}")
-    print("| steps | adapter lr | planner lr | gate | batch | precision | variant | planner | seeds | val loss | val PPL "
-          "| vs Fixed | val PPL, oracle | vs Fixed | planner top-1 | finetune s |")
-    print("|---:|---:|---:|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| steps | adapter lr | planner lr | gate | W_A init | batch | precision | variant | planner | seeds "
+          "| val loss | val PPL | vs Fixed | val PPL, oracle | vs Fixed | planner top-1 | finetune s |")
+    print("|---:|---:|---:|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in means:
         print(f"| {r['steps']} | {r['lr']:g} | {cell(r['planner_lr'], 'g')} | {str(r['gate']).lower()} | "
+              f"{r['projection_init']} | "
               f"{r['batch']} | {r['precision']} | {r['variant']} | {r['planner']} | {r['seeds']} | "
               f"{cell(r['val_loss'], '.4f')} | {r['val_ppl']:.3f} | "
               f"{r['vs_fixed_pct']:+.2f}% | {cell(r['val_ppl_oracle'], '.3f')} | "

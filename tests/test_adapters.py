@@ -35,6 +35,39 @@ def test_zero_gate_gives_the_base_lm_exactly(arch):
             pass
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_zero_projection_starts_as_the_base_lm_and_trains_without_a_gate(arch):
+    lm = random_lm(arch)
+    input_ids, token_slot, logits = sentence_batch()
+    base = lm(input_ids).logits
+    adapters = ActionAdapters.for_lm(lm, num_actions=6, action_dim=8, projection_init="zeros")
+    w = action_weights("soft", 6, planner_logits=logits)
+    with adapters.conditioned(w, token_slot):
+        out = lm(input_ids).logits
+    assert torch.equal(out, base)
+    # one Adam step on the next-token loss opens W_A and the bias: the logits move, per sentence
+    opt = torch.optim.Adam(adapters.parameters(), lr=1e-2)
+    with adapters.conditioned(w, token_slot):
+        loss = torch.nn.functional.cross_entropy(lm(input_ids).logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten())
+    loss.backward()
+    first = adapters.adapters[str(adapters.layers[0])]
+    assert first.proj.weight.grad.abs().sum() > 0 and first.action_embeddings.grad.abs().sum() == 0  # W_A = 0 still
+    opt.step()
+    with adapters.conditioned(w, token_slot):
+        assert not torch.allclose(lm(input_ids).logits, base)
+
+
+def test_zero_projection_behind_a_zero_gate_is_refused_in_one_line():
+    with pytest.raises(PlanlmError, match="--adapters.gate false with --adapters.projection_init zeros"):
+        ActionAdapters("gpt2", 4, 16, 6, 8, gate=True, projection_init="zeros")
+    with pytest.raises(PlanlmError, match="projection_init must be one of xavier, zeros"):
+        ActionAdapters("gpt2", 4, 16, 6, 8, projection_init="orthogonal")
+    from planlm.models.planned_lm import PlannedLMConfig
+
+    assert any("--adapters.gate false" in m for m in PlannedLMConfig(gate=True, projection_init="zeros").problems())
+    assert PlannedLMConfig(projection_init="zeros").problems() == []
+
+
 def test_adapter_vector_enters_at_the_output_projection_input_gpt2_one_layer():
     """Recompute a 1-layer GPT-2 by hand, adding r to the attention output before c_proj."""
     lm = random_lm("gpt2", n_layer=1)

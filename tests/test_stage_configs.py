@@ -265,10 +265,14 @@ def test_finetune_config_built_directly_and_pickled():
     assert pickle.loads(pickle.dumps(b)) == b
     assert dataclasses.asdict(dataclasses.replace(b, seed=4))["seed"] == 4
     # the manifest records the whole config; its fingerprint is the declared view of it (every field, DataLoader
-    # workers as 0: they change no number, and a default of None must not move older runs' fingerprints)
+    # workers as 0: they change no number, and a default of None must not move older runs' fingerprints; W_A's
+    # initialisation only once it departs from the default xavier, which the runs before the option had)
     whole = artifacts.to_jsonable(dataclasses.asdict(b))
     whole["windows"]["num_workers"] = 0
+    assert whole["adapters"].pop("projection_init") == "xavier"
     assert b.fingerprint() == whole
+    zeros = dataclasses.replace(b, adapters=dataclasses.replace(b.adapters, gate=False, projection_init="zeros"))
+    assert zeros.fingerprint()["adapters"]["projection_init"] == "zeros"
     assert artifacts.config_fingerprint(b) == artifacts.config_fingerprint(b.fingerprint())
 
 

@@ -31,11 +31,23 @@ from planlm.models.arch import Arch, architecture
 
 OffsetInit = Literal["zeros", "centroids"]
 OFFSET_INITS: tuple[str, ...] = get_args(OffsetInit)
+ProjectionInit = Literal["xavier", "zeros"]
+PROJECTION_INITS: tuple[str, ...] = get_args(ProjectionInit)
 
 
 def default_layers(num_layers: int) -> list[int]:
     """Every layer but the first two (paper, DESIGN.md 1.3)."""
     return list(range(2, num_layers))
+
+
+def projection_problem(projection_init: str, gate: bool) -> str | None:
+    """Why adapters with this W_A initialisation and gate cannot train, in one line (None when they can)."""
+    if projection_init not in PROJECTION_INITS:
+        return f"projection_init must be one of {', '.join(PROJECTION_INITS)} (got {projection_init!r})"
+    if projection_init == "zeros" and gate:
+        return ("projection_init zeros behind a zero gate never trains (neither gets a gradient): pass "
+                "--adapters.gate false with --adapters.projection_init zeros")
+    return None
 
 
 def projection_input_dim(module: nn.Module) -> int:
@@ -51,7 +63,7 @@ class LayerAdapter(nn.Module):
     """E_A^l (K x d_action) and W_A^l (d_action -> hidden) of one conditioned layer, with an optional gate."""
 
     def __init__(self, num_actions: int, action_dim: int, hidden_size: int, gate: bool, centroids=None,
-                 horizon: int = 1, offset_init: str = "zeros"):
+                 horizon: int = 1, offset_init: str = "zeros", projection_init: str = "xavier"):
         super().__init__()
         init = torch.randn(num_actions, action_dim) / action_dim**0.5 if centroids is None else centroids.clone()
         self.action_embeddings = nn.Parameter(init.float())  # (K, d_action), init from k-means centroids
@@ -62,8 +74,10 @@ class LayerAdapter(nn.Module):
                 torch.zeros(horizon - 1, num_actions, action_dim)
             self.offset_embeddings = nn.Parameter(start)  # (H - 1, K, d_action)
         self.proj = nn.Linear(action_dim, hidden_size)
-        # xavier-normal weight, zero bias: planlm's choice (the paper's text gives no initialisation for W_A)
-        nn.init.xavier_normal_(self.proj.weight)
+        # xavier-normal weight, zero bias: planlm's choice (the paper's text gives no initialisation for W_A).
+        # "zeros" (a departure): W_A = 0 too, so r = 0 and the LM starts as the base LM without a gate; the bias
+        # (one vector per layer) then learns what every action shares and W_A only what the actions' data supports.
+        (nn.init.zeros_ if projection_init == "zeros" else nn.init.xavier_normal_)(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
         # A zero gate makes the planned LM start as the exact base LM (an option; the paper has no gate).
         self.gate = nn.Parameter(torch.zeros(())) if gate else None
@@ -102,6 +116,7 @@ class ActionAdapters(nn.Module):
         centroids: torch.Tensor | None = None,
         horizon: int = 1,
         offset_init: str = "zeros",
+        projection_init: str = "xavier",
     ):
         """Build adapters for an LM of the given shape.
 
@@ -116,6 +131,8 @@ class ActionAdapters(nn.Module):
             centroids: ``(K, action_dim)`` k-means centroids initialising every E_A^l.
             horizon: H, the sentences of a plan each token reads (1 = the paper's adapters).
             offset_init: "zeros" or "centroids": how the action embeddings of offsets 2..H start.
+            projection_init: "xavier" (planlm's default) or "zeros": how every W_A^l starts; zeros needs no gate
+                (behind a zero gate a zero W_A gets no gradient, and neither does the gate).
         """
         super().__init__()
         self.arch = architecture(model_type, "action adapters")
@@ -124,6 +141,8 @@ class ActionAdapters(nn.Module):
         if horizon < 1 or offset_init not in OFFSET_INITS:
             raise PlanlmError(f"horizon must be >= 1 and offset_init one of {', '.join(OFFSET_INITS)} "
                               f"(got {horizon}, {offset_init!r})")
+        if problem := projection_problem(projection_init, gate):
+            raise PlanlmError(problem)
         self.horizon = horizon
         layers = default_layers(num_layers) if layers is None else [l % num_layers if l < 0 else l for l in layers]
         bad = [l for l in layers if not 0 <= l < num_layers]
@@ -142,7 +161,8 @@ class ActionAdapters(nn.Module):
                 )
         self.layers = sorted(set(int(l) for l in layers))
         self.adapters = nn.ModuleDict(
-            {str(l): LayerAdapter(num_actions, action_dim, hidden_size, gate, centroids, horizon, offset_init)
+            {str(l): LayerAdapter(num_actions, action_dim, hidden_size, gate, centroids, horizon, offset_init,
+                                  projection_init)
              for l in self.layers}
         )
         self._handles: list = []

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from planlm.errors import PlanlmError, raise_if_problems
-from planlm.models.adapters import OFFSET_INITS, ActionAdapters, OffsetInit
+from planlm.models.adapters import OFFSET_INITS, ActionAdapters, OffsetInit, ProjectionInit, projection_problem
 from planlm.models.arch import cache_keyword
 from planlm.models.selection import (
     SelectionConfig, action_weights, draw_predicted_mask, needs_planner, plan_weights,
@@ -48,6 +48,9 @@ class PlannedLMConfig(SelectionConfig):
     gate: bool = False
     """Multiply each adapter's output by a zero-initialised scalar, so training starts from the exact base LM
     (a departure from the paper, which has no gate)."""
+    projection_init: ProjectionInit = "xavier"
+    """How every adapter's W_A starts: "xavier" (xavier-normal: planlm's choice, the paper gives none) or "zeros"
+    (a departure: the planned LM starts as the base LM without a gate; needs ``gate`` false)."""
     p_predicted: float = 1.0
     """When both planner logits and oracle actions are given: probability that a sentence uses the planner's action
     (1 = "PA", 0 = "OA"; the training loop may schedule it)."""
@@ -84,6 +87,8 @@ class PlannedLMConfig(SelectionConfig):
             out.append(f"horizon must be at least 1 (got {self.horizon})")
         if self.offset_init not in OFFSET_INITS:
             out.append(f"offset_init must be one of {', '.join(OFFSET_INITS)} (got {self.offset_init!r})")
+        if problem := projection_problem(self.projection_init, self.gate):
+            out.append(problem)
         return out
 
 
@@ -124,7 +129,7 @@ class PlannedLM(nn.Module):
         self._cache_keyword = cache_keyword(lm)
         self.adapters = ActionAdapters.for_lm(
             lm, config.num_actions, config.action_dim, layers=config.layers, gate=config.gate, centroids=centroids,
-            horizon=config.horizon, offset_init=config.offset_init,
+            horizon=config.horizon, offset_init=config.offset_init, projection_init=config.projection_init,
         )
         self.planner = planner
         self.set_train_lm(config.train_lm)

@@ -118,7 +118,9 @@ def finetune(
 # (``FinetuneConfig(prepared=..., lm=..., seed=...)``: train-planner's fresh adapters, tests).
 FinetuneConfig = config_of(finetune, exclude=("out", "resume", "force"), fingerprint=Fingerprint(
     # DataLoader workers change no number: a run reads as before whatever (and however defaulted) they are
-    record={"windows": lambda c: {**dataclasses.asdict(c.windows), "num_workers": c.windows.num_workers or 0}}))
+    record={"windows": lambda c: {**dataclasses.asdict(c.windows), "num_workers": c.windows.num_workers or 0}},
+    # W_A's initialisation counts once it departs from xavier: the runs built before the option are still reused
+    absent_unless={"adapters.projection_init": lambda c: c.adapters.projection_init != "xavier"}))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

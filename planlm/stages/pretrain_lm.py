@@ -229,7 +229,8 @@ def _derived(cfg) -> dict:
 PretrainLMConfig = config_of(pretrain_lm, exclude=("out", "force"), name="PretrainLMConfig", fingerprint=Fingerprint(
     ignore=("trainer",),
     absent_unless={"mtp": lambda c: c.mtp.n_heads > 1, "myopic": lambda c: c.myopic,
-                   "planned": lambda c: c.planned.actions is not None},
+                   "planned": lambda c: c.planned.actions is not None,
+                   "planned.adapters.projection_init": lambda c: c.planned.adapters.projection_init != "xavier"},
     extra=_derived,
 ))
 
@@ -300,7 +301,8 @@ def _planned_pretrain(corpus: PreparedCorpus, tokenizer, config: dict, planned: 
 
     model = PlannedLM(lm, PlannedLMConfig(
         num_actions=corpus.num_actions, action_dim=corpus.embedding_dim, layers=planned.adapters.layers,
-        gate=planned.adapters.gate, **recipe.selection_fields(), train_lm=True, seed=seed,
+        gate=planned.adapters.gate, projection_init=planned.adapters.projection_init, **recipe.selection_fields(),
+        train_lm=True, seed=seed,
     ), centroids=torch.from_numpy(corpus.centroids), planner=planner)
     module = PretrainModule(model, recipe, optim, total, seed=seed, data=data)
     module.warmup_fraction, module.snapshot_every = p.warmup_fraction, planned.snapshot_every

@@ -273,6 +273,9 @@ def budget_departures(p: RunPreset) -> list[str]:
         cuts.append(f"the unfrozen planner at its own rate {f.planner_lr:g}")
     if p.adapters.gate:
         cuts.append("zero-initialised adapter gates, so every variant starts as the base LM (paper: no gate)")
+    if p.adapters.projection_init == "zeros":
+        cuts.append("zero-initialised adapter projections W_A, so every variant starts as the base LM (planlm's "
+                    "default: xavier-normal; the paper gives none)")
     if p.eval_protocol != "paper":
         cuts.append(f"{p.eval_protocol} perplexity, stride {p.eval_stride} (paper: stride 1)")
     if p.eval_window_step > 1:

@@ -162,7 +162,8 @@ TrainPlannerConfig = config_of(train_planner, exclude=("out", "force"), fingerpr
                    "planner.kind": lambda c: c.planner.kind != "transformer",
                    "planner.bigram_prior": lambda c: c.planner.bigram_prior,
                    "planner.last_sentences": lambda c: c.planner.last_sentences > 0,
-                   "planner.bigram_alpha": lambda c: c.planner.bigram_alpha != 1.0},
+                   "planner.bigram_alpha": lambda c: c.planner.bigram_alpha != 1.0,
+                   "adapters.projection_init": lambda c: c.adapters.projection_init != "xavier"},
     extra=lambda c: {"prepared_id": read_manifest(c.prepared, "prepare").get("id")}))
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from planlm.errors import PlanlmError
-from planlm.models.adapters import OffsetInit
+from planlm.models.adapters import OffsetInit, ProjectionInit
 from planlm.models.selection import needs_planner
 
 
@@ -50,6 +50,9 @@ class AdapterConfig:
     """Conditioned layers; None = every layer but the first two (paper)."""
     gate: bool = False
     """Zero-initialised gate on every adapter, so training starts from the exact base LM (a departure)."""
+    projection_init: ProjectionInit = "xavier"
+    """How every adapter's W_A starts: "xavier" (planlm's choice; the paper gives none) or "zeros" (a departure:
+    training starts from the exact base LM without a gate; use it with ``gate: false``)."""
     offset_init: OffsetInit = "zeros"
     """Plans of H > 1 sentences (a planner trained with --planner.horizon H): how the action embeddings of offsets
     2..H start, "zeros" (the model starts as the H = 1 model) or "centroids"."""
@@ -67,6 +70,7 @@ def build_planned_lm(cfg, corpus, lm_model, planner):
         action_dim=corpus.embedding_dim,
         layers=cfg.adapters.layers,
         gate=cfg.adapters.gate,
+        projection_init=cfg.adapters.projection_init,
         **r.selection_fields(),
         train_lm=r.train_lm,
         base_lm=str(Path(cfg.lm).resolve()) if Path(cfg.lm).exists() else str(cfg.lm),  # loadable from any cwd
