@@ -145,7 +145,6 @@ def main(argv=None) -> list[dict]:
     from planlm.data.encoders import EncoderConfig
     from planlm.eval.record import MetricsRecord
     from planlm.models.adapters import PROJECTION_INITS, projection_problem
-    from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
     from planlm.stages.finetune import finetune
     from planlm.stages.prepare import prepare
@@ -178,7 +177,7 @@ def main(argv=None) -> list[dict]:
     out = args.out
     prepared = prepare(out=str(out / "prepared"), source=SourceConfig(source=args.data, max_articles=p.max_articles),
                        encoder=EncoderConfig(name=p.encoder), num_actions=p.num_actions, preset=p.prepare_preset)
-    planners = {name: PlannerConfig(context=p.planner_context, **planner_overrides(name))
+    planners = {name: dataclasses.replace(p.planner, context=p.planner_context, **planner_overrides(name))
                 for name in parse_list(args.planner)}
     for name, config in planners.items():  # the sizes come from the prepared corpus: check the rest before training
         problems = dataclasses.replace(config, num_actions=2, encoder_dim=2 * config.n_heads).problems()

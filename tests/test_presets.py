@@ -143,3 +143,33 @@ def test_the_results_table_says_the_no_nap_rows_had_twice_the_adapter_training()
     assert f"no-NAP stage ({steps} steps" in note and f"again in fine-tuning ({steps} steps)" in note
     epochs = dataclasses.replace(preset, finetune=dataclasses.replace(preset.finetune, max_steps=-1, epochs=2))
     assert "(2 epochs" in run_module.no_nap_note(epochs, ["No NAP pretraining / never"])
+
+
+class _Captured(Exception):
+    pass
+
+
+def test_planlm_run_trains_the_planner_with_the_options_it_is_given_and_lists_them(tmp_path, monkeypatch):
+    """`planlm run --planner.*` (or a preset's ``planner:``) reaches train-planner, with the preset's context mode,
+    and each option that departs from the paper is listed above the results table; none by default."""
+    import planlm.stages.prepare
+    import planlm.stages.run as run_module
+    import planlm.stages.train_planner
+    from planlm.models.planner import PlannerConfig
+
+    def capture(**kwargs):
+        raise _Captured(kwargs["planner"])
+
+    monkeypatch.setattr(planlm.stages.prepare, "prepare", lambda **kwargs: tmp_path / "prepared")
+    monkeypatch.setattr(planlm.stages.train_planner, "train_planner", capture)
+    option = PlannerConfig(bigram_prior=True, bigram_alpha=64.0, last_sentences=2)
+    for given, expected in ((PlannerConfig(), PlannerConfig()), (option, option)):
+        with pytest.raises(_Captured) as caught:
+            run_module.run(out=tmp_path / "out", lm="tiny-lm", preset="default", variants="Fixed", planner=given)
+        assert caught.value.args[0] == dataclasses.replace(expected, context="paper")
+    assert run_module.planner_departures(PlannerConfig()) == ""
+    assert run_module.planner_departures(PlannerConfig(context="causal", num_actions=8)) == ""  # not options
+    preset = dataclasses.replace(run_module.PRESETS["default"], planner=option)
+    assert "the planner with bigram_prior True, bigram_alpha 64.0, last_sentences 2 (paper: its architecture " \
+           "alone)" in run_module.budget_departures(preset)
+    assert not any("planner with" in cut for cut in run_module.budget_departures(run_module.PRESETS["default"]))

@@ -26,6 +26,7 @@ from typing import Literal
 
 from planlm.artifacts import check_writable, writes_artifact
 from planlm.errors import check_max_steps, raise_if_problems
+from planlm.models.planner import PlannerConfig
 from planlm.presets import load_presets
 from planlm.stages.prepare import ActionsPresetName
 from planlm.train.lm_pretraining import LMPresetName
@@ -91,6 +92,9 @@ class RunPreset:
     than one epoch at 1e-4 gives)."""
     planner_context: Literal["paper", "causal"] = "paper"
     """Planner context mode (paper / causal)."""
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    """The NAP planner's architecture and options (defaults: the paper's; its context mode is ``planner_context``),
+    e.g. issue 27's option ``{bigram_prior: true, bigram_alpha: 64, last_sentences: 2}`` (docs/results.md)."""
     finetune: OptimConfig = field(default_factory=OptimConfig)
     """Fine-tuning optimisation (paper: Adam 1e-4, batch 32, one epoch)."""
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
@@ -271,6 +275,8 @@ def budget_departures(p: RunPreset) -> list[str]:
         cuts.append(f"adapter learning rate {f.lr:g} (paper: {paper.lr:g})")
     if f.planner_lr is not None and f.planner_lr != f.lr:
         cuts.append(f"the unfrozen planner at its own rate {f.planner_lr:g}")
+    if departed := planner_departures(p.planner):
+        cuts.append(f"the planner with {departed} (paper: its architecture alone)")
     if p.adapters.gate:
         cuts.append("zero-initialised adapter gates, so every variant starts as the base LM (paper: no gate)")
     if p.adapters.projection_init == "zeros":
@@ -286,6 +292,15 @@ def budget_departures(p: RunPreset) -> list[str]:
     if p.finetune_val_windows is not None and p.finetune_val_windows < 512:
         cuts.append(f"the fine-tuning loop's val loss on {p.finetune_val_windows} val windows")
     return cuts
+
+
+def planner_departures(planner: PlannerConfig) -> str:
+    """The NAP planner's options that differ from the paper's, as ``name value`` phrases ("" when none); its context
+    mode is the preset's ``planner_context`` and its sizes come from the corpus, so neither counts."""
+    paper = PlannerConfig()
+    return ", ".join(f"{f.name} {getattr(planner, f.name)}" for f in dataclasses.fields(planner)
+                     if f.name not in ("context", "num_actions", "encoder_dim")
+                     and getattr(planner, f.name) != getattr(paper, f.name))
 
 
 def no_nap_note(p: RunPreset, variants: list[str]) -> str | None:
@@ -318,7 +333,6 @@ def no_nap_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
     frozen LM (`planlm train-planner --objective ntp`), with the fine-tuning budget at its one rate ``lr`` for
     both: ``planner_lr`` is the rate of a NAP-pretrained planner, whose margins a high rate would erase, and this
     planner starts from scratch. The rows' fine-tuning then starts from this planner and these adapters."""
-    from planlm.models.planner import PlannerConfig
     from planlm.stages.train_planner import train_planner
 
     if not any(VARIANTS[name].planner_pretraining == "ntp" for name in variants):
@@ -334,7 +348,6 @@ def bigram_planner(variants: list[str], out: Path, prepared: str, lm: str, p: Ru
                    trainer: TrainerConfig, force: bool, timed) -> Path | None:
     """The "planner" of the Bigram PA row, built once into OUT/planner-bigram (None when no variant asks): the train
     split's action bigram (`planlm train-planner --planner.kind bigram`, nothing trained)."""
-    from planlm.models.planner import PlannerConfig
     from planlm.stages.train_planner import train_planner
 
     if not any(VARIANTS[name].planner_pretraining == "bigram" for name in variants):
@@ -366,6 +379,7 @@ def run(
     split_seed_follows: bool = False,
     finetune_max_steps: int = -1,
     fp32_budget: bool = True,
+    planner: PlannerConfig = PlannerConfig(),
     trainer: TrainerConfig = TrainerConfig(),
     force: bool = False,
 ) -> Path:
@@ -399,6 +413,9 @@ def run(
         fp32_budget: where the preset's ``precision: auto`` runs fp32 (a CPU without native bf16, e.g. AVX2 only),
             apply its ``fp32_budget`` cuts (default: fewer steps and test windows, to keep its time budget); false
             runs the preset's own steps and windows in fp32 (the default preset: about an hour on 2 AVX2 cores).
+        planner: the NAP planner's options where they differ from the paper's (unset: the preset's), e.g. issue
+            27's option ``--planner.bigram_prior true --planner.bigram_alpha 64 --planner.last_sentences 2``; its
+            context mode is the preset's ``planner_context``. Each departure is listed above the results table.
         trainer: devices, strategy and precision for every training stage.
         force: rebuild every stage even when its artifact is up to date.
 
@@ -420,6 +437,8 @@ def run(
     lm = p.lm if lm is None else lm
     if finetune_max_steps != -1:
         p = dataclasses.replace(p, finetune=dataclasses.replace(p.finetune, max_steps=finetune_max_steps))
+    if planner != PlannerConfig():
+        p = dataclasses.replace(p, planner=planner)
     out = Path(out)
     check_writable(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -472,7 +491,6 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
     from planlm.data.encoders import EncoderConfig
     from planlm.data.prepared import PreparedCorpus
     from planlm.eval.record import MetricsRecord
-    from planlm.models.planner import PlannerConfig
     from planlm.stages.evaluate import evaluate
     from planlm.stages.finetune import finetune
     from planlm.stages.prepare import prepare
@@ -498,8 +516,8 @@ def _run_seed(p: RunPreset, home: Path, prepared: Path, data: str, data_config: 
         lm = str(home / "lm")
     planner_dir = home / "planner"
     timed("train-planner", train_planner, prepared=str(prepared), out=str(planner_dir), lm=lm,
-          planner=PlannerConfig(context=p.planner_context), optim=p.planner_optim, seed=seed, trainer=trainer,
-          force=force)
+          planner=dataclasses.replace(p.planner, context=p.planner_context), optim=p.planner_optim, seed=seed,
+          trainer=trainer, force=force)
     # the stages that run the LM: at the preset's precision unless --trainer.precision asks for another
     lm_trainer = trainer if p.precision == "32-true" or trainer.precision != "32-true" else \
         dataclasses.replace(trainer, precision=p.precision)
