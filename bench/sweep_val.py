@@ -165,8 +165,8 @@ def main(argv=None) -> list[dict]:
     if bad := [i for i in grid["projection_init"] if i not in PROJECTION_INITS]:
         sys.exit(f"bench/sweep_val.py: unknown --projection_inits {', '.join(bad)}; choose from "
                  f"{', '.join(PROJECTION_INITS)}")
-    budgets = [dict(zip(grid, values)) for values in itertools.product(*grid.values())
-               if not projection_problem(values[4], values[3])]  # zeros behind a zero gate cannot train
+    budgets = [b for b in (dict(zip(grid, values)) for values in itertools.product(*grid.values()))
+               if not projection_problem(b["projection_init"], b["gate"])]  # zeros behind a zero gate cannot train
     if not budgets:
         sys.exit("bench/sweep_val.py: --projection_inits zeros needs --gates false (a zero W_A behind a zero gate "
                  "never trains)")
@@ -205,10 +205,11 @@ def main(argv=None) -> list[dict]:
                 # a variant without a planner has no planner rate: its run is the same for every swept planner rate
                 optim = dataclasses.replace(f, lr=lr, planner_lr=planner_lr if variant.needs_planner else f.planner_lr,
                                             batch_size=batch, max_steps=steps)
+                adapters = dataclasses.replace(p.adapters, gate=budget["gate"],
+                                               projection_init=budget["projection_init"])
                 t = time.time()
                 finetune(prepared=prepared, lm=seed_lm, planner=planner_dirs.get(kind), out=run,
-                         recipe=variant.recipe, optim=optim, adapters=dataclasses.replace(
-                    p.adapters, gate=budget["gate"], projection_init=budget["projection_init"]),
+                         recipe=variant.recipe, optim=optim, adapters=adapters,
                          windows=p.finetune_windows(), trainer=lm_trainer, checkpoint_every=100_000, seed=seed)
                 seconds = round(time.time() - t, 1)
                 ppl = dataclasses.replace(p.perplexity(oracle=variant.needs_planner), precision=precision)
